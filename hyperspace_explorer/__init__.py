@@ -1,0 +1,27 @@
+"""hyperspace_explorer: reproducible, distributed ML experimentation.
+
+Public API (see README.md): `Configurable`, `Scenario`, `Task`, `RunQueue`, `Worker`,
+`results`, and the errors in `hyperspace_explorer.errors`.
+"""
+from .configurable import Configurable
+from .errors import ConfigError, HSEError, MetricError, StoreError, StudyError, TaskError
+from .scenario import Scenario
+from .task import Task, load_task
+
+__all__ = ["Configurable", "Scenario", "Task", "load_task", "RunQueue", "Worker", "results",
+           "HSEError", "ConfigError", "TaskError", "StoreError", "StudyError", "MetricError"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package from a notebook must not pay for Sacred or pandas.
+    if name == "RunQueue":
+        from .queue import RunQueue
+        return RunQueue
+    if name == "Worker":
+        from .worker import Worker
+        return Worker
+    if name == "results":
+        from .results import results
+        return results
+    raise AttributeError(f"module 'hyperspace_explorer' has no attribute {name!r}")

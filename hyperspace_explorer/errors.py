@@ -1,0 +1,59 @@
+"""Every exception the package raises on purpose.
+
+One module so that callers (notebooks, the CLI, workers) can catch `HSEError` and print
+its message: each message says what is wrong and, where possible, what to do about it.
+"""
+from __future__ import annotations
+
+
+class HSEError(Exception):
+    """Base of every error hyperspace_explorer raises deliberately."""
+
+
+class ConfigError(HSEError, ValueError):
+    """A run or task config does not match the Configurable classes it must fill.
+
+    `path` is the dotted path of the offending value ("" for the config root), so the
+    message can point at the exact key in a deeply nested config.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        where = f"config.{path}" if path else "config"
+        super().__init__(f"{where}: {problem}")
+
+
+class TaskError(HSEError):
+    """A task file is missing, unreadable, not valid JSON or not a valid task."""
+
+
+class StudyError(HSEError):
+    """The Study's `scenarios` module cannot be found or imported."""
+
+
+class StoreError(HSEError):
+    """The MongoDB store is unreachable or answered something unexpected."""
+
+
+class ServerError(HSEError):
+    """The embedded MongoDB-wire server could not be started, reached or stopped."""
+
+
+class RunNotFound(HSEError, KeyError):
+    """No queued or finished run has the given id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class MetricError(HSEError, ValueError):
+    """`single_run` returned something that is not a usable metric."""
+
+
+class AnalysisError(HSEError, ValueError):
+    """A results frame cannot be summarised, exported or plotted as asked.
+
+    The message names the bad argument (metric, config path, format, ...) and lists the
+    valid choices.
+    """

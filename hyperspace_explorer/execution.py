@@ -1,0 +1,426 @@
+"""Execution of one run: user code in a forked child, its Sacred record written by the parent.
+
+Why this split:
+
+- The child (a fork of the warmed-up worker, so no imports are repeated) runs
+  `Scenario.single_run` under Sacred. A segfault, `os._exit`, an out-of-memory kill or
+  a hang there ends only the child; the worker reports it and goes on.
+- The child never talks to MongoDB. Its Sacred observer (`PipeObserver`) forwards every
+  event over a pipe, and the parent applies them with Sacred's own `MongoObserver`
+  (`RecordWriter`), retrying through database outages. Records are written with
+  idempotent upserts, so a retried write never stores anything twice.
+- The parent, not user code, renews the run's lease, so a run holding the GIL or
+  sitting in a C call is never mistaken for a dead one; it also enforces the
+  timeout and cancellation by killing the child.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gridfs
+from sacred import Experiment, SETTINGS
+from sacred.observers import MongoObserver, RunObserver
+from sacred.utils import apply_backspaces_and_linefeeds
+
+from .configurable import resolve_class
+from .scenario import Scenario, _SACRED_RUN, normalize_metrics, seed_everything
+from .store import (CANCELLED, COMPLETED, FAILED, QUEUED, REASON_CANCELLED, REASON_ERROR,
+                    REASON_KILLED, REASON_TIMEOUT, TIMEOUT, Store, now_utc)
+from .task import Task
+
+log = logging.getLogger("hyperspace_explorer.worker")
+
+OUTPUT_LIMIT = 1 << 20  # characters of captured output kept per run (its tail)
+_CUT_NOTE = "[hyperspace_explorer: output longer than {} characters; only its tail is kept]\n"
+_FORK = multiprocessing.get_context("fork")
+
+SETTINGS.CAPTURE_MODE = "sys"  # "fd" spawns a `tee` process per run; the child's fds
+# go to a per-run log file anyway (see _child_main), which keeps C-level output too.
+
+
+def cut_output(text: str, limit: int = OUTPUT_LIMIT) -> str:
+    """Keep the tail of a run's output so its record stays far below 16 MB."""
+    if len(text) <= limit:
+        return text
+    note = _CUT_NOTE.format(limit)
+    return note + text[len(text) - limit + len(note):]
+
+
+def _output_filter(text: str) -> str:
+    return apply_backspaces_and_linefeeds(cut_output(text))
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """What a child needs to execute one attempt of a queued run."""
+
+    run_id: str
+    task: Task
+    config: dict[str, Any]  # complete: every default filled
+    seed: int
+    sacred_id: int
+    attempt: int
+    max_runtime: float | None
+    log_path: Path
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How an attempt ended, as the worker records it in the queue document."""
+
+    status: str
+    reason: str | None = None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    fenced: bool = False  # our lease was taken over: record nothing
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": self.reason, "error": self.error}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics
+        return out
+
+
+# ---------------------------------------------------------------------------- child side
+class PipeObserver(RunObserver):
+    """Sacred observer in the child: forwards events to the parent's RecordWriter."""
+
+    priority = 30
+
+    def __init__(self, conn: multiprocessing.connection.Connection, sacred_id: int):
+        self.conn = conn
+        self.sacred_id = sacred_id
+
+    def _send(self, *event: Any, ack: bool = False) -> None:
+        self.conn.send(event)
+        if ack:  # the parent must read the file before user code may delete it
+            self.conn.recv()
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        self._send("started_event", ex_info, command, host_info, start_time, config,
+                   meta_info, self.sacred_id)
+        return self.sacred_id
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        self._send("heartbeat_event", _plain(info), captured_out, beat_time, result)
+
+    def completed_event(self, stop_time, result):
+        self._send("completed_event", stop_time, result)
+
+    def interrupted_event(self, interrupt_time, status):
+        self._send("interrupted_event", interrupt_time, status)
+
+    def failed_event(self, fail_time, fail_trace):
+        self._send("failed_event", fail_time, fail_trace)
+
+    def resource_event(self, filename):
+        self._send("resource_event", filename, ack=True)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self._send("artifact_event", name, filename, metadata, content_type, ack=True)
+
+    def log_metrics(self, metrics_by_name, info):
+        self._send("log_metrics", metrics_by_name, _plain(info))
+
+
+def _plain(value: Any) -> Any:
+    """Sacred's read-only containers pickle poorly; send plain copies."""
+    try:
+        return copy.deepcopy(dict(value)) if isinstance(value, dict) else copy.deepcopy(value)
+    except Exception:
+        return repr(value)
+
+
+def _child_main(conn: multiprocessing.connection.Connection, ex: Experiment,
+                spec: RunSpec) -> None:
+    """Body of the forked child: run the Sacred experiment, report, exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    except OSError:
+        pass  # keep the worker's streams
+    try:
+        scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
+        scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
+        params = copy.deepcopy(spec.config)
+        metric = spec.task.metric
+
+        @ex.main
+        def hse_run(_run):  # Sacred injects the run object
+            _SACRED_RUN.append(_run)
+            seed_everything(spec.seed)
+            return normalize_metrics(scenario.single_run(params), metric)
+
+        ex.observers[:] = [PipeObserver(conn, spec.sacred_id)]
+        ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
+        run = ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
+                                        "attempt": spec.attempt,
+                                        "scenario": spec.task.scenario}})
+        conn.send(("done", dict(run.result)))
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            conn.send(("error", detail))
+        except Exception:
+            pass
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+# ---------------------------------------------------------------------------- parent side
+class RecordWriter(MongoObserver):
+    """Sacred's MongoObserver, made safe for a worker that must never lose a record:
+    every write is an idempotent upsert retried through outages, output is capped,
+    and source files are uploaded to GridFS once, not on every run."""
+
+    def __init__(self, store: Store, source_cache: dict[tuple[str, str], Any]):
+        self.store = store
+        self._source_cache = source_cache
+        self.initialize(store.runs, gridfs.GridFS(store.db), metrics_collection=store.metrics)
+
+    def save_sources(self, ex_info):
+        base_dir = ex_info["base_dir"]
+        saved = []
+        for name, md5 in ex_info["sources"]:
+            path = os.path.join(base_dir, name)
+            key = (path, md5)
+            file_id = self._source_cache.get(key) or self.store.retry(
+                lambda: self.store.known_source(path, md5))
+            if file_id is None:
+                def upload():
+                    with open(path, "rb") as f:
+                        return self.fs.put(f, filename=path)
+                file_id = self.store.retry(upload)
+                self.store.retry(lambda: self.store.remember_source(path, md5, file_id))
+            self._source_cache[key] = file_id
+            saved.append([name, file_id])
+        return saved
+
+    def _upsert(self) -> None:
+        entry = self.run_entry
+        if "captured_out" in entry and entry["captured_out"]:
+            entry["captured_out"] = cut_output(entry["captured_out"])
+        self.store.retry(lambda: self.runs.replace_one({"_id": entry["_id"]}, entry, upsert=True))
+
+    def insert(self):
+        self._upsert()
+        return self.run_entry["_id"]
+
+    def save(self):
+        self._upsert()
+
+    def final_save(self, attempts):
+        self._upsert()
+
+    def log_metrics(self, metrics_by_name, info):
+        self.store.retry(lambda: MongoObserver.log_metrics(self, metrics_by_name, info))
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self.store.retry(lambda: MongoObserver.artifact_event(
+            self, name, filename, metadata, content_type or "application/octet-stream"))
+
+
+class Executor:
+    """Runs attempts in forked children; one per worker process.
+
+    `experiment_for(task)` builds the Sacred Experiment of a task once (source and
+    git discovery is slow), in the Study's namespace so that Sacred records the
+    Study's sources and repository, not the worker's.
+    """
+
+    def __init__(self, store: Store, study_module: Any, log_dir: Path,
+                 heartbeat_s: float, lease_s: float):
+        self.store = store
+        self.study_module = study_module
+        self.log_dir = log_dir
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
+        self._experiments: dict[str, Experiment] = {}
+        self._source_cache: dict[tuple[str, str], Any] = {}
+        self.child: Any = None
+        self.interrupt: Callable[[], str | None] = lambda: None  # the worker sets these
+        self.on_beat: Callable[[], None] = lambda: None
+
+    def experiment_for(self, task: Task) -> Experiment:
+        ex = self._experiments.get(task.name)
+        if ex is None:
+            module_dir = os.path.dirname(os.path.abspath(self.study_module.__file__))
+            namespace = {"_Experiment": Experiment, "_name": task.name, "_base": module_dir}
+            try:
+                ex = eval("_Experiment(_name, base_dir=_base)", self.study_module.__dict__,
+                          namespace)
+            except Exception as exc:  # e.g. a git repository without commits yet
+                log.warning("no git info for the Study's sources (%s); runs record none", exc)
+                ex = eval("_Experiment(_name, base_dir=_base, save_git_info=False)",
+                          self.study_module.__dict__, namespace)
+            ex.captured_out_filter = _output_filter
+            ex.logger = _quiet_logger()
+            self._experiments[task.name] = ex
+        return ex
+
+    def code_version(self, task: Task) -> dict[str, Any] | None:
+        """Commit and dirty flag of the Study's repository (None outside git)."""
+        repos = self.experiment_for(task).get_experiment_info().get("repositories") or []
+        if not repos:
+            return None
+        repo = repos[0]
+        return {"commit": repo.get("commit"), "dirty": bool(repo.get("dirty")),
+                "url": repo.get("url")}
+
+    def execute(self, spec: RunSpec, token: str) -> Outcome:
+        """Run one attempt to its end; never raises for anything the user code did."""
+        ex = self.experiment_for(spec.task)
+        parent_conn, child_conn = _FORK.Pipe()
+        proc = _FORK.Process(target=_child_main, args=(child_conn, ex, spec),
+                             name=f"hse-run-{spec.run_id}", daemon=False)
+        proc.start()
+        child_conn.close()
+        self.child = proc
+        try:
+            return self._supervise(proc, parent_conn, spec, token)
+        finally:
+            self.child = None
+            parent_conn.close()
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+
+    def _supervise(self, proc, conn, spec: RunSpec, token: str) -> Outcome:
+        writer = RecordWriter(self.store, self._source_cache)
+        started = time.monotonic()
+        next_beat = started + self.heartbeat_s
+        deadline = started + spec.max_runtime if spec.max_runtime else None
+        outcome: Outcome | None = None
+        stop: tuple[str, str, str] | None = None  # (status, reason, message) we imposed
+        conn_open = True
+        while True:
+            now = time.monotonic()
+            waits = [next_beat - now] + ([deadline - now] if deadline else [])
+            ready = multiprocessing.connection.wait(
+                ([conn] if conn_open else []) + [proc.sentinel], timeout=max(0.0, min(waits)))
+            if conn in ready:
+                try:
+                    event = conn.recv()
+                except (EOFError, OSError):
+                    conn_open = False
+                else:
+                    outcome = self._handle(event, writer, conn, spec) or outcome
+                    continue  # drain events before looking at the process
+            if proc.sentinel in ready and not (conn_open and conn.poll()):
+                break
+            now = time.monotonic()
+            request = self.interrupt()
+            if request is not None and stop is None:
+                stop = (QUEUED, None, "interrupted by worker shutdown; requeued") \
+                    if request == "requeue" else stop
+                _terminate(proc)
+            if deadline is not None and now >= deadline and stop is None:
+                stop = (TIMEOUT, REASON_TIMEOUT,
+                        f"ran longer than max_runtime={spec.max_runtime:g}s and was stopped")
+                _terminate(proc)
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                self.on_beat()
+                doc = self._renew(spec, token)
+                if doc is None:
+                    _terminate(proc)
+                    return Outcome(status=FAILED, fenced=True,
+                                   error="lease lost to another attempt")
+                if doc.get("cancel_requested") and stop is None:
+                    stop = (CANCELLED, REASON_CANCELLED, "cancelled while running")
+                    _terminate(proc)
+        proc.join()
+        if stop is not None:
+            status, reason, message = stop
+            self._close_record(writer, "TIMEOUT" if status == TIMEOUT else "INTERRUPTED",
+                               message)
+            return Outcome(status=status, reason=reason, error=message)
+        if outcome is not None:
+            return outcome
+        code = proc.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            why = f"killed by signal {name}" + (
+                " (out of memory?)" if -code == signal.SIGKILL else "")
+        else:
+            why = f"the run's process exited with code {code} before finishing"
+        why += _log_tail(spec.log_path)
+        self._close_record(writer, "FAILED", why)
+        return Outcome(status=FAILED, reason=REASON_KILLED, error=why)
+
+    def _handle(self, event: tuple, writer: RecordWriter, conn, spec: RunSpec) -> Outcome | None:
+        kind, *args = event
+        if kind == "done":
+            return Outcome(status=COMPLETED, metrics=args[0])
+        if kind == "error":
+            return Outcome(status=FAILED, reason=REASON_ERROR, error=args[0])
+        try:
+            getattr(writer, kind)(*args)
+        except Exception as exc:  # a record we cannot write must not kill the worker
+            log.error("run %s: storing Sacred event %s failed: %s", spec.run_id, kind, exc)
+        if kind in ("artifact_event", "resource_event"):
+            conn.send("ok")
+        return None
+
+    def _renew(self, spec: RunSpec, token: str) -> dict[str, Any] | None:
+        try:
+            return self.store.retry(lambda: self.store.renew_lease(
+                spec.run_id, token, self.lease_s, {"sacred_id": spec.sacred_id}),
+                patience_s=self.lease_s)
+        except Exception as exc:
+            log.warning("run %s: cannot renew lease (%s); the run goes on", spec.run_id, exc)
+            return {}
+
+    def _close_record(self, writer: RecordWriter, sacred_status: str, message: str) -> None:
+        if writer.run_entry is None:
+            return
+        if writer.run_entry.get("status") not in ("RUNNING", None):
+            return
+        writer.run_entry["stop_time"] = now_utc()
+        writer.run_entry["status"] = sacred_status
+        writer.run_entry["fail_trace"] = [message]
+        writer.final_save(attempts=1)
+
+
+def _terminate(proc, grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL if the run does not stop within `grace_s`."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(grace_s)
+    if proc.is_alive():
+        proc.kill()
+
+
+def _log_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            tail = f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"\n--- last output ---\n{tail}" if tail else ""
+
+
+def _quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("hyperspace_explorer.sacred")
+    logger.setLevel(logging.WARNING)
+    return logger

@@ -1,0 +1,98 @@
+"""Results: every run of a Study as one pandas DataFrame row.
+
+Columns: `run_id`, `sacred_id`, `task`, `status`, `reason`, `seed`, `config.<dotted>`
+(the full config, lists as tuples), `metrics.<name>`, `queued_at`, `start_time`,
+`stop_time`, `duration` (s), `host`, `code_version` (commit, "+dirty" when the work
+tree had changes), `attempt`, `error`. The analysis functions (`analysis.py`) take it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .configurable import flatten, registered_classes, resolve_class
+from .errors import HSEError
+from .scenario import Scenario
+from .store import Store
+
+_FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
+          "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
+
+
+def results_frame(store: Store, *, study: str | None = None, task: str | None = None,
+                  filter: Mapping[str, Any] | None = None,
+                  statuses: Sequence[str] | None = None):
+    """Build the results DataFrame (see the module docstring) from the store.
+
+    When the Study's code is imported, stored configs are completed with today's
+    defaults, so runs from before a parameter existed show its default, not NaN.
+    """
+    import pandas as pd
+
+    match: dict[str, Any] = dict(filter or {})
+    if study is not None:
+        match["study"] = study
+    if task is not None:
+        match["task"] = task
+    if statuses is not None:
+        match["status"] = {"$in": list(statuses)}
+    rows = []
+    completers: dict[str, Any] = {}
+    for doc in store.find_runs(match):
+        rows.append(_row(doc, completers))
+    if not rows:
+        return pd.DataFrame(columns=_FIXED)
+    frame = pd.DataFrame.from_records(rows)
+    for col in ("queued_at", "start_time", "stop_time"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    fixed = [c for c in _FIXED if c in frame.columns]
+    config_cols = sorted(c for c in frame.columns if c.startswith("config."))
+    metric_cols = sorted(c for c in frame.columns if c.startswith("metrics."))
+    return frame[fixed + config_cols + metric_cols].reset_index(drop=True)
+
+
+def _row(doc: dict[str, Any], completers: dict[str, Any]) -> dict[str, Any]:
+    config = doc.get("config") or {}
+    scenario = (doc.get("task_spec") or {}).get("scenario", {}).get("className")
+    complete = _completer(scenario, completers)
+    if complete is not None:
+        try:
+            config = complete(config)
+        except HSEError:
+            pass  # a config the current code rejects is shown as stored
+    version = doc.get("code_version") or {}
+    commit = version.get("commit")
+    row = {
+        "run_id": doc["_id"], "sacred_id": doc.get("sacred_id"), "task": doc.get("task"),
+        "status": doc.get("status"), "reason": doc.get("reason"), "seed": doc.get("seed"),
+        "queued_at": doc.get("queued_at"), "start_time": doc.get("started_at"),
+        "stop_time": doc.get("ended_at"), "duration": doc.get("duration"),
+        "host": doc.get("host"), "attempt": doc.get("attempt"), "error": doc.get("error"),
+        "code_version": f"{commit}{'+dirty' if version.get('dirty') else ''}" if commit else None,
+    }
+    row.update({f"config.{k}": v for k, v in flatten(config).items()})
+    row.update({f"metrics.{k}": v for k, v in (doc.get("metrics") or {}).items()})
+    return row
+
+
+def _completer(class_name: str | None, cache: dict[str, Any]):
+    if class_name is None:
+        return None
+    if class_name not in cache:
+        cache[class_name] = (resolve_class(Scenario, class_name).complete_run_config
+                             if class_name in registered_classes(Scenario) else None)
+    return cache[class_name]
+
+
+def results(mongo_uri: str | None, db_name: str, task: str | None = None,
+            filter: Mapping[str, Any] | None = None, *, study: str | None = None,
+            statuses: Sequence[str] | None = None):
+    """Standalone form of `RunQueue.results`, without a tasks directory."""
+    from .server import resolve_uri
+
+    store = Store.connect(resolve_uri(mongo_uri), db_name)
+    try:
+        return results_frame(store, study=study or db_name, task=task, filter=filter,
+                             statuses=statuses)
+    finally:
+        store.close()

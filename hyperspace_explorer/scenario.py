@@ -1,0 +1,119 @@
+"""Scenario: the user's experiment template, and what a run can do from inside.
+
+A Scenario's constructor parameters come from the Task (the fixed problem: data set,
+split, ...). Its `config_class` declares what the run config (the hyper-parameters
+being explored) is made of, so that a config can be validated and completed without
+running anything. `single_run(params)` gets the completed config and returns the
+quality metric.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .configurable import Configurable, complete
+from .errors import ConfigError, MetricError
+
+
+class Scenario(Configurable):
+    """Base class of a Study's scenarios (see the module docstring).
+
+    Subclasses are usually dataclasses whose fields are the Task's `Scenario`
+    parameters. `config_class` is a dataclass (often a Configurable) describing the
+    run config; leave it None to accept any JSON-like dict unvalidated.
+    """
+
+    __abstract_config__ = True  # the base itself is not a selectable className
+    config_class: ClassVar[type | None] = None
+
+    @classmethod
+    def complete_run_config(cls, conf: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate a run config and fill every default from `config_class`."""
+        conf = dict(conf or {})
+        if "seed" in conf:
+            raise ConfigError("seed", "'seed' is set per run (submit(..., seeds=...)), "
+                                      "not inside the config")
+        if cls.config_class is None:
+            return complete(_FreeForm, {"params": conf})["params"]
+        return complete(cls.config_class, conf)
+
+    def single_run(self, params: dict[str, Any]) -> float | dict[str, float]:
+        """Build data and model from `params`, train, evaluate; return the metric(s)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement single_run(params)")
+
+    # --- what a run can do from inside; outside a worker these only keep values locally
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        """Record a metric over steps (stored in Sacred's `metrics` collection)."""
+        run = _current_sacred_run()
+        if run is not None:
+            run.log_scalar(name, value, step)
+        else:
+            self.__dict__.setdefault("_logged", []).append((name, step, value))
+
+    def add_artifact(self, filename: str, name: str | None = None) -> None:
+        """Attach a file (model, plot, predictions) to the run's record."""
+        run = _current_sacred_run()
+        if run is not None:
+            run.add_artifact(filename, name=name)
+
+    @property
+    def run_info(self) -> dict[str, Any]:
+        """Free-form dict stored with the run (Sacred's `info`)."""
+        run = _current_sacred_run()
+        if run is not None:
+            return run.info
+        return self.__dict__.setdefault("_info", {})
+
+
+class _FreeForm:
+    """Stand-in spec for scenarios that do not declare a config_class."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+
+_SACRED_RUN: list[Any] = []
+
+
+def _current_sacred_run() -> Any:
+    return _SACRED_RUN[-1] if _SACRED_RUN else None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and (when the Study imported it) torch's generators."""
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def normalize_metrics(result: Any, main_metric: str) -> dict[str, float]:
+    """Turn what `single_run` returned into {name: finite float}, or explain why not."""
+    if isinstance(result, Mapping):
+        metrics = dict(result)
+        if main_metric not in metrics:
+            raise MetricError(f"single_run returned metrics {sorted(metrics)} but not the "
+                              f"task's main metric '{main_metric}'")
+    else:
+        metrics = {main_metric: result}
+    out = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not name or "." in name or name.startswith("$"):
+            raise MetricError(f"metric name {name!r} is not usable (strings without '.' "
+                              f"or a leading '$')")
+        if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MetricError(f"metric '{name}' is {type(value).__name__} {value!r}, "
+                              f"not a number")
+        if not math.isfinite(value):
+            raise MetricError(f"metric '{name}' is {value}: runs with NaN/inf metrics "
+                              f"cannot be compared")
+        out[name] = float(value)
+    return out

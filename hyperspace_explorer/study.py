@@ -1,0 +1,49 @@
+"""Study: the user's project, found through its `scenarios` module.
+
+Importing the scenarios module is what registers the Study's Configurable classes;
+only those can then be named by `className` in a queued run.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from .errors import StudyError
+
+MODULE = "scenarios"
+
+
+def scenarios_file(study_dir: str | Path) -> Path | None:
+    """Path of the Study's scenarios module in `study_dir`, if it has one."""
+    base = Path(study_dir)
+    for candidate in (base / f"{MODULE}.py", base / MODULE / "__init__.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def load_scenarios(study_dir: str | Path | None = None) -> ModuleType:
+    """Import `scenarios` from `study_dir` (default: the current directory)."""
+    base = Path(study_dir) if study_dir is not None else Path.cwd()
+    path = scenarios_file(base)
+    if path is None:
+        raise StudyError(
+            f"no {MODULE}.py in {base.resolve()}: start workers from the Study directory "
+            f"(the one containing {MODULE}.py), or pass --study-dir")
+    loaded = sys.modules.get(MODULE)
+    if loaded is not None:
+        if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+            return loaded
+        raise StudyError(f"another '{MODULE}' module ({getattr(loaded, '__file__', '?')}) is "
+                         f"already imported in this process; one Study per process")
+    root = str(path.parent if path.name != "__init__.py" else path.parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        return importlib.import_module(MODULE)
+    except Exception as exc:
+        sys.modules.pop(MODULE, None)
+        raise StudyError(f"importing {path} failed:\n{traceback.format_exc()}") from exc

@@ -1,0 +1,278 @@
+"""The worker daemon: claim runs of one Study, execute them, record the outcome.
+
+Started from a Study directory (the one holding `scenarios.py`)::
+
+    hyperspace_worker TASKS_DIR DB_NAME [--mongo-uri URI] [--interval S]
+
+Any number of workers on any number of machines can share a database: claims are
+atomic, each attempt holds a lease its worker renews, and runs whose worker died are
+requeued by whichever worker (or `hse recover`) notices the expired lease first.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .configurable import resolve_class
+from .errors import HSEError
+from .execution import Executor, RunSpec
+from .scenario import Scenario
+from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_utc,
+                    redact_uri)
+from .study import load_scenarios
+from .task import Task, task_names
+
+log = logging.getLogger("hyperspace_explorer.worker")
+
+DEFAULT_INTERVAL_S = 0.5   # idle polling: a new run is picked up within half a second
+DEFAULT_HEARTBEAT_S = 5.0  # lease renewal and cancellation check while a run executes
+DEFAULT_LEASE_S = 60.0     # a worker silent this long is presumed dead
+
+
+def recover_expired(store: Store) -> int:
+    """Requeue runs whose worker stopped renewing its lease; after `max_attempts`
+    end them as FAILED ("worker lost"). Also closes their Sacred records."""
+    handled = 0
+    for doc in store.expired_leases():
+        attempt = doc.get("attempt", 1)
+        limit = doc.get("max_attempts") or DEFAULT_MAX_ATTEMPTS
+        note = f"worker {doc.get('worker', '?')} stopped renewing its lease (attempt {attempt})"
+        if attempt >= limit:
+            ok = store.expire(doc["_id"], doc["token"],
+                              {"reason": REASON_WORKER_LOST,
+                               "error": f"worker lost: {note}; gave up after {attempt} "
+                                        f"attempt(s) (max_attempts={limit})"},
+                              final_status=FAILED)
+        else:
+            ok = store.expire(doc["_id"], doc["token"], {"last_error": f"worker lost: {note}"})
+        if ok:
+            handled += 1
+            if doc.get("sacred_id") is not None:
+                store.mark_sacred_run(doc["sacred_id"], "FAILED",
+                                      f"worker lost: {note}; see the queue document")
+            log.warning("run %s: %s; %s", doc["_id"], note,
+                        "failed" if attempt >= limit else "requeued")
+    return handled
+
+
+class Worker:
+    """One worker process. `run()` returns the number of runs it executed."""
+
+    def __init__(self, tasks_dir: str | Path, db_name: str, mongo_uri: str | None = None, *,
+                 study_dir: str | Path | None = None, study: str | None = None,
+                 interval: float = DEFAULT_INTERVAL_S, heartbeat: float = DEFAULT_HEARTBEAT_S,
+                 lease: float = DEFAULT_LEASE_S, max_runs: int | None = None,
+                 idle_exit: float | None = None, log_dir: str | Path | None = None):
+        from .server import home_dir, resolve_uri
+
+        if lease <= 2 * heartbeat:
+            raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
+                           f"({heartbeat}s), or live runs would look dead")
+        self.tasks_dir = Path(tasks_dir)
+        task_names(self.tasks_dir)  # fails early with a clear message if missing
+        self.module = load_scenarios(study_dir)
+        self.store = Store.connect(resolve_uri(mongo_uri), db_name)
+        self.study = study or db_name
+        self.interval, self.heartbeat, self.lease = interval, heartbeat, lease
+        self.max_runs, self.idle_exit = max_runs, idle_exit
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.log_dir = Path(log_dir) if log_dir else home_dir() / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.executor = Executor(self.store, self.module, self.log_dir, heartbeat, lease)
+        self.executor.interrupt = self._interrupt_request
+        self.executor.on_beat = self._beat
+        self._signals = 0
+        self._wake = threading.Event()
+        self._current: str | None = None
+        self.executed = 0
+
+    # -------------------------------------------------------------- signals
+    def _on_signal(self, signum, _frame) -> None:
+        self._signals += 1
+        self._wake.set()
+        if self._signals == 1:
+            log.warning("%s: finishing the current run, then stopping (signal again to "
+                        "interrupt it and put it back in the queue)", signal.Signals(signum).name)
+        else:
+            log.warning("interrupting the current run; it goes back to the queue")
+
+    def _interrupt_request(self) -> str | None:
+        return "requeue" if self._signals >= 2 else None
+
+    # -------------------------------------------------------------- loop
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.store.retry(lambda: self.store.register_worker({
+            "_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+            "study": self.study, "db": self.store.db_name, "tasks_dir": str(self.tasks_dir.resolve()),
+            "started_at": now_utc(), "heartbeat": now_utc(), "current_run": None,
+            "executed": 0}))
+        log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
+                 self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
+        idle_since = time.monotonic()
+        next_maintenance = 0.0
+        try:
+            while self._signals == 0:
+                if self.max_runs is not None and self.executed >= self.max_runs:
+                    log.info("executed %d run(s): --max-runs reached", self.executed)
+                    break
+                if time.monotonic() >= next_maintenance:
+                    self._maintenance()
+                    next_maintenance = time.monotonic() + self.heartbeat
+                doc = self._claim()
+                if doc is None:
+                    if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
+                        log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
+                        break
+                    self._wake.wait(self.interval)
+                    continue
+                try:
+                    self._process(doc)
+                except TRANSIENT:
+                    raise
+                except Exception:  # a worker-side bug must not take the worker down
+                    log.exception("run %s: worker error", doc["_id"])
+                    self._finish(doc["_id"], doc["token"], FAILED, {
+                        "reason": REASON_ERROR, "error": "worker error:\n" + traceback.format_exc()})
+                    self._current = None
+                idle_since = time.monotonic()
+        finally:
+            self._quietly(lambda: self.store.sweep_finished())
+            self._quietly(lambda: self.store.remove_worker(self.id))
+        return self.executed
+
+    def _claim(self) -> dict[str, Any] | None:
+        try:
+            names = task_names(self.tasks_dir)
+        except HSEError as exc:
+            log.error("%s", exc)
+            return None
+        return self.store.retry(
+            lambda: self.store.claim(self.study, names, self.id, self.lease),
+            on_wait=self._outage)
+
+    def _outage(self, exc: Exception, delay: float) -> None:
+        log.warning("database unreachable (%s); retrying in %.1fs",
+                    redact_uri(str(exc)).splitlines()[0][:120], delay)
+
+    def _maintenance(self) -> None:
+        self._quietly(lambda: recover_expired(self.store))
+        self._quietly(lambda: self.store.sweep_finished())
+        self._beat()
+
+    def _beat(self) -> None:
+        self._quietly(lambda: self.store.worker_heartbeat(
+            self.id, {"current_run": self._current, "executed": self.executed}))
+
+    def _quietly(self, op) -> None:
+        try:
+            op()
+        except TRANSIENT as exc:
+            log.warning("database unreachable during maintenance: %s", str(exc)[:120])
+
+    def _process(self, doc: dict[str, Any]) -> None:
+        run_id, token = doc["_id"], doc["token"]
+        self._current = run_id
+        started = time.time()
+        try:
+            task = Task.from_doc(doc["task_spec"])
+            scenario_cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
+            scenario_cls.complete_config(task.scenario, "Scenario")
+            config = scenario_cls.complete_run_config(doc.get("config"))
+        except (HSEError, TypeError, KeyError) as exc:
+            log.error("run %s rejected: %s", run_id, exc)
+            self._finish(run_id, token, FAILED, {"reason": REASON_INVALID, "error": str(exc)})
+            self._current = None
+            return
+        sacred_id = self.store.retry(self.store.next_sacred_id, on_wait=self._outage)
+        max_runtime = doc.get("max_runtime") or task.max_runtime
+        spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
+                       sacred_id=sacred_id, attempt=doc.get("attempt", 1),
+                       max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log")
+        log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
+                 doc["seed"], sacred_id)
+        outcome = self.executor.execute(spec, token)
+        self._current = None
+        if outcome.fenced:
+            log.warning("run %s: lease lost to a newer attempt; result discarded", run_id)
+            return
+        fields = {**outcome.fields(), "config": config, "config_given": doc.get("config"),
+                  "sacred_id": sacred_id, "code_version": self.executor.code_version(task),
+                  "host": socket.gethostname(), "duration": round(time.time() - started, 3),
+                  "log_file": str(spec.log_path)}
+        if outcome.status == "QUEUED":
+            fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
+        self._finish(run_id, token, outcome.status, fields)
+        self.executed += 1
+        log.info("run %s %s%s", run_id, outcome.status.lower(),
+                 f": {outcome.metrics}" if outcome.metrics else
+                 f" ({outcome.reason})" if outcome.reason else "")
+
+    def _finish(self, run_id: str, token: str, status: str, fields: dict[str, Any]) -> None:
+        ok = self.store.retry(lambda: self.store.finish(run_id, token, status, fields),
+                              on_wait=self._outage)
+        if not ok:
+            log.warning("run %s: a newer attempt owns it; this attempt's outcome is dropped",
+                        run_id)
+
+
+# ------------------------------------------------------------------ command line
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Worker options, shared by `hyperspace_worker` and `hse worker`."""
+    parser.add_argument("tasks_dir", help="directory with the Study's task .json files")
+    parser.add_argument("db_name", help="MongoDB database of the Study (also the queue)")
+    parser.add_argument("--mongo-uri", help="MongoDB URI (default: $HSE_MONGO_URI, else the "
+                                            "embedded server on this machine)")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help="seconds between polls of an empty queue (default %(default)s)")
+    parser.add_argument("--study-dir", default=None,
+                        help="directory containing scenarios.py (default: current directory)")
+    parser.add_argument("--study", default=None,
+                        help="Study name in the queue (default: the database name)")
+    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
+                        help="seconds between lease renewals (default %(default)s)")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
+                        help="seconds without renewal after which a run is presumed lost "
+                             "(default %(default)s)")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="exit after executing this many runs")
+    parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                        help="exit after the queue has been empty this long")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_worker_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
+                    study=args.study, interval=args.interval, heartbeat=args.heartbeat,
+                    lease=args.lease, max_runs=args.max_runs, idle_exit=args.idle_exit)
+    worker.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hyperspace_worker",
+        description="Execute queued runs of the Study in the current directory.")
+    add_worker_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_worker_from_args(args)
+    except HSEError as exc:
+        print(f"hyperspace_worker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
