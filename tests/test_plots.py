@@ -1,0 +1,190 @@
+"""Plots: what is drawn matches the data, and PNG/SVG files are written."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.figure import Figure
+
+from hyperspace_explorer.errors import AnalysisError
+from hyperspace_explorer.plots import plot_curves, plot_metric_by_config, plot_param_vs_metric
+
+C_VALUES = (0.01, 0.1, 1.0, 10.0)
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for kernel in ("rbf", "linear"):
+        for c in C_VALUES:
+            for seed in range(6):
+                acc = 0.7 + 0.05 * np.log10(c) + (0.05 if kernel == "rbf" else 0.0)
+                rows.append({"run_id": f"{kernel}-{c}-{seed}", "status": "COMPLETED",
+                             "seed": seed, "config.model.kernel": kernel,
+                             "config.model.C": c, "config.test_size": 0.2,
+                             "metrics.accuracy": acc + rng.normal(0, 0.01)})
+    rows.append({**rows[0], "run_id": "failed", "status": "FAILED", "metrics.accuracy": np.nan})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def curves() -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    rows = []
+    for c in (0.1, 1.0):
+        for seed in range(4):
+            for step in range(0, 100, 10):
+                for name, value in (("loss", np.exp(-step / (30 * c + 10))),
+                                    ("acc", 1 - np.exp(-step / 20))):
+                    rows.append({"run_id": f"{c}-{seed}", "seed": seed, "name": name,
+                                 "step": step, "value": value + rng.normal(0, 0.02),
+                                 "config.model.C": c})
+    return pd.DataFrame(rows)
+
+
+def assert_written(path, kind: str) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000
+    if kind == "png":
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    else:
+        assert b"<svg" in data[:2000]
+
+
+def points(ax) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+
+
+def test_metric_by_config_draws_every_group_and_saves(results, tmp_path):
+    fig = plot_metric_by_config(results, "accuracy", path=tmp_path / "box.png")
+    assert isinstance(fig, Figure)
+    assert_written(tmp_path / "box.png", "png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 8  # 2 kernels x 4 values of C; test_size is constant
+    assert labels[0] == "model.kernel=rbf\nmodel.C=0.01"
+    assert points(ax) == 48  # every COMPLETED run is a point, the FAILED one is not
+    assert ax.get_ylabel() == "accuracy"
+
+    plot_metric_by_config(results, "accuracy", path=tmp_path / "sub" / "box.svg")
+    assert_written(tmp_path / "sub" / "box.svg", "svg")
+
+
+def test_metric_by_config_by_and_direction_order(results):
+    fig = plot_metric_by_config(results, "metrics.accuracy", by=["model.C"],
+                                direction="maximize")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == [f"model.C={c:g}" for c in sorted(C_VALUES, reverse=True)]
+    assert "higher is better" in ax.get_ylabel()
+    # the jittered points of the first box are the runs with C = 10
+    first = next(c for c in ax.collections if isinstance(c, PathCollection)).get_offsets()
+    expected = results.loc[(results["config.model.C"] == 10.0)
+                           & (results["status"] == "COMPLETED"), "metrics.accuracy"]
+    assert sorted(np.asarray(first)[:, 1]) == pytest.approx(sorted(expected))
+    assert np.all(np.abs(np.asarray(first)[:, 0] - 1) <= 0.18)
+    with pytest.raises(AnalysisError, match="unknown 'by' config path 'model.gamma'"):
+        plot_metric_by_config(results, "accuracy", by=["model.gamma"])
+    with pytest.raises(AnalysisError, match="unknown metric"):
+        plot_metric_by_config(results, "f1")
+
+
+def test_curves_mean_line_and_band_per_group(curves, tmp_path):
+    fig = plot_curves(curves, "loss", ["model.C"], band="std", path=tmp_path / "c.png")
+    assert_written(tmp_path / "c.png", "png")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["model.C=0.1", "model.C=1"]
+    loss = curves[curves["name"] == "loss"]
+    expected = loss[loss["config.model.C"] == 1.0].groupby("step")["value"]
+    line = ax.lines[1]
+    assert list(line.get_xdata()) == list(expected.mean().index)
+    assert line.get_ydata() == pytest.approx(expected.mean().to_numpy())
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2
+    # the band spans mean +- std at each step
+    verts = bands[1].get_paths()[0].vertices[:, 1]
+    low = (expected.mean() - expected.std()).to_numpy()
+    high = (expected.mean() + expected.std()).to_numpy()
+    assert verts.min() == pytest.approx(min(low.min(), high.min()))
+    assert verts.max() == pytest.approx(max(low.max(), high.max()))
+    assert ax.get_legend() is not None
+
+    fig = plot_curves(curves, "acc", [], band=None, path=tmp_path / "c.svg", logy=True)
+    assert_written(tmp_path / "c.svg", "svg")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 1 and not any(isinstance(c, PolyCollection) for c in ax.collections)
+    assert ax.get_yscale() == "log"
+    acc = curves[curves["name"] == "acc"].groupby("step")["value"].mean()
+    assert ax.lines[0].get_ydata() == pytest.approx(acc.to_numpy())
+
+    ci = plot_curves(curves, "loss", "config.model.C", band="ci").axes[0]
+    assert len([c for c in ci.collections if isinstance(c, PolyCollection)]) == 2
+
+
+def test_curves_errors(curves):
+    with pytest.raises(AnalysisError, match=r"no logged metric named 'los'.*'acc', 'loss'"):
+        plot_curves(curves, "los", ["model.C"])
+    with pytest.raises(AnalysisError, match=r"unknown group column 'lr'.*config.model.C"):
+        plot_curves(curves, "loss", ["lr"])
+    with pytest.raises(AnalysisError, match="band"):
+        plot_curves(curves, "loss", ["model.C"], band="iqr")
+    with pytest.raises(AnalysisError, match="lacks"):
+        plot_curves(curves.drop(columns=["step"]), "loss", [])
+
+
+def test_param_vs_metric_points_means_and_log_axis(results, tmp_path):
+    fig = plot_param_vs_metric(results, "model.C", "accuracy", logx=True,
+                               path=tmp_path / "p.png")
+    assert_written(tmp_path / "p.png", "png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "model.C"
+    assert points(ax) == 48
+    done = results[results["status"] == "COMPLETED"]
+    means = done.groupby("config.model.C")["metrics.accuracy"].mean()
+    assert list(ax.lines[0].get_xdata()) == list(means.index)
+    assert ax.lines[0].get_ydata() == pytest.approx(means.to_numpy())
+
+    fig = plot_param_vs_metric(results, "config.model.C", "accuracy", hue="model.kernel",
+                               path=tmp_path / "p.svg")
+    assert_written(tmp_path / "p.svg", "svg")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear"
+    labelled = [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
+    assert labelled == ["model.kernel=rbf", "model.kernel=linear"]
+    rbf = done[done["config.model.kernel"] == "rbf"].groupby("config.model.C")["metrics.accuracy"]
+    assert ax.lines[0].get_ydata() == pytest.approx(rbf.mean().to_numpy())
+
+
+def test_param_vs_metric_errors(results, tmp_path):
+    with pytest.raises(AnalysisError, match=r"param 'model.kernel' is not numeric.*'model.C'"):
+        plot_param_vs_metric(results, "model.kernel", "accuracy")
+    with pytest.raises(AnalysisError, match=r"unknown param 'model.gamma'.*'model.C'"):
+        plot_param_vs_metric(results, "model.gamma", "accuracy")
+    neg = results.assign(**{"config.model.C": results["config.model.C"] - 1})
+    with pytest.raises(AnalysisError, match="logx"):
+        plot_param_vs_metric(neg, "model.C", "accuracy", logx=True)
+    with pytest.raises(AnalysisError, match=r"must end in one of \.png, \.svg"):
+        plot_param_vs_metric(results, "model.C", "accuracy", path=tmp_path / "p.jpg")
+
+
+def test_param_missing_for_some_model_classes_is_skipped(results):
+    df = results.copy()
+    df.loc[df["config.model.kernel"] == "linear", "config.model.C"] = None
+    ax = plot_param_vs_metric(df, "model.C", "accuracy").axes[0]
+    assert points(ax) == 24  # only the runs that have a C
+
+
+def test_draw_into_given_axes(results, tmp_path):
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    out = plot_metric_by_config(results, "accuracy", by=["model.kernel"], ax=left)
+    out2 = plot_param_vs_metric(results, "model.C", "accuracy", ax=right,
+                                path=tmp_path / "both.png")
+    assert out is fig and out2 is fig
+    assert len(left.get_xticklabels()) == 2 and right.get_xlabel() == "model.C"
+    assert_written(tmp_path / "both.png", "png")
+    png = fig._repr_png_() if hasattr(fig, "_repr_png_") else None
+    new = plot_metric_by_config(results, "accuracy")
+    assert png is None and new._repr_png_().startswith(b"\x89PNG")  # inline in notebooks
