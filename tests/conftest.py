@@ -1,0 +1,72 @@
+"""Fixtures shared by the whole test suite.
+
+Tests talk to a REAL MongoDB-wire server over TCP: the embedded nx-27017 server started here, or
+the MongoDB named by HSE_TEST_MONGO_URI (to run the suite against a real mongod). Never a fake.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+# The package is not installed in the venv: make the checkout importable under plain `pytest`.
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from hyperspace_explorer.server import EmbeddedServer, stop_server  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hse_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point HSE_HOME at a temp dir for the whole session, so no test touches the user's
+    ~/.hyperspace_explorer or their machine-wide server; stop any server started there."""
+    home = tmp_path_factory.mktemp("hse_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HSE_HOME", str(home))
+        mp.delenv("HSE_MONGO_URI", raising=False)  # tests choose their store explicitly
+        yield home
+        stop_server(home)
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A private nx-27017 server on a free port for the session, always provided (even with
+    HSE_TEST_MONGO_URI) because outage tests need a server they can stop and restart.
+
+    A test that stops it must start() it again before it ends (same data and port).
+    """
+    server = EmbeddedServer(tmp_path_factory.mktemp("nx_server") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(request: pytest.FixtureRequest) -> str:
+    """URI of the store the tests use: HSE_TEST_MONGO_URI if set, else the embedded server."""
+    uri = os.environ.get("HSE_TEST_MONGO_URI", "").strip()
+    if uri:
+        return uri
+    return request.getfixturevalue("embedded_server").uri
+
+
+@pytest.fixture
+def db_name(mongo_uri: str) -> Iterator[str]:
+    """A fresh database name for this test, dropped afterwards."""
+    name = f"hse_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    client = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(name)
+    except PyMongoError as exc:  # e.g. the test left the server stopped
+        warnings.warn(f"could not drop test database {name}: {exc}")
+    finally:
+        client.close()
