@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -31,6 +32,7 @@ from typing import Any
 
 import gridfs
 from sacred import Experiment, SETTINGS
+from sacred.host_info import get_host_info
 from sacred.observers import MongoObserver, RunObserver
 from sacred.utils import apply_backspaces_and_linefeeds
 
@@ -143,11 +145,18 @@ def _plain(value: Any) -> Any:
         return repr(value)
 
 
-def _child_main(conn: multiprocessing.connection.Connection, ex: Experiment,
-                spec: RunSpec) -> None:
-    """Body of the forked child: run the Sacred experiment, report, exit."""
+def _child_main(conn: multiprocessing.connection.Connection,
+                experiments: dict[str, Experiment]) -> None:
+    """Body of the forked child: wait for a RunSpec, run its Sacred experiment,
+    report, exit. Children are forked ahead of need (see Executor), so they get
+    the spec over the pipe rather than at fork time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        spec: RunSpec = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # the worker discarded this spare child
+    ex = experiments[spec.task.name]
     try:
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -155,6 +164,7 @@ def _child_main(conn: multiprocessing.connection.Connection, ex: Experiment,
         os.close(fd)
     except OSError:
         pass  # keep the worker's streams
+    faulthandler.enable()  # a segfault leaves a Python traceback in the run's log
     try:
         scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
         scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
@@ -191,10 +201,26 @@ class RecordWriter(MongoObserver):
     every write is an idempotent upsert retried through outages, output is capped,
     and source files are uploaded to GridFS once, not on every run."""
 
-    def __init__(self, store: Store, source_cache: dict[tuple[str, str], Any]):
+    HEARTBEAT_WRITE_S = 2.0  # a heartbeat right before completion is not worth a write
+
+    def __init__(self, store: Store, source_cache: dict[tuple[str, str], Any],
+                 host_facts: dict[str, Any]):
         self.store = store
         self._source_cache = source_cache
+        self._host_facts = host_facts
+        self._last_write = 0.0
         self.initialize(store.runs, gridfs.GridFS(store.db), metrics_collection=store.metrics)
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        return super().started_event(ex_info, command, {**host_info, **self._host_facts},
+                                     start_time, config, meta_info, _id)
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        if time.monotonic() - self._last_write >= self.HEARTBEAT_WRITE_S:
+            super().heartbeat_event(info, captured_out, beat_time, result)
+        else:  # keep it for the final write
+            self.run_entry.update(info=info, captured_out=captured_out, heartbeat=beat_time,
+                                  result=result)
 
     def save_sources(self, ex_info):
         base_dir = ex_info["base_dir"]
@@ -219,6 +245,7 @@ class RecordWriter(MongoObserver):
         if "captured_out" in entry and entry["captured_out"]:
             entry["captured_out"] = cut_output(entry["captured_out"])
         self.store.retry(lambda: self.runs.replace_one({"_id": entry["_id"]}, entry, upsert=True))
+        self._last_write = time.monotonic()
 
     def insert(self):
         self._upsert()
@@ -255,7 +282,10 @@ class Executor:
         self.lease_s = lease_s
         self._experiments: dict[str, Experiment] = {}
         self._source_cache: dict[tuple[str, str], Any] = {}
+        self._code_versions: dict[str, dict[str, Any] | None] = {}
+        self._host_facts = _slow_host_facts()
         self.child: Any = None
+        self._spare: tuple[Any, Any, frozenset[str]] | None = None
         self.interrupt: Callable[[], str | None] = lambda: None  # the worker sets these
         self.on_beat: Callable[[], None] = lambda: None
 
@@ -278,22 +308,23 @@ class Executor:
 
     def code_version(self, task: Task) -> dict[str, Any] | None:
         """Commit and dirty flag of the Study's repository (None outside git)."""
-        repos = self.experiment_for(task).get_experiment_info().get("repositories") or []
-        if not repos:
-            return None
-        repo = repos[0]
-        return {"commit": repo.get("commit"), "dirty": bool(repo.get("dirty")),
-                "url": repo.get("url")}
+        if task.name not in self._code_versions:
+            info = self.experiment_for(task).get_experiment_info()
+            repos = info.get("repositories") or []
+            self._code_versions[task.name] = {
+                "commit": repos[0].get("commit"), "dirty": bool(repos[0].get("dirty")),
+                "url": repos[0].get("url")} if repos else None
+        return self._code_versions[task.name]
 
     def execute(self, spec: RunSpec, token: str) -> Outcome:
         """Run one attempt to its end; never raises for anything the user code did."""
-        ex = self.experiment_for(spec.task)
-        parent_conn, child_conn = _FORK.Pipe()
-        proc = _FORK.Process(target=_child_main, args=(child_conn, ex, spec),
-                             name=f"hse-run-{spec.run_id}", daemon=False)
-        proc.start()
-        child_conn.close()
+        self.experiment_for(spec.task)
+        proc, parent_conn = self._take_child(spec.task.name)
+        parent_conn.send(spec)
         self.child = proc
+        # Fork the next run's child now, while this one runs: forking a warmed-up
+        # worker costs milliseconds that would otherwise sit between two runs.
+        self._spare = self._fork()
         try:
             return self._supervise(proc, parent_conn, spec, token)
         finally:
@@ -303,8 +334,31 @@ class Executor:
                 proc.kill()
             proc.join()
 
+    def _fork(self) -> tuple[Any, Any, frozenset[str]]:
+        parent_conn, child_conn = _FORK.Pipe()
+        proc = _FORK.Process(target=_child_main, args=(child_conn, dict(self._experiments)),
+                             name="hse-run", daemon=True)
+        proc.start()
+        child_conn.close()
+        return proc, parent_conn, frozenset(self._experiments)
+
+    def _take_child(self, task_name: str) -> tuple[Any, Any]:
+        spare, self._spare = self._spare, None
+        if spare is not None and task_name in spare[2] and spare[0].is_alive():
+            return spare[0], spare[1]
+        if spare is not None:
+            _discard(spare)
+        proc, conn, _ = self._fork()
+        return proc, conn
+
+    def release_spare(self) -> None:
+        """Let the forked-ahead child go (an idle worker should stay small)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _discard(spare)
+
     def _supervise(self, proc, conn, spec: RunSpec, token: str) -> Outcome:
-        writer = RecordWriter(self.store, self._source_cache)
+        writer = RecordWriter(self.store, self._source_cache, self._host_facts)
         started = time.monotonic()
         next_beat = started + self.heartbeat_s
         deadline = started + spec.max_runtime if spec.max_runtime else None
@@ -400,6 +454,15 @@ class Executor:
         writer.final_save(attempts=1)
 
 
+def _discard(spare: tuple[Any, Any, frozenset[str]]) -> None:
+    proc, conn, _ = spare
+    conn.close()  # the child reads EOF and exits
+    proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
 def _terminate(proc, grace_s: float = 2.0) -> None:
     """SIGTERM, then SIGKILL if the run does not stop within `grace_s`."""
     if proc.is_alive():
@@ -418,6 +481,16 @@ def _log_tail(path: Path, chars: int = 2000) -> str:
     except OSError:
         return ""
     return f"\n--- last output ---\n{tail}" if tail else ""
+
+
+def _slow_host_facts() -> dict[str, Any]:
+    """Host facts Sacred would gather in every run by spawning `cat /proc/cpuinfo` and
+    `nvidia-smi`: gathered once per worker here and added to each record by the
+    parent, while the children skip them."""
+    info = get_host_info()
+    SETTINGS.HOST_INFO.INCLUDE_CPU_INFO = False
+    SETTINGS.HOST_INFO.INCLUDE_GPU_INFO = False
+    return {key: info[key] for key in ("cpu", "gpus") if key in info}
 
 
 def _quiet_logger() -> logging.Logger:

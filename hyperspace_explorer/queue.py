@@ -24,7 +24,7 @@ from typing import Any
 from .configurable import json_like, registered_classes, resolve_class, set_dotted
 from .errors import ConfigError, HSEError, StudyError
 from .scenario import Scenario
-from .store import ACTIVE, DEFAULT_MAX_ATTEMPTS, FINAL, Store, now_utc
+from .store import ACTIVE, DEFAULT_MAX_ATTEMPTS, FINAL, Store, now_ts
 from .study import load_scenarios, scenarios_file
 from .task import Task, load_task, task_names
 
@@ -95,7 +95,7 @@ class RunQueue:
             raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
         scenario_cls = self.scenario_class(task)
         docs = []
-        now, host = now_utc(), socket.gethostname()
+        now, host = now_ts(), socket.gethostname()
         for conf in confs:
             conf = json_like(conf, "")
             if scenario_cls is not None:

@@ -44,7 +44,7 @@ def results_frame(store: Store, *, study: str | None = None, task: str | None = 
         return pd.DataFrame(columns=_FIXED)
     frame = pd.DataFrame.from_records(rows)
     for col in ("queued_at", "start_time", "stop_time"):
-        frame[col] = pd.to_datetime(frame[col], utc=True)
+        frame[col] = pd.to_datetime(pd.to_numeric(frame[col]), unit="s", utc=True)
     fixed = [c for c in _FIXED if c in frame.columns]
     config_cols = sorted(c for c in frame.columns if c.startswith("config."))
     metric_cols = sorted(c for c in frame.columns if c.startswith("metrics."))

@@ -13,7 +13,9 @@ Collections (no dots in names: the embedded server mishandles them):
 
 The queries stay on the subset that behaves the same on MongoDB and on nx-27017:
 find/findAndModify/update/insert/delete with plain equality, $in, $lt, $exists and
-sorts on non-`_id` fields; no $project on dotted paths, no date arithmetic, no $lookup.
+sorts on non-`_id` fields; no $project on dotted paths, no date arithmetic, no $lookup,
+and no datetimes written by `$set` (stored as strings by nx-27017): queue times are
+epoch seconds, and Sacred records are rewritten whole.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pymongo
@@ -59,14 +61,27 @@ TRANSIENT = (pymongo.errors.AutoReconnect, pymongo.errors.ServerSelectionTimeout
 
 
 def now_utc() -> datetime:
-    """Current time, truncated to BSON's millisecond resolution."""
+    """Current time, truncated to BSON's millisecond resolution (for Sacred records)."""
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def now_ts() -> float:
+    """Current time as UTC epoch seconds: how queue documents store time.
+
+    nx-27017 turns a datetime written by `$set` into a string (which then never
+    matches a date comparison), so times the queue updates in place are numbers.
+    """
+    return round(time.time(), 3)
+
+
 def new_run_id() -> str:
-    """Short random id users can type (`hse show 3f9a0c1b2d4e`)."""
-    return secrets.token_hex(6)
+    """Short random id users can type (`hse show 3f9a0c1b2d4e`); never all digits,
+    which are read as Sacred run ids."""
+    while True:
+        run_id = secrets.token_hex(6)
+        if not run_id.isdigit():
+            return run_id
 
 
 def redact_uri(uri: str) -> str:
@@ -178,12 +193,12 @@ class Store:
         """
         match = {"study": study, "status": QUEUED, "task": {"$in": sorted(tasks)}}
         for _ in range(3):
-            now = now_utc()
+            now = now_ts()
             doc = self.queue.find_one_and_update(
                 match,
                 {"$set": {"status": RUNNING, "token": secrets.token_hex(8),
                           "worker": worker_id, "started_at": now, "heartbeat": now,
-                          "lease_until": now + timedelta(seconds=lease_s)},
+                          "lease_until": now + lease_s},
                  "$inc": {"attempt": 1}},
                 sort=[("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)],
                 return_document=ReturnDocument.AFTER)
@@ -201,10 +216,10 @@ class Store:
 
         Returns the current document, so the caller sees `cancel_requested`.
         """
-        now = now_utc()
+        now = now_ts()
         return self.queue.find_one_and_update(
             {"_id": run_id, "token": token, "status": RUNNING},
-            {"$set": {"heartbeat": now, "lease_until": now + timedelta(seconds=lease_s),
+            {"$set": {"heartbeat": now, "lease_until": now + lease_s,
                       **(fields or {})}},
             projection={"cancel_requested": 1, "attempt": 1},
             return_document=ReturnDocument.AFTER)
@@ -212,7 +227,7 @@ class Store:
     def finish(self, run_id: str, token: str, status: str, fields: Mapping[str, Any]) -> bool:
         """Record the outcome of our attempt. False if a newer attempt owns the run."""
         assert status in FINAL or status == QUEUED
-        update: dict[str, Any] = {"$set": {"status": status, "ended_at": now_utc(), **fields}}
+        update: dict[str, Any] = {"$set": {"status": status, "ended_at": now_ts(), **fields}}
         if status == QUEUED:
             update = {"$set": {"status": QUEUED, **fields},
                       "$unset": {"token": "", "lease_until": "", "worker": "",
@@ -228,9 +243,9 @@ class Store:
         in the meantime keeps its run.
         """
         match = {"_id": run_id, "token": token, "status": RUNNING,
-                 "lease_until": {"$lt": now_utc()}}
+                 "lease_until": {"$lt": now_ts()}}
         if final_status is not None:
-            update = {"$set": {"status": final_status, "ended_at": now_utc(), **fields}}
+            update = {"$set": {"status": final_status, "ended_at": now_ts(), **fields}}
         else:
             update = {"$set": {"status": QUEUED, **fields},
                       "$unset": {"token": "", "lease_until": "", "worker": "", "started_at": ""}}
@@ -254,7 +269,7 @@ class Store:
 
     def expired_leases(self) -> list[dict[str, Any]]:
         """RUNNING runs whose worker stopped renewing their lease."""
-        return list(self.queue.find({"status": RUNNING, "lease_until": {"$lt": now_utc()}},
+        return list(self.queue.find({"status": RUNNING, "lease_until": {"$lt": now_ts()}},
                                     {"token": 1, "attempt": 1, "max_attempts": 1,
                                      "sacred_id": 1, "worker": 1, "cancel_requested": 1}))
 
@@ -267,19 +282,21 @@ class Store:
         queued = self.queue.update_many(
             {**base, "status": QUEUED},
             {"$set": {"status": CANCELLED, "reason": REASON_CANCELLED,
-                      "error": "cancelled before it started", "ended_at": now_utc()}})
+                      "error": "cancelled before it started", "ended_at": now_ts()}})
         running = self.queue.update_many({**base, "status": RUNNING},
                                          {"$set": {"cancel_requested": True}})
         return queued.modified_count, running.modified_count
 
-    def next_sacred_id(self) -> int:
-        """Next Sacred run id from an atomic counter (see module docstring)."""
+    def reserve_sacred_ids(self, n: int = 1) -> range:
+        """Reserve `n` consecutive Sacred run ids from an atomic counter (see the
+        module docstring). Workers reserve a few at a time to save a round trip per
+        run; ids a worker did not use are simply skipped."""
         doc = self.counters.find_one_and_update(
-            {"_id": "sacred_run_id"}, {"$inc": {"seq": 1}}, upsert=True,
+            {"_id": "sacred_run_id"}, {"$inc": {"seq": n}}, upsert=True,
             return_document=ReturnDocument.AFTER)
         if doc is None:
-            raise StoreError("the database did not return the next Sacred run id; retry")
-        return int(doc["seq"])
+            raise StoreError("the database did not return the next Sacred run ids; retry")
+        return range(int(doc["seq"]) - n + 1, int(doc["seq"]) + 1)
 
     # ------------------------------------------------------------------ reads
     def get_run(self, run_id: str | int) -> dict[str, Any]:
@@ -336,7 +353,7 @@ class Store:
 
     def worker_heartbeat(self, worker_id: str, fields: Mapping[str, Any]) -> None:
         self.workers.update_one({"_id": worker_id},
-                                {"$set": {"heartbeat": now_utc(), **fields}})
+                                {"$set": {"heartbeat": now_ts(), **fields}})
 
     def remove_worker(self, worker_id: str) -> None:
         self.workers.delete_one({"_id": worker_id})
@@ -357,6 +374,7 @@ class Store:
                         stop_time: datetime | None = None) -> None:
         """Close a Sacred record its process could not close (crash, lost worker),
         so no dashboard shows it RUNNING forever."""
-        self.runs.update_one({"_id": sacred_id, "status": "RUNNING"},
-                             {"$set": {"status": status, "fail_trace": [reason],
-                                       "stop_time": stop_time or now_utc()}})
+        doc = self.runs.find_one({"_id": sacred_id, "status": "RUNNING"})
+        if doc is not None:
+            doc.update(status=status, fail_trace=[reason], stop_time=stop_time or now_utc())
+            self.runs.replace_one({"_id": sacred_id, "status": "RUNNING"}, doc)

@@ -26,7 +26,7 @@ from .configurable import resolve_class
 from .errors import HSEError
 from .execution import Executor, RunSpec
 from .scenario import Scenario
-from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_utc,
+from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_ts,
                     redact_uri)
 from .study import load_scenarios
 from .task import Task, task_names
@@ -36,6 +36,7 @@ log = logging.getLogger("hyperspace_explorer.worker")
 DEFAULT_INTERVAL_S = 0.5   # idle polling: a new run is picked up within half a second
 DEFAULT_HEARTBEAT_S = 5.0  # lease renewal and cancellation check while a run executes
 DEFAULT_LEASE_S = 60.0     # a worker silent this long is presumed dead
+SACRED_ID_BLOCK = 8        # Sacred ids reserved per round trip
 
 
 def recover_expired(store: Store) -> int:
@@ -93,6 +94,7 @@ class Worker:
         self._signals = 0
         self._wake = threading.Event()
         self._current: str | None = None
+        self._sacred_ids: list[int] = []
         self.executed = 0
 
     # -------------------------------------------------------------- signals
@@ -115,7 +117,7 @@ class Worker:
         self.store.retry(lambda: self.store.register_worker({
             "_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "study": self.study, "db": self.store.db_name, "tasks_dir": str(self.tasks_dir.resolve()),
-            "started_at": now_utc(), "heartbeat": now_utc(), "current_run": None,
+            "started_at": now_ts(), "heartbeat": now_ts(), "current_run": None,
             "executed": 0}))
         log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
                  self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
@@ -131,6 +133,7 @@ class Worker:
                     next_maintenance = time.monotonic() + self.heartbeat
                 doc = self._claim()
                 if doc is None:
+                    self.executor.release_spare()
                     if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
                         log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
                         break
@@ -147,6 +150,7 @@ class Worker:
                     self._current = None
                 idle_since = time.monotonic()
         finally:
+            self.executor.release_spare()
             self._quietly(lambda: self.store.sweep_finished())
             self._quietly(lambda: self.store.remove_worker(self.id))
         return self.executed
@@ -194,7 +198,7 @@ class Worker:
             self._finish(run_id, token, FAILED, {"reason": REASON_INVALID, "error": str(exc)})
             self._current = None
             return
-        sacred_id = self.store.retry(self.store.next_sacred_id, on_wait=self._outage)
+        sacred_id = self._next_sacred_id()
         max_runtime = doc.get("max_runtime") or task.max_runtime
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1),
@@ -217,6 +221,12 @@ class Worker:
         log.info("run %s %s%s", run_id, outcome.status.lower(),
                  f": {outcome.metrics}" if outcome.metrics else
                  f" ({outcome.reason})" if outcome.reason else "")
+
+    def _next_sacred_id(self) -> int:
+        if not self._sacred_ids:
+            self._sacred_ids = list(self.store.retry(
+                lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK), on_wait=self._outage))
+        return self._sacred_ids.pop(0)
 
     def _finish(self, run_id: str, token: str, status: str, fields: dict[str, Any]) -> None:
         ok = self.store.retry(lambda: self.store.finish(run_id, token, status, fields),
