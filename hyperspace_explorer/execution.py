@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import gridfs
+import pymongo.errors
 from sacred import Experiment, SETTINGS
 from sacred.host_info import get_host_info
 from sacred.observers import MongoObserver, RunObserver
@@ -44,9 +45,13 @@ from .task import Task
 
 log = logging.getLogger("hyperspace_explorer.worker")
 
+TOO_LARGE = ("the run's result or info is too large for a MongoDB document (16 MB): return "
+             "a few summary metrics and store large outputs with add_artifact()")
 OUTPUT_LIMIT = 1 << 20  # characters of captured output kept per run (its tail)
 _CUT_NOTE = "[hyperspace_explorer: output longer than {} characters; only its tail is kept]\n"
 _FORK = multiprocessing.get_context("fork")
+_SUPERSEDED = "superseded: this worker lost its lease and the run went to a newer attempt"
+_FINAL_EVENTS = ("completed_event", "failed_event", "interrupted_event")
 
 SETTINGS.CAPTURE_MODE = "sys"  # "fd" spawns a `tee` process per run; the child's fds
 # go to a per-run log file anyway (see _child_main), which keeps C-level output too.
@@ -152,6 +157,7 @@ def _child_main(conn: multiprocessing.connection.Connection,
     the spec over the pipe rather than at fork time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     try:
         spec: RunSpec = conn.recv()
     except (EOFError, OSError):
@@ -193,6 +199,20 @@ def _child_main(conn: multiprocessing.connection.Connection,
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """Linux: a run must not go on computing (and writing to a dead pipe) after its
+    worker was killed; the kernel sends it SIGKILL when the worker dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the worker died before prctl took effect
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -244,7 +264,17 @@ class RecordWriter(MongoObserver):
         entry = self.run_entry
         if "captured_out" in entry and entry["captured_out"]:
             entry["captured_out"] = cut_output(entry["captured_out"])
-        self.store.retry(lambda: self.runs.replace_one({"_id": entry["_id"]}, entry, upsert=True))
+        try:
+            self.store.retry(lambda: self.runs.replace_one({"_id": entry["_id"]}, entry,
+                                                           upsert=True))
+        except pymongo.errors.DocumentTooLarge:
+            # Keep the record (and the run's status) rather than lose it: drop what
+            # made it too large and say so.
+            entry.update(result=None, info={}, status="FAILED",
+                         captured_out=cut_output(entry.get("captured_out") or "", 100_000),
+                         fail_trace=[TOO_LARGE])
+            self.store.retry(lambda: self.runs.replace_one({"_id": entry["_id"]}, entry,
+                                                           upsert=True))
         self._last_write = time.monotonic()
 
     def insert(self):
@@ -376,7 +406,10 @@ class Executor:
                 except (EOFError, OSError):
                     conn_open = False
                 else:
-                    outcome = self._handle(event, writer, conn, spec) or outcome
+                    outcome = self._handle(event, writer, conn, spec, token) or outcome
+                    if outcome is not None and outcome.fenced:
+                        _terminate(proc)
+                        return outcome
                     continue  # drain events before looking at the process
             if proc.sentinel in ready and not (conn_open and conn.poll()):
                 break
@@ -396,6 +429,7 @@ class Executor:
                 doc = self._renew(spec, token)
                 if doc is None:
                     _terminate(proc)
+                    self._close_record(writer, "FAILED", _SUPERSEDED)
                     return Outcome(status=FAILED, fenced=True,
                                    error="lease lost to another attempt")
                 if doc.get("cancel_requested") and stop is None:
@@ -420,12 +454,18 @@ class Executor:
         self._close_record(writer, "FAILED", why)
         return Outcome(status=FAILED, reason=REASON_KILLED, error=why)
 
-    def _handle(self, event: tuple, writer: RecordWriter, conn, spec: RunSpec) -> Outcome | None:
+    def _handle(self, event: tuple, writer: RecordWriter, conn, spec: RunSpec,
+                token: str) -> Outcome | None:
         kind, *args = event
         if kind == "done":
             return Outcome(status=COMPLETED, metrics=args[0])
         if kind == "error":
             return Outcome(status=FAILED, reason=REASON_ERROR, error=args[0])
+        if kind in _FINAL_EVENTS and self._renew(spec, token) is None:
+            # Fencing: a newer attempt owns the run (we were paused past our lease).
+            # Our Sacred record must not claim a result: close it as superseded.
+            self._close_record(writer, "FAILED", _SUPERSEDED)
+            return Outcome(status=FAILED, fenced=True, error="lease lost to another attempt")
         try:
             getattr(writer, kind)(*args)
         except Exception as exc:  # a record we cannot write must not kill the worker
@@ -437,8 +477,7 @@ class Executor:
     def _renew(self, spec: RunSpec, token: str) -> dict[str, Any] | None:
         try:
             return self.store.retry(lambda: self.store.renew_lease(
-                spec.run_id, token, self.lease_s, {"sacred_id": spec.sacred_id}),
-                patience_s=self.lease_s)
+                spec.run_id, token, self.lease_s), patience_s=self.lease_s)
         except Exception as exc:
             log.warning("run %s: cannot renew lease (%s); the run goes on", spec.run_id, exc)
             return {}

@@ -19,6 +19,7 @@ epoch seconds, and Sacred records are rewritten whole.
 """
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -53,6 +54,7 @@ QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
 
 _DB_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,63}$")
 T = TypeVar("T")
+log = logging.getLogger("hyperspace_explorer.store")
 
 # Errors after which retrying the same operation can succeed (server restarting,
 # network blip). Anything else is a bug or bad input and is raised at once.
@@ -148,27 +150,34 @@ class Store:
         self.queue.create_index([("status", 1), ("lease_until", 1)], name="leases")
         self.done.create_index([("study", 1), ("task", 1)], name="by_task")
         self.done.create_index([("sacred_id", 1)], name="by_sacred_id")
+        self.runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
 
     def retry(self, op: Callable[[], T], *, patience_s: float | None = None,
-              on_wait: Callable[[Exception, float], None] | None = None) -> T:
+              give_up: Callable[[], bool] | None = None) -> T:
         """Run `op`, retrying transient errors with exponential backoff.
 
         `patience_s=None` retries forever: a worker holding a finished run must not
-        drop it because the database is briefly away.
+        drop it because the database is briefly away. `give_up()` returning True
+        (e.g. the worker was asked to stop) ends the wait with a StoreError.
         """
         delay, start = 0.2, time.monotonic()
         while True:
             try:
-                return op()
+                result = op()
             except TRANSIENT as exc:
                 waited = time.monotonic() - start
-                if patience_s is not None and waited >= patience_s:
+                if (patience_s is not None and waited >= patience_s) or (give_up and give_up()):
                     raise StoreError(f"MongoDB at {redact_uri(self.uri)} unreachable for "
                                      f"{waited:.0f}s: {redact_uri(str(exc))[:200]}") from None
-                if on_wait is not None:
-                    on_wait(exc, delay)
+                if delay == 0.2 or delay >= 5.0:  # first failure, then every 5 s
+                    log.warning("MongoDB at %s unreachable (%s); retrying with backoff",
+                                redact_uri(self.uri), redact_uri(str(exc)).splitlines()[0][:120])
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                if delay > 0.2:
+                    log.warning("MongoDB reachable again after %.1fs", time.monotonic() - start)
+                return result
 
     # ------------------------------------------------------------------ queue writes
     def enqueue(self, docs: list[dict[str, Any]]) -> list[str]:
@@ -370,11 +379,14 @@ class Store:
         self.sources.replace_one({"_id": f"{md5}:{path}"}, {"_id": f"{md5}:{path}",
                                                              "file_id": file_id}, upsert=True)
 
-    def mark_sacred_run(self, sacred_id: int, status: str, reason: str,
-                        stop_time: datetime | None = None) -> None:
-        """Close a Sacred record its process could not close (crash, lost worker),
-        so no dashboard shows it RUNNING forever."""
-        doc = self.runs.find_one({"_id": sacred_id, "status": "RUNNING"})
-        if doc is not None:
-            doc.update(status=status, fail_trace=[reason], stop_time=stop_time or now_utc())
-            self.runs.replace_one({"_id": sacred_id, "status": "RUNNING"}, doc)
+    def close_lost_sacred_runs(self, run_id: str, attempt: int, reason: str) -> int:
+        """Close the Sacred record of an attempt whose worker died, so no dashboard
+        shows it RUNNING forever. Found by the run id and attempt the worker put in
+        the record's meta (the queue learns the Sacred id only at the end)."""
+        closed = 0
+        for doc in self.runs.find({"meta.hse.run_id": run_id, "meta.hse.attempt": attempt,
+                                   "status": "RUNNING"}):
+            doc.update(status="FAILED", fail_trace=[reason], stop_time=now_utc())
+            closed += self.runs.replace_one({"_id": doc["_id"], "status": "RUNNING"},
+                                            doc).modified_count
+        return closed

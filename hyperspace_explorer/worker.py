@@ -11,6 +11,8 @@ requeued by whichever worker (or `hse recover`) notices the expired lease first.
 from __future__ import annotations
 
 import argparse
+
+import bson
 import logging
 import os
 import signal
@@ -23,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .configurable import resolve_class
-from .errors import HSEError
-from .execution import Executor, RunSpec
+from .errors import HSEError, StoreError
+from .execution import TOO_LARGE, Executor, RunSpec
 from .scenario import Scenario
 from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_ts,
                     redact_uri)
@@ -37,6 +39,7 @@ DEFAULT_INTERVAL_S = 0.5   # idle polling: a new run is picked up within half a 
 DEFAULT_HEARTBEAT_S = 5.0  # lease renewal and cancellation check while a run executes
 DEFAULT_LEASE_S = 60.0     # a worker silent this long is presumed dead
 SACRED_ID_BLOCK = 8        # Sacred ids reserved per round trip
+MAX_RESULT_BYTES = 8 << 20  # what a run may add to its queue document
 
 
 def recover_expired(store: Store) -> int:
@@ -57,9 +60,8 @@ def recover_expired(store: Store) -> int:
             ok = store.expire(doc["_id"], doc["token"], {"last_error": f"worker lost: {note}"})
         if ok:
             handled += 1
-            if doc.get("sacred_id") is not None:
-                store.mark_sacred_run(doc["sacred_id"], "FAILED",
-                                      f"worker lost: {note}; see the queue document")
+            store.close_lost_sacred_runs(doc["_id"], attempt,
+                                         f"worker lost: {note}; see the queue document")
             log.warning("run %s: %s; %s", doc["_id"], note,
                         "failed" if attempt >= limit else "requeued")
     return handled
@@ -118,7 +120,7 @@ class Worker:
             "_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "study": self.study, "db": self.store.db_name, "tasks_dir": str(self.tasks_dir.resolve()),
             "started_at": now_ts(), "heartbeat": now_ts(), "current_run": None,
-            "executed": 0}))
+            "executed": 0, "stopping": False}))
         log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
                  self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
         idle_since = time.monotonic()
@@ -161,13 +163,14 @@ class Worker:
         except HSEError as exc:
             log.error("%s", exc)
             return None
-        return self.store.retry(
-            lambda: self.store.claim(self.study, names, self.id, self.lease),
-            on_wait=self._outage)
-
-    def _outage(self, exc: Exception, delay: float) -> None:
-        log.warning("database unreachable (%s); retrying in %.1fs",
-                    redact_uri(str(exc)).splitlines()[0][:120], delay)
+        try:
+            return self.store.retry(
+                lambda: self.store.claim(self.study, names, self.id, self.lease),
+                give_up=lambda: self._signals > 0)
+        except StoreError:
+            if self._signals:
+                return None  # asked to stop while the database was away
+            raise
 
     def _maintenance(self) -> None:
         self._quietly(lambda: recover_expired(self.store))
@@ -176,7 +179,8 @@ class Worker:
 
     def _beat(self) -> None:
         self._quietly(lambda: self.store.worker_heartbeat(
-            self.id, {"current_run": self._current, "executed": self.executed}))
+            self.id, {"current_run": self._current, "executed": self.executed,
+                      "stopping": self._signals > 0}))
 
     def _quietly(self, op) -> None:
         try:
@@ -216,7 +220,11 @@ class Worker:
                   "log_file": str(spec.log_path)}
         if outcome.status == "QUEUED":
             fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
-        self._finish(run_id, token, outcome.status, fields)
+        status = outcome.status
+        if len(bson.encode(fields)) > MAX_RESULT_BYTES:
+            status = FAILED
+            fields.update(metrics=None, reason=REASON_ERROR, error=TOO_LARGE)
+        self._finish(run_id, token, status, fields)
         self.executed += 1
         log.info("run %s %s%s", run_id, outcome.status.lower(),
                  f": {outcome.metrics}" if outcome.metrics else
@@ -225,12 +233,14 @@ class Worker:
     def _next_sacred_id(self) -> int:
         if not self._sacred_ids:
             self._sacred_ids = list(self.store.retry(
-                lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK), on_wait=self._outage))
+                lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK)))
         return self._sacred_ids.pop(0)
 
     def _finish(self, run_id: str, token: str, status: str, fields: dict[str, Any]) -> None:
-        ok = self.store.retry(lambda: self.store.finish(run_id, token, status, fields),
-                              on_wait=self._outage)
+        ok = self.store.retry(lambda: self.store.finish(run_id, token, status, fields))
+        if not ok:  # our write may have landed before a connection drop: look
+            doc = self.store.retry(lambda: self.store.get_run(run_id))
+            ok = doc.get("token") == token and doc.get("status") == status
         if not ok:
             log.warning("run %s: a newer attempt owns it; this attempt's outcome is dropped",
                         run_id)

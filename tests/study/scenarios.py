@@ -62,6 +62,8 @@ class ToyScenario(Scenario):
             return float("nan")
         if behaviour == "string":
             return "not a number"
+        if behaviour == "huge":
+            return {"score": 1.0, **{f"m{i}": float(i) for i in range(1_200_000)}}
         if behaviour == "print":
             for i in range(int(params["duration"])):
                 print("x" * 99)
