@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .configurable import json_like, registered_classes, resolve_class, set_dotted
-from .errors import ConfigError, HSEError, StudyError
+from .errors import ConfigError, HSEError, StudyError, TaskError
 from .scenario import Scenario
 from .store import ACTIVE, DEFAULT_MAX_ATTEMPTS, FINAL, Store, now_ts
 from .study import load_scenarios, scenarios_file
@@ -90,7 +90,8 @@ class RunQueue:
             raise HSEError(f"priority must be an int, got {priority!r}")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise HSEError(f"max_attempts must be a positive int, got {max_attempts!r}")
-        if max_runtime is not None and (not isinstance(max_runtime, (int, float))
+        if max_runtime is not None and (isinstance(max_runtime, bool)
+                                        or not isinstance(max_runtime, (int, float))
                                         or max_runtime <= 0):
             raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
         scenario_cls = self.scenario_class(task)
@@ -190,6 +191,50 @@ class RunQueue:
 
         return results_frame(self.store, study=self.study, task=task, filter=filter,
                              statuses=statuses)
+
+    def task(self, task_name: str) -> Task:
+        """The task as its file says now, or as last queued if the file is gone."""
+        try:
+            return load_task(self.tasks_dir, task_name)
+        except TaskError:
+            for doc in self.store.find_runs(self._match(task=task_name), limit=1):
+                return Task.from_doc(doc["task_spec"])
+            raise
+
+    def summary(self, task: str, by: Sequence[str] | None = None, **kwargs: Any):
+        """Runs that differ only by seed grouped: n, mean, std, sem, 95% CI of every
+        metric, ranked by the task's main metric, with Welch / Mann-Whitney tests
+        (Holm-corrected) against the best group. See `analysis.summarize`."""
+        from .analysis import summarize
+
+        spec = self.task(task)
+        return summarize(self.results(task), spec.metric, spec.direction,
+                         by=list(by) if by else None, **kwargs)
+
+    def best(self, task: str) -> dict[str, Any]:
+        """The best completed run of `task`, with what it takes to run it again."""
+        from .analysis import best_run
+
+        spec = self.task(task)
+        row = best_run(self.results(task), spec.metric, spec.direction)
+        doc = self.get(row["run_id"])
+        config = doc.get("config_given") if doc.get("config_given") is not None else doc["config"]
+        return {"run_id": doc["_id"], "sacred_id": doc.get("sacred_id"), "task": task,
+                "seed": doc["seed"], "metric": spec.metric, "value": doc["metrics"][spec.metric],
+                "metrics": doc["metrics"], "config": doc["config"],
+                "resubmit": f"q.submit({task!r}, {config!r}, seeds=[{doc['seed']}])"}
+
+    def curves(self, task: str, name: str):
+        """A metric logged with `log_scalar`, long format, for `plots.plot_curves`."""
+        from .results import curves_frame
+
+        return curves_frame(self.store, self.results(task), name)
+
+    def diff(self, run_a: str | int, run_b: str | int) -> dict[str, Any]:
+        """Config and code-version differences between two runs."""
+        from .results import run_diff
+
+        return run_diff(self.store, run_a, run_b)
 
     def _match(self, task: str | None = None,
                filter: Mapping[str, Any] | None = None) -> dict[str, Any]:

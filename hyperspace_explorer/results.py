@@ -96,3 +96,60 @@ def results(mongo_uri: str | None, db_name: str, task: str | None = None,
                              statuses=statuses)
     finally:
         store.close()
+
+
+def curves_frame(store: Store, runs, name: str):
+    """A logged metric over steps in long format (for `plots.plot_curves`): one row
+    per (run, step) with `run_id`, `seed`, `name`, `step`, `value` and the run's
+    `config.*` columns to group by. `runs` is a results frame."""
+    import pandas as pd
+
+    known = runs.dropna(subset=["sacred_id"])
+    by_sacred = {int(s): i for i, s in zip(known.index, known["sacred_id"])}
+    records = store.metric_series(list(by_sacred), name)
+    if not records:
+        return pd.DataFrame(columns=["run_id", "seed", "name", "step", "value"])
+    long = pd.DataFrame({
+        "row": [by_sacred[r["run_id"]] for r in records for _ in r["steps"]],
+        "step": [s for r in records for s in r["steps"]],
+        "value": [v for r in records for v in r["values"]],
+    })
+    keep = ["run_id", "seed"] + [c for c in runs.columns if c.startswith("config.")]
+    out = long.join(runs[keep], on="row").drop(columns="row")
+    out["name"] = name
+    first = ["run_id", "seed", "name", "step", "value"]
+    return out[first + [c for c in out.columns if c not in first]].reset_index(drop=True)
+
+
+def run_diff(store: Store, run_a: str | int, run_b: str | int) -> dict[str, Any]:
+    """What differs between two runs: config values, seed, task, code version
+    (commit, dirty flag) and which recorded source files changed."""
+    docs = [store.get_run(r) for r in (run_a, run_b)]
+    flat = [flatten(d.get("config") or {}) for d in docs]
+    config = [(path, flat[0].get(path, "<absent>"), flat[1].get(path, "<absent>"))
+              for path in sorted(set(flat[0]) | set(flat[1]))
+              if flat[0].get(path, "<absent>") != flat[1].get(path, "<absent>")]
+    versions = [d.get("code_version") or {} for d in docs]
+    sources = []
+    records = [store.sacred_run(d["sacred_id"]) if d.get("sacred_id") is not None else None
+               for d in docs]
+    files = [dict(map(tuple, (r or {}).get("experiment", {}).get("sources", [])))
+             for r in records]
+    for name in sorted(set(files[0]) | set(files[1])):
+        if name not in files[1]:
+            sources.append((name, "only in A"))
+        elif name not in files[0]:
+            sources.append((name, "only in B"))
+        elif files[0][name] != files[1][name]:  # uploads are deduplicated by content
+            sources.append((name, "changed"))
+    return {
+        "runs": [d["_id"] for d in docs],
+        "task": [d.get("task") for d in docs],
+        "seed": [d.get("seed") for d in docs],
+        "status": [d.get("status") for d in docs],
+        "metrics": [d.get("metrics") for d in docs],
+        "config": config,
+        "commit": [v.get("commit") for v in versions],
+        "dirty": [v.get("dirty") for v in versions],
+        "sources": sources,
+    }
