@@ -1,0 +1,236 @@
+"""`hse demo`: the whole loop (queue, distributed execution, ranking) in well under a minute.
+
+On a fresh machine it starts (or reuses) the embedded server, recreates the demo
+database, queues a small grid over the two model families of the bundled digits Study
+(`examples/digits_study`, task `tasks/digits.json`) under several seeds, starts local
+worker processes exactly as a user would (`python -m hyperspace_explorer.worker`),
+waits for the runs and summarises accuracy over seeds. The CLI renders the ranking.
+
+The example Study ships with the source repository, not inside the package: it is
+found next to the package directory, so the demo needs a checkout (`pip install -e .`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hyperspace_explorer
+
+from .errors import HSEError
+from .store import COMPLETED, Store, redact_uri
+
+DEMO_DB = "hse_demo"
+TASK = "digits"
+# (base config, grid) per model family: 2 families x 2 values x SEEDS seeds. Each run
+# trains on a seed-dependent 80 % of the training split, so that the seeds matter for
+# every model (a logistic regression is otherwise deterministic) and std is meaningful.
+TRAIN_FRACTION = 0.8
+GRIDS: tuple[tuple[dict[str, Any], dict[str, list[Any]]], ...] = (
+    ({"model": {"className": "LogisticModel"}, "train_fraction": TRAIN_FRACTION},
+     {"model.C": [0.1, 1.0]}),
+    ({"model": {"className": "ForestModel"}, "train_fraction": TRAIN_FRACTION},
+     {"model.n_estimators": [20, 80]}),
+)
+SEEDS = 3
+IDLE_EXIT_S = 2.0     # workers leave on their own once the queue stays empty this long
+TIMEOUT_S = 600.0     # far above the ~10 s the demo takes: only a stuck setup hits it
+STOP_GRACE_S = 30.0   # SIGTERM lets a worker finish its run; after this it is killed
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleStudy:
+    """Where the bundled digits Study lives."""
+
+    study_dir: Path  # holds scenarios.py; workers run from here
+    tasks_dir: Path  # holds digits.json
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What the demo did, for the CLI to report."""
+
+    uri: str
+    custom_uri: bool          # a URI other than the embedded server's was used
+    db: str
+    example: ExampleStudy
+    dropped: int              # runs of an earlier demo removed first
+    run_ids: list[str]
+    counts: dict[str, int]    # status -> number of runs
+    summary: Any              # analysis.summarize() frame, best first
+    seeds: int
+    elapsed_s: float
+    problems: list[str]       # "run ID: STATUS: error" for runs that did not complete
+
+    @property
+    def completed(self) -> int:
+        return self.counts.get(COMPLETED, 0)
+
+    @property
+    def example_id(self) -> str:
+        return self.run_ids[0]
+
+    @property
+    def study_dir(self) -> Path:
+        return self.example.study_dir
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.example.tasks_dir
+
+
+def locate_example() -> ExampleStudy:
+    """The example Study next to the package (repo root / examples, repo root / tasks)."""
+    root = Path(hyperspace_explorer.__file__).resolve().parent.parent
+    example = ExampleStudy(root / "examples" / "digits_study", root / "tasks")
+    missing = [p for p in (example.study_dir / "scenarios.py",
+                           example.tasks_dir / f"{TASK}.json") if not p.is_file()]
+    if missing:
+        raise HSEError(
+            f"the demo needs the example Study of the source repository, but "
+            f"{', '.join(map(str, missing))} does not exist (hyperspace_explorer seems to be "
+            f"installed without its repository). Clone the repository and install it with "
+            f"`pip install -e .`, then run `hse demo` again")
+    return example
+
+
+def run_demo(mongo_uri: str | None = None, db: str = DEMO_DB, *, workers: int = 2,
+             seeds: int = SEEDS, say: Callable[[str], None] = print,
+             progress: bool = True) -> DemoResult:
+    """Run the demo end to end against `mongo_uri` (None: $HSE_MONGO_URI, else the
+    embedded server), in database `db`, which is dropped first."""
+    from .analysis import summarize
+    from .queue import RunQueue
+    from .server import resolve_uri
+
+    if workers < 1:
+        raise HSEError(f"--workers must be at least 1, got {workers}")
+    started = time.monotonic()
+    example = locate_example()
+    custom_uri = bool(mongo_uri or os.environ.get("HSE_MONGO_URI", "").strip())
+    uri = resolve_uri(mongo_uri)
+    say(f"MongoDB: {redact_uri(uri)}" + ("" if custom_uri else " (embedded server)"))
+    dropped = _reset_database(uri, db)
+    say(f"database '{db}': dropped {dropped} run(s) of a previous demo" if dropped
+        else f"database '{db}': fresh")
+
+    queue = RunQueue(uri, db, example.tasks_dir, study_dir=example.study_dir)
+    run_ids: list[str] = []
+    for base, grid in GRIDS:
+        run_ids += queue.submit_grid(TASK, base, grid, seeds=seeds)
+    say(f"queued {len(run_ids)} runs of task '{TASK}': "
+        + " and ".join(f"{base['model']['className']} x {_grid_text(grid)}"
+                       for base, grid in GRIDS) + f", each under {seeds} seeds "
+        f"(a seed picks the {TRAIN_FRACTION:.0%} of the training images a run learns from)")
+
+    logs = _log_paths(workers)
+    say(f"starting {workers} worker processes (logs: {logs[0].parent}/demo-worker-*.log)")
+    procs = [_start_worker(example, uri, db, log) for log in logs]
+    try:
+        counts = _wait(queue, run_ids, procs, progress)
+    finally:
+        _stop(procs)
+    if counts.get(COMPLETED, 0) == 0:
+        raise HSEError(f"no demo run completed ({counts}); the worker logs say why: "
+                       f"{_tail(logs[0])}")
+    frame = queue.results(TASK)
+    problems = [f"run {row.run_id}: {row.status}: {str(row.error or '').strip()[-300:]}"
+                for row in frame.itertuples() if row.status != COMPLETED]
+    summary = summarize(frame, "accuracy", "maximize")
+    queue.store.close()
+    return DemoResult(uri=uri, custom_uri=custom_uri, db=db, example=example, dropped=dropped,
+                      run_ids=run_ids, counts=counts, summary=summary, seeds=seeds,
+                      elapsed_s=time.monotonic() - started, problems=problems)
+
+
+def _grid_text(grid: dict[str, list[Any]]) -> str:
+    return ", ".join(f"{path} in {values}" for path, values in grid.items())
+
+
+def _reset_database(uri: str, db: str) -> int:
+    """Drop `db` after checking it only holds demo runs; returns how many it held.
+
+    The check keeps `hse demo --db <a real study>` from destroying real results.
+    """
+    store = Store.connect(uri, db)
+    try:
+        runs = list(store.find_runs({}, projection={"study": 1, "task": 1}))
+        foreign = [r for r in runs if r.get("study") != db or r.get("task") != TASK]
+        if foreign:
+            raise HSEError(f"database '{db}' holds {len(foreign)} run(s) that are not from "
+                           f"the demo (e.g. task '{foreign[0].get('task')}'); the demo drops "
+                           f"its database first, so choose another one with --db")
+        store.client.drop_database(db)
+        return len(runs)
+    finally:
+        store.close()
+
+
+def _log_paths(workers: int) -> list[Path]:
+    from .server import home_dir
+
+    logs = home_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return [logs / f"demo-worker-{i + 1}.log" for i in range(workers)]
+
+
+def _start_worker(example: ExampleStudy, uri: str, db: str, log: Path) -> subprocess.Popen:
+    """A worker process as a user would start one from the Study directory. The URI
+    goes through the environment, not argv, so no password shows up in `ps`."""
+    cmd = [sys.executable, "-m", "hyperspace_explorer.worker", str(example.tasks_dir), db,
+           "--study-dir", str(example.study_dir), "--idle-exit", str(IDLE_EXIT_S)]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=example.study_dir, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HSE_MONGO_URI": uri})
+
+
+def _wait(queue: Any, run_ids: list[str], procs: list[subprocess.Popen],
+          progress: bool) -> dict[str, int]:
+    """`RunQueue.wait` with a watchdog: if every worker exits while runs are left
+    (a broken install, a crash at start-up), the leftovers are cancelled so the wait
+    ends at once instead of at the timeout."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if all(p.poll() is not None for p in procs):
+                queue.cancel(run_ids)
+                return
+
+    watchdog = threading.Thread(target=watch, name="demo-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        return queue.wait(run_ids, timeout=TIMEOUT_S, progress=progress)
+    except TimeoutError as exc:
+        raise HSEError(f"the demo runs did not finish in {TIMEOUT_S:.0f}s: {exc}") from None
+    finally:
+        done.set()
+        watchdog.join()
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM the workers still idling (each finishes its current run), then reap."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"({path} unreadable: {exc})"
+    return f"{path}:\n{text[-chars:]}"

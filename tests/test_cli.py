@@ -1,0 +1,362 @@
+"""The `hse` command line, run in-process against the real test server.
+
+Runs are executed by a real `Worker` (in this process, forking a child per run) on the
+test Study in tests/study, so `ls`, `show`, `status`, `results` and `cancel` are
+checked on genuine queue documents and Sacred records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hyperspace_explorer.cli import build_parser, main, parse_grid, split_top_level
+from hyperspace_explorer.store import Store
+
+STUDY = Path(__file__).resolve().parent / "study"
+TASKS = STUDY / "tasks"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def hse(mongo_uri: str, db_name: str, capfd: pytest.CaptureFixture):
+    """Run `hse --mongo-uri URI --db DB --tasks-dir tests/study/tasks ARGS...`.
+
+    capfd, not capsys: workers forked by an in-process Worker need a sys.stderr with
+    a real file descriptor."""
+    def run(*args: str, global_options: bool = True) -> Result:
+        capfd.readouterr()  # drop anything printed before
+        prefix = ["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir", str(TASKS)]
+        code = main([*(prefix if global_options else []), *args])
+        captured = capfd.readouterr()
+        return Result(code, captured.out, captured.err)
+    return run
+
+
+@pytest.fixture
+def store(mongo_uri: str, db_name: str):
+    s = Store.connect(mongo_uri, db_name)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """A worker run in-process installs SIGINT/SIGTERM handlers: put pytest's back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def submit(hse, *args: str) -> list[str]:
+    result = hse("submit", *args)
+    assert result.code == 0, result.err
+    return result.out.split()
+
+
+def run_worker(mongo_uri: str, db_name: str, runs: int) -> int:
+    """Execute exactly `runs` queued runs with a real worker; idle_exit only bounds a
+    broken test, it does not synchronise anything."""
+    from hyperspace_explorer.worker import Worker
+
+    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, max_runs=runs,
+                    interval=0.05, idle_exit=60)
+    return worker.run()
+
+
+def table_row(out: str, first_cell: str) -> list[str]:
+    """Cells of the rich table row whose first cell is `first_cell`."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row starting with {first_cell!r} in:\n{out}")
+
+
+# ------------------------------------------------------------------------ parsing
+def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    subparsers = next(a for a in build_parser()._actions
+                      if isinstance(a, argparse._SubParsersAction))
+    names = sorted(subparsers.choices)
+    assert names == ["cancel", "demo", "ls", "recover", "results", "server", "show",
+                     "status", "submit", "worker", "workers"]
+    for name in names:
+        assert name in top
+        assert main([name, "--help"]) == 0, name
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: hse {name}"), text
+        assert "example" in text, f"`hse {name} --help` shows no example"
+    assert main(["worker", "--help"]) == 0
+    assert "--idle-exit" in capsys.readouterr().out  # the hyperspace_worker options
+
+
+def test_module_runs_as_a_script():
+    proc = subprocess.run([sys.executable, "-m", "hyperspace_explorer.cli", "submit", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--grid PATH=V1,V2,..." in proc.stdout
+
+
+def test_grid_values_split_on_top_level_commas_only():
+    assert split_top_level('[50,10],[20],"a,b"') == ["[50,10]", "[20]", '"a,b"']
+    assert parse_grid("model.layers=[50,10],[20]") == ("model.layers", [[50, 10], [20]])
+    assert parse_grid("model.className=Linear,Forest") == ("model.className",
+                                                           ["Linear", "Forest"])
+    assert parse_grid("depth=null,3") == ("depth", [None, 3])
+
+
+# ------------------------------------------------------------------------ submit
+def test_submit_set_and_seeds_queue_the_right_documents(hse, store):
+    ids = submit(hse, "toy", "--set", "model.className=Linear", "--set", "model.lr=0.5",
+                 "--set", "model.layers=[50,10]", "--set", "behaviour=ok",
+                 "--seeds", "2", "--priority", "3")
+    assert len(ids) == 2
+    docs = [store.get_run(i) for i in ids]
+    for doc in docs:
+        assert doc["config"] == {"model": {"className": "Linear", "lr": 0.5,
+                                           "layers": [50, 10]}, "behaviour": "ok"}
+        assert (doc["task"], doc["status"], doc["priority"]) == ("toy", "QUEUED", 3)
+        assert doc["study"] == store.db_name
+    assert sorted(d["seed"] for d in docs) == [100, 101]  # toy.json's seed, +1
+
+
+def test_submit_grid_on_top_of_a_config_file(hse, store, tmp_path: Path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"model": {"className": "Forest"}, "epochs": 7}))
+    ids = submit(hse, "toy", "--config", str(base), "--set", "noise=0.25",
+                 "--grid", "model.n_trees=5,50", "--grid", "options={\"verbose\":true},{}",
+                 "--max-runtime", "30", "--max-attempts", "1")
+    docs = [store.get_run(i) for i in ids]
+    configs = sorted((d["config"]["model"]["n_trees"], json.dumps(d["config"]["options"]))
+                     for d in docs)
+    assert configs == [(5, "{\"verbose\": true}"), (5, "{}"),
+                       (50, "{\"verbose\": true}"), (50, "{}")]
+    for doc in docs:
+        assert doc["config"]["epochs"] == 7 and doc["config"]["noise"] == 0.25
+        assert doc["config"]["model"]["className"] == "Forest"
+        assert (doc["max_runtime"], doc["max_attempts"], doc["seed"]) == (30, 1, 100)
+
+
+def test_submit_bad_key_names_the_dotted_path_and_queues_nothing(hse, store):
+    result = hse("submit", "toy", "--set", "model.className=Linear", "--set", "model.lrr=1")
+    assert result.code == 2
+    assert result.err.startswith("hse: error: config.model.lrr: unknown key 'lrr'")
+    assert "did you mean 'lr'" in result.err
+    assert "Traceback" not in result.err
+    assert sum(store.count_by_status().values()) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "model.C"], "expected PATH=VALUE"),
+    (["--set", "model..C=1"], "empty key"),
+    (["--grid", "model.C=1,,2"], "empty value"),
+    (["--grid", "epochs=1", "--grid", "epochs=2"], "given twice"),
+    (["--config", "/nonexistent/base.json"], "cannot read it"),
+])
+def test_submit_rejects_malformed_options(hse, args, message):
+    result = hse("submit", "toy", "--set", "model.className=Linear", *args)
+    assert result.code == 2
+    assert message in result.err
+
+
+def test_submit_unknown_task_lists_the_known_ones(hse):
+    result = hse("submit", "nope")
+    assert result.code == 2
+    assert "unknown task 'nope'" in result.err and "known tasks: noop, " in result.err
+
+
+def test_data_commands_need_a_database(mongo_uri: str, capsys, monkeypatch):
+    monkeypatch.delenv("HSE_DB", raising=False)
+    assert main(["--mongo-uri", mongo_uri, "status"]) == 2
+    assert "no database given: pass --db NAME" in capsys.readouterr().err
+
+
+def test_database_can_come_from_the_environment(mongo_uri, db_name, capsys, monkeypatch):
+    monkeypatch.setenv("HSE_DB", db_name)
+    assert main(["status", "--mongo-uri", mongo_uri]) == 0  # options after the command too
+    assert f"no runs in study '{db_name}'" in capsys.readouterr().out
+
+
+def test_credentials_in_uris_are_never_printed(capsys):
+    code = main(["--mongo-uri", "mongodb://alice:s3cret@localhost:notaport", "--db", "x",
+                 "ls"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("hse: error:") and "s3cret" not in err and "***" in err
+
+
+# ------------------------------------------------------------------------ on executed runs
+@pytest.fixture
+def executed(hse, mongo_uri, db_name, keep_signal_handlers) -> dict[str, list[str]]:
+    """Five runs of `toy` executed by a real worker: a 2x2 grid (epochs 1 and 3, two
+    seeds) that completes, and one run whose user code raises."""
+    ok = submit(hse, "toy", "--set", "model.className=Linear", "--grid", "epochs=1,3",
+                "--seeds", "2")
+    failed = submit(hse, "toy", "--set", "model.className=Forest", "--set", "behaviour=raise")
+    assert run_worker(mongo_uri, db_name, runs=5) == 5
+    return {"ok": ok, "failed": failed}
+
+
+def test_status_counts_runs_per_task_and_status(hse, executed):
+    result = hse("status")
+    assert result.code == 0
+    header = table_row(result.out, "task")
+    assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "5"]
+    assert header[1:] == ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
+                          "total"]
+
+
+def test_ls_lists_recent_runs_with_filters(hse, executed, store):
+    everything = hse("ls")
+    assert everything.code == 0
+    for run_id in executed["ok"] + executed["failed"]:
+        row = table_row(everything.out, run_id)
+        doc = store.get_run(run_id)
+        assert row[1:5] == [str(doc["sacred_id"]), "toy", doc["status"], str(doc["seed"])]
+        assert row[7] == doc["host"]
+    ok_row = table_row(everything.out, executed["ok"][0])
+    assert ok_row[5].startswith("score=0.51")  # 0.5 + 0.01 * epochs(1)
+    assert table_row(everything.out, executed["failed"][0])[5] == "error"  # the reason
+
+    failed = hse("ls", "--status", "failed")
+    assert executed["failed"][0] in failed.out
+    assert not any(run_id in failed.out for run_id in executed["ok"])
+
+    newest = hse("ls", "-n", "1")
+    assert executed["failed"][0] in newest.out  # submitted last
+    assert not any(run_id in newest.out for run_id in executed["ok"])
+
+    assert "no matching runs" in hse("ls", "--task", "noop").out
+
+
+def test_show_prints_config_metrics_series_and_output(hse, executed, store):
+    run_id = executed["ok"][0]
+    doc = store.get_run(run_id)
+    by_id = hse("show", run_id)
+    assert by_id.code == 0
+    assert f"run {run_id}  (sacred id {doc['sacred_id']})" in by_id.out
+    assert '"className": "Linear"' in by_id.out and '"epochs": 1' in by_id.out
+    assert f"score = {doc['metrics']['score']}" in by_id.out
+    assert "loss: 1 step(s), last 1" in by_id.out  # log_scalar over epochs
+    assert "training Linear on toy" in by_id.out  # Sacred's captured output
+    by_sacred_id = hse("show", str(doc["sacred_id"]))
+    assert by_sacred_id.out == by_id.out
+
+    failed = hse("show", executed["failed"][0])
+    assert "FAILED" in failed.out
+    assert "RuntimeError: boom from user code" in failed.out
+
+
+def test_show_of_an_unknown_run_is_a_clear_error(hse):
+    result = hse("show", "0123456789ab")
+    assert result.code == 2
+    assert result.err.startswith("hse: error: no run with id '0123456789ab' in database")
+
+
+def test_results_rank_configs_over_seeds(hse, executed):
+    as_json = hse("results", "toy", "--format", "json")
+    assert as_json.code == 0, as_json.err
+    rows = json.loads(as_json.out)
+    assert [(r["rank"], r["epochs"], r["n"]) for r in rows] == [(1, 3, 2), (2, 1, 2)]
+    assert rows[0]["score_mean"] == pytest.approx(0.53)
+
+    table = hse("results", "toy")
+    assert "ranked by score (maximize)" in table.out
+    assert table_row(table.out, "1")[1:4] == ["3", "2", "0.5300 ± 0.0000"]
+
+    by_model = hse("results", "toy", "--by", "model.className", "--format", "csv")
+    assert by_model.out.splitlines()[0].startswith("rank,model.className,n,")
+    assert by_model.out.splitlines()[1].startswith("1,Linear,4,")
+
+    missing = hse("results", "noop")
+    assert missing.code == 2
+    assert "no runs of task 'noop'" in missing.err and "tasks with runs: toy" in missing.err
+
+
+def test_cancel_queued_runs_by_id_task_or_all(hse, store, executed):
+    first, second, third = submit(hse, "toy", "--set", "model.className=Linear",
+                                  "--seeds", "3")
+    result = hse("cancel", first, executed["ok"][0])
+    assert result.code == 0
+    assert f"run {executed['ok'][0]} already ended (COMPLETED)" in result.out
+    assert "cancelled 1 queued run(s)" in result.out
+    assert store.get_run(first)["status"] == "CANCELLED"
+    assert store.get_run(second)["status"] == "QUEUED"
+
+    assert "cancelled 2 queued run(s)" in hse("cancel", "--task", "toy").out
+    assert {store.get_run(i)["status"] for i in (second, third)} == {"CANCELLED"}
+    assert store.get_run(executed["ok"][0])["status"] == "COMPLETED"
+    assert "cancelled 0 queued run(s)" in hse("cancel", "--all").out
+
+    nothing = hse("cancel")
+    assert nothing.code == 2 and "say what to cancel" in nothing.err
+
+
+# ------------------------------------------------------------------------ maintenance
+def test_recover_requeues_expired_leases_and_archives(hse, store):
+    lost, cancelled = submit(hse, "toy", "--set", "model.className=Linear", "--seeds", "2")
+    # A worker that claimed `lost` and died: its lease is already over.
+    assert store.claim(store.db_name, ["toy"], "ghost:1", lease_s=-1)["_id"] == lost
+    assert hse("cancel", cancelled).code == 0
+
+    result = hse("recover")
+    assert result.code == 0
+    assert "recovered 1 run(s)" in result.out
+    assert "moved 1 finished run(s) from hse_queue to hse_done" in result.out
+    doc = store.get_run(lost)
+    assert (doc["status"], doc["attempt"]) == ("QUEUED", 1)
+    assert "ghost:1 stopped renewing its lease" in doc["last_error"]
+    assert store.done.find_one({"_id": cancelled})["status"] == "CANCELLED"
+
+
+def test_workers_flags_silent_ones_as_dead(hse, store):
+    assert "no workers registered" in hse("workers").out
+    now = time.time()
+    for worker_id, pid, beat in (("h:1:a", 1111, now), ("h:2:b", 2222, now - 3600)):
+        store.register_worker({"_id": worker_id, "host": "h", "pid": pid, "study": "s",
+                               "heartbeat": beat, "current_run": "abc" if pid == 1111 else None,
+                               "executed": 4})
+    result = hse("workers")
+    assert result.code == 0
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.out.splitlines()
+            if line.startswith("│ h ")]
+    assert rows == [["h", "1111", "s", "abc", "4", rows[0][5], "alive"],
+                    ["h", "2222", "s", "-", "4", "1h00m ago", "DEAD"]]
+
+
+def test_worker_command_executes_runs(hse, mongo_uri, db_name, store, keep_signal_handlers):
+    (run_id,) = submit(hse, "toy", "--set", "model.className=Linear")
+    # --mongo-uri before the subcommand must reach the worker.
+    code = main(["--mongo-uri", mongo_uri, "worker", str(TASKS), db_name,
+                 "--study-dir", str(STUDY), "--max-runs", "1", "--interval", "0.05",
+                 "--idle-exit", "60"])
+    assert code == 0
+    assert store.get_run(run_id)["status"] == "COMPLETED"
+
+
+def test_server_start_status_stop(capsys):
+    """The machine-wide server of this session's HSE_HOME (see conftest)."""
+    assert main(["server", "start"]) == 0
+    assert "embedded server running at mongodb://" in capsys.readouterr().out
+    assert main(["server", "status"]) == 0
+    assert capsys.readouterr().out.startswith("running")
+    assert main(["server", "stop"]) == 0
+    assert "embedded server stopped" in capsys.readouterr().out
+    assert main(["server", "status"]) == 1
+    assert capsys.readouterr().out.startswith("not running")
