@@ -151,13 +151,15 @@ def _plain(value: Any) -> Any:
 
 
 def _child_main(conn: multiprocessing.connection.Connection,
-                experiments: dict[str, Experiment]) -> None:
+                experiments: dict[str, Experiment],
+                worker_end: multiprocessing.connection.Connection) -> None:
     """Body of the forked child: wait for a RunSpec, run its Sacred experiment,
     report, exit. Children are forked ahead of need (see Executor), so they get
     the spec over the pipe rather than at fork time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    worker_end.close()  # else closing it in the worker would not reach us as EOF
     try:
         spec: RunSpec = conn.recv()
     except (EOFError, OSError):
@@ -170,12 +172,18 @@ def _child_main(conn: multiprocessing.connection.Connection,
         os.close(fd)
     except OSError:
         pass  # keep the worker's streams
-    faulthandler.enable()  # a segfault leaves a Python traceback in the run's log
+    # Python-level streams onto those fds too (the worker's may be wrapped, e.g. by a
+    # notebook or pytest), so prints and C-level output share the run's log.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    faulthandler.enable(file=sys.stderr)  # a segfault leaves a traceback in the log
     try:
         scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
         scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
         params = copy.deepcopy(spec.config)
         metric = spec.task.metric
+
+        scenario.run_seed = spec.seed
 
         @ex.main
         def hse_run(_run):  # Sacred injects the run object
@@ -366,7 +374,8 @@ class Executor:
 
     def _fork(self) -> tuple[Any, Any, frozenset[str]]:
         parent_conn, child_conn = _FORK.Pipe()
-        proc = _FORK.Process(target=_child_main, args=(child_conn, dict(self._experiments)),
+        proc = _FORK.Process(target=_child_main,
+                             args=(child_conn, dict(self._experiments), parent_conn),
                              name="hse-run", daemon=True)
         proc.start()
         child_conn.close()

@@ -39,16 +39,27 @@ class RunQueue:
     parent, then the current directory; already imported scenarios are used as is).
     """
 
-    def __init__(self, mongo_uri: str | None, db_name: str, tasks_dir: str | Path, *,
-                 study: str | None = None, study_dir: str | Path | None = None):
+    def __init__(self, mongo_uri: str | None, db_name: str, tasks_dir: str | Path | None = None,
+                 *, study: str | None = None, study_dir: str | Path | None = None):
         from .server import resolve_uri
 
-        self.tasks_dir = Path(tasks_dir)
-        task_names(self.tasks_dir)  # clear error now if the directory is wrong
+        self.tasks_dir = Path(tasks_dir) if tasks_dir is not None else None
+        if self.tasks_dir is not None:
+            task_names(self.tasks_dir)  # clear error now if the directory is wrong
         self.store = Store.connect(resolve_uri(mongo_uri), db_name)
         self.study = study or db_name
         self.study_dir = Path(study_dir) if study_dir is not None else None
         self._warned = False
+
+    def close(self) -> None:
+        """Close the database connection (also done when the object is collected)."""
+        self.store.close()
+
+    def __enter__(self) -> "RunQueue":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ submitting
     def submit(self, task_name: str, conf: Mapping[str, Any] | None = None, *,
@@ -84,6 +95,8 @@ class RunQueue:
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None) -> list[str]:
+        if self.tasks_dir is None:
+            raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
         task = load_task(self.tasks_dir, task_name)
         seed_list = _seed_list(task, seeds)
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -114,7 +127,7 @@ class RunQueue:
         name = task.scenario_class_name
         if name not in registered_classes(Scenario):
             for candidate in ([self.study_dir] if self.study_dir else
-                              [self.tasks_dir.resolve().parent, Path.cwd()]):
+                              [self.tasks_dir.resolve().parent, Path.cwd()]):  # type: ignore[union-attr]
                 if scenarios_file(candidate) is not None:
                     try:
                         load_scenarios(candidate)
@@ -195,6 +208,8 @@ class RunQueue:
     def task(self, task_name: str) -> Task:
         """The task as its file says now, or as last queued if the file is gone."""
         try:
+            if self.tasks_dir is None:
+                raise TaskError("no tasks directory")
             return load_task(self.tasks_dir, task_name)
         except TaskError:
             for doc in self.store.find_runs(self._match(task=task_name), limit=1):

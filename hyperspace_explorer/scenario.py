@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from .configurable import Configurable, complete
+from .configurable import Configurable, complete, json_like
 from .errors import ConfigError, MetricError
 
 
@@ -28,6 +28,7 @@ class Scenario(Configurable):
 
     __abstract_config__ = True  # the base itself is not a selectable className
     config_class: ClassVar[type | None] = None
+    run_seed: ClassVar[int | None] = None  # set on the instance by the worker per run
 
     @classmethod
     def complete_run_config(cls, conf: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -37,7 +38,7 @@ class Scenario(Configurable):
             raise ConfigError("seed", "'seed' is set per run (submit(..., seeds=...)), "
                                       "not inside the config")
         if cls.config_class is None:
-            return complete(_FreeForm, {"params": conf})["params"]
+            return json_like(conf, "")  # any JSON-like dict; errors name the user's key
         return complete(cls.config_class, conf)
 
     def single_run(self, params: dict[str, Any]) -> float | dict[str, float]:
@@ -66,13 +67,6 @@ class Scenario(Configurable):
         if run is not None:
             return run.info
         return self.__dict__.setdefault("_info", {})
-
-
-class _FreeForm:
-    """Stand-in spec for scenarios that do not declare a config_class."""
-
-    def __init__(self, params: dict[str, Any]):
-        self.params = params
 
 
 _SACRED_RUN: list[Any] = []

@@ -331,6 +331,23 @@ class Store:
                 cursor = cursor.limit(limit)
             yield from cursor
 
+    def count_by_task_status(self, match: Mapping[str, Any] | None = None
+                             ) -> dict[tuple[str, str], int]:
+        """Number of runs per (task, status), counted by the server (per task: nx-27017
+        mishandles a `$group` on a compound key)."""
+        base = dict(match or {})
+        tasks = set(self.queue.distinct("task", base)) | set(self.done.distinct("task", base))
+        counts: dict[tuple[str, str], int] = {}
+        for task in sorted(tasks):
+            for status, n in self.count_by_status({**base, "task": task}).items():
+                if n:
+                    counts[(task, status)] = n
+        return counts
+
+    def drop_database(self) -> None:
+        """Delete this Study's database: its queue, results and Sacred records."""
+        self.client.drop_database(self.db_name)
+
     def count_by_status(self, match: Mapping[str, Any] | None = None) -> dict[str, int]:
         counts = {s: 0 for s in STATUSES}
         for coll in (self.queue, self.done):

@@ -11,8 +11,6 @@ requeued by whichever worker (or `hse recover`) notices the expired lease first.
 from __future__ import annotations
 
 import argparse
-
-import bson
 import logging
 import os
 import signal
@@ -24,9 +22,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import bson
+
 from .configurable import resolve_class
 from .errors import HSEError, StoreError
-from .execution import TOO_LARGE, Executor, RunSpec
 from .scenario import Scenario
 from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_ts,
                     redact_uri)
@@ -90,6 +89,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log_dir = Path(log_dir) if log_dir else home_dir() / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        from .execution import Executor  # Sacred: imported by workers only
+
         self.executor = Executor(self.store, self.module, self.log_dir, heartbeat, lease)
         self.executor.interrupt = self._interrupt_request
         self.executor.on_beat = self._beat
@@ -120,7 +121,8 @@ class Worker:
             "_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "study": self.study, "db": self.store.db_name, "tasks_dir": str(self.tasks_dir.resolve()),
             "started_at": now_ts(), "heartbeat": now_ts(), "current_run": None,
-            "executed": 0, "stopping": False}))
+            "executed": 0, "stopping": False, "heartbeat_s": self.heartbeat,
+            "lease_s": self.lease}))
         log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
                  self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
         idle_since = time.monotonic()
@@ -204,6 +206,8 @@ class Worker:
             return
         sacred_id = self._next_sacred_id()
         max_runtime = doc.get("max_runtime") or task.max_runtime
+        from .execution import TOO_LARGE, RunSpec
+
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1),
                        max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log")
