@@ -1,14 +1,14 @@
 """hyperspace_explorer: reproducible, distributed ML experimentation.
 
 Public API (see README.md): `Configurable`, `Scenario`, `Task`, `RunQueue`, `Worker`,
-`results`, and the errors in `hyperspace_explorer.errors`.
+`load_results`, and the errors in `hyperspace_explorer.errors`.
 """
 from .configurable import Configurable
 from .errors import ConfigError, HSEError, MetricError, StoreError, StudyError, TaskError
 from .scenario import Scenario
 from .task import Task, load_task
 
-__all__ = ["Configurable", "Scenario", "Task", "load_task", "RunQueue", "Worker", "results",
+__all__ = ["Configurable", "Scenario", "Task", "load_task", "RunQueue", "Worker", "load_results",
            "HSEError", "ConfigError", "TaskError", "StoreError", "StudyError", "MetricError"]
 __version__ = "0.1.0"
 
@@ -21,7 +21,7 @@ def __getattr__(name: str):
     if name == "Worker":
         from .worker import Worker
         return Worker
-    if name == "results":
-        from .results import results
-        return results
+    if name == "load_results":
+        from .results import load_results
+        return load_results
     raise AttributeError(f"module 'hyperspace_explorer' has no attribute {name!r}")

@@ -84,7 +84,7 @@ def _completer(class_name: str | None, cache: dict[str, Any]):
     return cache[class_name]
 
 
-def results(mongo_uri: str | None, db_name: str, task: str | None = None,
+def load_results(mongo_uri: str | None, db_name: str, task: str | None = None,
             filter: Mapping[str, Any] | None = None, *, study: str | None = None,
             statuses: Sequence[str] | None = None):
     """Standalone form of `RunQueue.results`, without a tasks directory."""
