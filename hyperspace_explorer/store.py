@@ -88,7 +88,8 @@ def new_run_id() -> str:
 
 def redact_uri(uri: str) -> str:
     """The URI with any password removed: URIs must never reach logs or messages."""
-    return re.sub(r"([A-Za-z][\w+.-]*://)([^@/\s]*)@", lambda m: f"{m.group(1)}***@", uri)
+    # Greedy up to the last '@': an unescaped '@' or '/' in a password must not leak.
+    return re.sub(r"([A-Za-z][\w+.-]*://)(\S*)@", lambda m: f"{m.group(1)}***@", uri)
 
 
 def check_db_name(db_name: str) -> str:
