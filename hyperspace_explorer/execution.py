@@ -322,7 +322,6 @@ class Executor:
         self._source_cache: dict[tuple[str, str], Any] = {}
         self._code_versions: dict[str, dict[str, Any] | None] = {}
         self._host_facts = _slow_host_facts()
-        self.child: Any = None
         self._spare: tuple[Any, Any, frozenset[str]] | None = None
         self.interrupt: Callable[[], str | None] = lambda: None  # the worker sets these
         self.on_beat: Callable[[], None] = lambda: None
@@ -359,14 +358,12 @@ class Executor:
         self.experiment_for(spec.task)
         proc, parent_conn = self._take_child(spec.task.name)
         parent_conn.send(spec)
-        self.child = proc
         # Fork the next run's child now, while this one runs: forking a warmed-up
         # worker costs milliseconds that would otherwise sit between two runs.
         self._spare = self._fork()
         try:
             return self._supervise(proc, parent_conn, spec, token)
         finally:
-            self.child = None
             parent_conn.close()
             if proc.is_alive():
                 proc.kill()
