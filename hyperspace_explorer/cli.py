@@ -83,6 +83,9 @@ examples:
   hse --db digits ls --status FAILED
   hse --db digits show 3f9a0c1b2d4e         # or a Sacred id: hse show 12
   hse --db digits results digits --format md
+  hse --db digits best digits               # the best run and how to run it again
+  hse --db digits diff 3f9a0c1b2d4e 12      # what differs between two runs
+  hse --db digits plot digits box -o accuracy.png
   hse demo                                  # everything above, on a bundled example
 
 environment: HSE_MONGO_URI (server), HSE_DB (database), HSE_TASKS_DIR (tasks),
@@ -98,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, top_level=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (_add_server, _add_worker, _add_submit, _add_status, _add_ls, _add_show,
-                _add_cancel, _add_results, _add_recover, _add_workers, _add_demo):
+                _add_cancel, _add_results, _add_best, _add_diff, _add_plot, _add_recover,
+                _add_workers, _add_demo):
         add(sub)
     return parser
 
@@ -187,9 +191,13 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
                    help="one axis of a grid; the cartesian product of all axes is queued")
     p.add_argument("--config", metavar="FILE.json",
                    help="base config (a JSON object); --set and --grid apply on top")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="run each config under N seeds: the task's seed, +1, ... "
-                        "(default: just the task's seed)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="run each config under N seeds: the task's seed, +1, ... "
+                            "(default: just the task's seed)")
+    seeds.add_argument("--seed", dest="seed_list", type=int, action="append", metavar="S",
+                       help="run each config under this seed (repeatable), e.g. to re-run "
+                            "a run found by `hse best`")
     p.add_argument("--priority", type=int, default=0,
                    help="higher runs first (default %(default)s)")
     p.add_argument("--max-runtime", type=float, default=None, metavar="S",
@@ -254,6 +262,73 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
                         "but the seed)")
 
 
+def _add_best(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "best", cmd_best,
+                 "the best completed run of a task, its full config and how to run it again",
+                 "examples:\n  hse best digits\n"
+                 "  hse best digits --save best.json\n"
+                 "  hse submit digits --config best.json --seed 3   # run it again (its seed)\n"
+                 "  hse best digits --json | jq .config\n\n"
+                 "Best by the task's metric and direction (a single run, not a mean over "
+                 "seeds: see\n`hse results` for that). --json prints run_id, sacred_id, "
+                 "task, seed, metric,\ndirection, value, metrics and config.")
+    p.add_argument("task", help="task name")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--save", metavar="FILE.json",
+                   help="also write the run's full config there, for `hse submit --config`")
+
+
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "diff", cmd_diff,
+                 "what differs between two runs: config, seed, metrics, code version, sources",
+                 "examples:\n  hse diff 3f9a0c1b2d4e 9d0e1f2a3b4c\n"
+                 "  hse diff 12 17            # Sacred ids\n\n"
+                 "Configs are compared in full (defaults included), path by path; source "
+                 "files are\nthe ones Sacred recorded for each run, compared by content.")
+    p.add_argument("run_a", metavar="RUN_A", help="queue id or Sacred id")
+    p.add_argument("run_b", metavar="RUN_B", help="queue id or Sacred id")
+
+
+PLOT_KINDS = ("box", "curve", "param")
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    from .plots import SAVE_FORMATS
+
+    p = _command(sub, "plot", cmd_plot,
+                 "draw a figure of a task's completed runs into a PNG, SVG or PDF file",
+                 "examples:\n"
+                 "  hse plot digits box -o accuracy.png        # main metric per config, "
+                 "across seeds\n"
+                 "  hse plot digits box --metric fit_time --by model.className -o t.svg\n"
+                 "  hse plot digits curve --curve loss -o loss.png   # a log_scalar series "
+                 "over steps\n"
+                 "  hse plot digits param --param model.C --logx -o C.png\n\n"
+                 "kinds:\n"
+                 "  box    the metric (default: the task's) per configuration group: box "
+                 "plus one\n         point per seed; --by groups by these config paths only\n"
+                 "  curve  the series named by --curve, mean over seeds with a ± std band, "
+                 "one line\n         per configuration (the config paths that vary, or "
+                 "--by)\n"
+                 "  param  a numeric config path (--param) against the metric; --by PATH "
+                 "draws one\n         line per value of PATH; --logx for a log axis\n\n"
+                 f"The format follows the file name ({', '.join(SAVE_FORMATS)}). Only "
+                 "COMPLETED runs are drawn.")
+    p.add_argument("task", help="task name")
+    p.add_argument("kind", help=f"one of {', '.join(PLOT_KINDS)}")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help=f"file to write ({', '.join(SAVE_FORMATS)})")
+    p.add_argument("--metric", metavar="NAME",
+                   help="metric for box/param (default: the task's main metric)")
+    p.add_argument("--param", metavar="PATH", help="config path on the x axis (param)")
+    p.add_argument("--curve", metavar="NAME", help="logged series to draw (curve)")
+    p.add_argument("--by", action="extend", nargs="+", metavar="PATH",
+                   help="config paths to group by (box, curve) or one path for the lines "
+                        "(param)")
+    p.add_argument("--logx", action="store_true", help="log-scaled x axis (param)")
+    p.add_argument("--title", help="figure title (default: one saying what is drawn)")
+
+
 def _add_recover(sub: argparse._SubParsersAction) -> None:
     _command(sub, "recover", cmd_recover,
              "requeue runs of dead workers and archive finished runs now",
@@ -263,9 +338,12 @@ def _add_recover(sub: argparse._SubParsersAction) -> None:
 
 def _add_workers(sub: argparse._SubParsersAction) -> None:
     _command(sub, "workers", cmd_workers, "list the workers registered in the database",
-             "example:\n  hse workers\n\nDEAD: no heartbeat for 3x the default heartbeat "
-             "interval (the worker was killed\nwithout cleaning up; its run is requeued "
-             "once its lease expires).")
+             "example:\n  hse workers\n\n"
+             "state: alive; stopping (asked to stop: it finishes its current run, then "
+             "exits);\nDEAD (its last heartbeat is older than its own lease, --lease of "
+             "hyperspace_worker,\nor 3x the default heartbeat interval for workers that "
+             "did not record one: it was\nkilled without cleaning up, and its run is "
+             "requeued once the run's lease expires).")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -447,10 +525,10 @@ def _main_metric(doc: Mapping[str, Any]) -> str:
 
 
 def _task_counts(store: Store, match: Mapping[str, Any]) -> dict[str, Counter]:
-    """{task: Counter(status)} over the runs matching `match`."""
+    """{task: Counter(status)} over the runs matching `match` (counted by the server)."""
     counts: dict[str, Counter] = {}
-    for doc in store.find_runs(match, projection={"task": 1, "status": 1}):
-        counts.setdefault(doc.get("task") or "?", Counter())[doc.get("status")] += 1
+    for (task, status), n in store.count_by_task_status(match).items():
+        counts.setdefault(task or "?", Counter())[status] += n
     return counts
 
 
@@ -503,7 +581,8 @@ def cmd_submit(session: Session) -> int:
         grid[path] = values
     queue = RunQueue(args.mongo_uri, session.db, args.tasks_dir, study=args.study,
                      study_dir=args.study_dir)
-    options = dict(seeds=args.seeds, priority=args.priority, max_attempts=args.max_attempts,
+    options = dict(seeds=args.seed_list if args.seed_list else args.seeds,
+                   priority=args.priority, max_attempts=args.max_attempts,
                    max_runtime=args.max_runtime)
     try:
         ids = (queue.submit_grid(args.task, conf, grid, **options) if grid
@@ -678,16 +757,8 @@ def cmd_results(session: Session) -> int:
 
     args = session.args
     store = session.store
-    study = session.study
-    spec = next(iter(store.find_runs(session.match(task=args.task),
-                                     projection={"task_spec": 1}, limit=1)), None)
-    if spec is None:
-        known = ", ".join(sorted(_task_counts(store, session.match()))) or "(none)"
-        raise HSEError(f"no runs of task '{args.task}' in study '{study}' (database "
-                       f"'{store.db_name}'); tasks with runs: {known}")
-    task = spec.get("task_spec") or {}
-    metric, direction = task.get("metric", "score"), task.get("direction", "maximize")
-    frame = results_frame(store, study=study, task=args.task)
+    metric, direction = _task_metric(session, args.task)
+    frame = results_frame(store, study=session.study, task=args.task)
     summary = summarize(frame, metric, direction, by=args.by)
     if args.format == "table":
         _console().print(summary_table(
@@ -696,6 +767,20 @@ def cmd_results(session: Session) -> int:
     else:
         print(export(summary, args.format, metric, direction))
     return 0
+
+
+def _task_metric(session: Session, task: str) -> tuple[str, str]:
+    """(metric, direction) of `task` as stored with its runs; HSEError naming the tasks
+    that have runs when it has none."""
+    store = session.store
+    doc = next(iter(store.find_runs(session.match(task=task), projection={"task_spec": 1},
+                                    limit=1)), None)
+    if doc is None:
+        known = ", ".join(sorted(_task_counts(store, session.match()))) or "(none)"
+        raise HSEError(f"no runs of task '{task}' in study '{session.study}' (database "
+                       f"'{store.db_name}'); tasks with runs: {known}")
+    spec = doc.get("task_spec") or {}
+    return spec.get("metric", "score"), spec.get("direction", "maximize")
 
 
 def summary_table(summary: Any, title: str | None = None):
@@ -738,6 +823,216 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}" if math.isfinite(std) else f"{mean:.4f}"
 
 
+def best_run_info(session: Session, task: str) -> dict[str, Any]:
+    """The best COMPLETED run of `task` by its stored metric and direction: ids, seed,
+    metric value, every metric and the full config (what `hse best` prints)."""
+    from .analysis import best_run
+    from .results import results_frame
+
+    metric, direction = _task_metric(session, task)
+    frame = results_frame(session.store, study=session.study, task=task,
+                          statuses=["COMPLETED"])
+    if len(frame) == 0:
+        counts = _task_counts(session.store, session.match(task=task)).get(task, Counter())
+        raise HSEError(f"no COMPLETED run of task '{task}' yet ("
+                       + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())) + ")")
+    row = best_run(frame, metric, direction)
+    doc = session.store.get_run(row["run_id"])
+    metrics = doc.get("metrics") or {}
+    return {"run_id": doc["_id"], "sacred_id": doc.get("sacred_id"), "task": task,
+            "seed": doc.get("seed"), "metric": metric, "direction": direction,
+            "value": metrics.get(metric), "metrics": metrics,
+            "config": doc.get("config") or {}}
+
+
+def cmd_best(session: Session) -> int:
+    from rich.json import JSON
+    from rich.table import Table
+
+    args = session.args
+    best = best_run_info(session, args.task)
+    if args.save:
+        path = Path(args.save)
+        try:
+            path.write_text(json.dumps(best["config"], indent=2, default=str) + "\n",
+                            encoding="utf-8")
+        except OSError as exc:
+            raise HSEError(f"--save {path}: cannot write it: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps(_json_ready(best), allow_nan=False, default=str))
+        return 0
+    console = _console()
+    console.print(_text(f"best run of task '{args.task}' by {best['metric']} "
+                        f"({best['direction']})", "bold"))
+    info = Table.grid(padding=(0, 2))
+    for key, value in (("run id", best["run_id"]), ("sacred id", best["sacred_id"]),
+                       ("seed", best["seed"]), (best["metric"], best["value"])):
+        info.add_row(_text(key, "dim"), _text(value))
+    for name, value in sorted(best["metrics"].items()):
+        if name != best["metric"]:
+            info.add_row(_text(name, "dim"), _text(value))
+    console.print(info)
+    console.print(_text("\nconfig", "bold"))
+    console.print(JSON.from_data(best["config"], default=str))
+    config_file = args.save or "best.json"
+    saved = (f"(config saved to {args.save})" if args.save
+             else f"(hse best {args.task} --save {config_file} writes the config above)")
+    console.print(_text("\nto run it again", "bold"))
+    console.print(_text(f"  hse submit {args.task} --config {config_file} --seed "
+                        f"{best['seed']}\n    {saved}"))
+    console.print(_text(f"  or in Python, with q = RunQueue(None, {session.db!r}, "
+                        f"{str(args.tasks_dir)!r}):"))
+    console.print(_text(f"  q.submit({args.task!r}, {_python_literal(best['config'])}, "
+                        f"seeds=[{best['seed']}])"))
+    return 0
+
+
+def _json_ready(value: Any) -> Any:
+    """Plain JSON values: NaN/inf -> None, tuples -> lists, numpy scalars -> Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _python_literal(value: Any) -> str:
+    return repr(_json_ready(value))
+
+
+_ABSENT = "<absent>"  # what results.run_diff puts for a path one config lacks
+
+
+def cmd_diff(session: Session) -> int:
+    from rich.table import Table
+
+    from .results import run_diff
+
+    args = session.args
+    store = session.store
+    diff = run_diff(store, args.run_a, args.run_b)
+    docs = [store.get_run(r) for r in diff["runs"]]
+    console = _console()
+    console.print(_text(f"A: run {docs[0]['_id']} (sacred id {docs[0].get('sacred_id', '-')})"
+                        f"\nB: run {docs[1]['_id']} (sacred id {docs[1].get('sacred_id', '-')})",
+                        "bold"))
+    if diff["config"]:
+        console.print(_text(f"\nconfig: {len(diff['config'])} difference(s)", "bold"))
+        table = Table()
+        for name in ("path", "A", "B"):
+            table.add_column(name)
+        for path, a, b in diff["config"]:
+            table.add_row(_text(path), _text(_config_value(a)), _text(_config_value(b)))
+        console.print(table)
+    else:
+        console.print(_text("\nsame config", "green"))
+
+    console.print(_text("\nruns side by side", "bold"))
+    side = Table()
+    for name in ("", "A", "B"):
+        side.add_column(name)
+
+    def add(label: str, pair: list[Any], style_status: bool = False) -> None:
+        cells = [_status(v) if style_status else _text(v) for v in pair]
+        differ = pair[0] != pair[1]
+        side.add_row(_text(label, "bold" if differ else "dim"), *cells)
+
+    add("task", diff["task"])
+    add("seed", diff["seed"])
+    add("status", diff["status"], style_status=True)
+    metrics = [m or {} for m in diff["metrics"]]
+    for name in sorted(set(metrics[0]) | set(metrics[1])):
+        add(f"metrics.{name}", [m.get(name) for m in metrics])
+    add("commit", diff["commit"])
+    add("dirty", diff["dirty"])
+    console.print(side)
+
+    if diff["sources"]:
+        console.print(_text(f"\nsource files: {len(diff['sources'])} differ", "bold"))
+        table = Table()
+        table.add_column("file")
+        table.add_column("change")
+        for name, change in diff["sources"]:
+            table.add_row(_text(name), _text(change))
+        console.print(table)
+    else:
+        note = ("" if diff["commit"][0] == diff["commit"][1]
+                else " (the commits differ outside the recorded source files)")
+        console.print(_text(f"\nsame code: no recorded source file differs{note}", "green"))
+    return 0
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, str) and value == _ABSENT:
+        return value
+    return json.dumps(_json_ready(value), default=str)
+
+
+def cmd_plot(session: Session) -> int:
+    from .analysis import config_paths, group_runs
+    from .plots import (SAVE_FORMATS, plot_curves, plot_metric_by_config,
+                        plot_param_vs_metric)
+    from .results import curves_frame, results_frame
+
+    args = session.args
+    kind = args.kind.lower()
+    if kind not in PLOT_KINDS:
+        raise HSEError(f"unknown plot kind {args.kind!r}; valid kinds: {', '.join(PLOT_KINDS)}")
+    out = Path(args.output)
+    if out.suffix.lower() not in SAVE_FORMATS:
+        raise HSEError(f"-o {args.output}: the file name must end in one of "
+                       f"{', '.join(SAVE_FORMATS)} (it sets the format)")
+    if args.logx and kind != "param":
+        raise HSEError("--logx applies to 'param' plots only")
+    store = session.store
+    task_metric, direction = _task_metric(session, args.task)
+    metric = args.metric or task_metric
+    if metric.removeprefix("metrics.") != task_metric:
+        direction = None  # only the task's own metric has a known better direction
+    frame = results_frame(store, study=session.study, task=args.task)
+    if not (frame["status"] == "COMPLETED").any():
+        raise HSEError(f"no COMPLETED run of task '{args.task}' to plot yet")
+    if kind == "box":
+        plot_metric_by_config(frame, metric, args.by, direction=direction, path=out,
+                              title=args.title)
+    elif kind == "param":
+        if not args.param:
+            raise HSEError(f"'param' plots need --param PATH; config paths: "
+                           f"{', '.join(config_paths(frame)) or '(none)'}")
+        if args.by and len(args.by) > 1:
+            raise HSEError(f"'param' plots take one --by path (one line per value), "
+                           f"got {len(args.by)}")
+        plot_param_vs_metric(frame, args.param, metric, hue=args.by[0] if args.by else None,
+                             logx=args.logx, path=out, title=args.title)
+    else:
+        groups = group_runs(frame, args.by)  # COMPLETED runs, config columns that vary
+        runs = groups.data
+        if not args.curve:
+            names = _series_names(store, runs)
+            raise HSEError(f"'curve' plots need --curve NAME; logged series: "
+                           f"{', '.join(names) or '(none: the runs logged no log_scalar)'}")
+        curves = curves_frame(store, runs, args.curve)
+        if len(curves) == 0:
+            names = _series_names(store, runs)
+            raise HSEError(f"no run of task '{args.task}' logged a series named "
+                           f"{args.curve!r}; logged series: {', '.join(names) or '(none)'}")
+        plot_curves(curves, args.curve, groups.shown_columns, path=out, title=args.title)
+    print(out)
+    return 0
+
+
+def _series_names(store: Store, runs: Any) -> list[str]:
+    """Names of the series the runs logged (for error messages)."""
+    ids = [int(s) for s in runs["sacred_id"].dropna()]
+    return sorted({str(r.get("name")) for r in store.metric_series(ids)})
+
+
 def cmd_recover(session: Session) -> int:
     from .worker import recover_expired
 
@@ -758,27 +1053,48 @@ def cmd_workers(session: Session) -> int:
 
     from .worker import DEFAULT_HEARTBEAT_S
 
-    dead_after = 3 * DEFAULT_HEARTBEAT_S
     store = session.store
     workers = sorted(store.list_workers(), key=lambda w: (w.get("host", ""), w.get("pid", 0)))
     console = _console()
     if not workers:
         console.print(_text(f"no workers registered in database '{store.db_name}'"))
         return 0
-    table = Table(title=f"{len(workers)} worker(s) (DEAD: no heartbeat for {dead_after:.0f}s)")
-    for name in ("host", "pid", "study", "current run", "executed", "last heartbeat", "state"):
+    table = Table(title=f"{len(workers)} worker(s) (DEAD: no heartbeat for longer than its "
+                        f"lease)")
+    for name in ("host", "pid", "study", "current run", "executed", "last heartbeat", "lease",
+                 "state"):
         table.add_column(name, no_wrap=True)
     now = time.time()
     for w in workers:
+        state, style = worker_state(w, now, 3 * DEFAULT_HEARTBEAT_S)
         beat = _epoch(w.get("heartbeat"))
         age = None if beat is None else max(0.0, now - beat)
-        dead = age is None or age > dead_after
         table.add_row(_text(w.get("host")), _text(w.get("pid")), _text(w.get("study")),
                       _text(w.get("current_run")), _text(w.get("executed", 0)),
                       _text("-" if age is None else f"{_seconds(age)} ago"),
-                      _text("DEAD" if dead else "alive", "red" if dead else "green"))
+                      _text(_seconds(_worker_lease(w, 3 * DEFAULT_HEARTBEAT_S))),
+                      _text(state, style))
     console.print(table)
     return 0
+
+
+def _worker_lease(worker: Mapping[str, Any], fallback: float) -> float:
+    lease = worker.get("lease_s")
+    if isinstance(lease, (int, float)) and not isinstance(lease, bool) and lease > 0:
+        return float(lease)
+    return fallback
+
+
+def worker_state(worker: Mapping[str, Any], now: float, fallback_lease: float
+                 ) -> tuple[str, str]:
+    """("DEAD" | "stopping" | "alive", style) of a `hse_workers` document: DEAD when its
+    last heartbeat is older than its own `lease_s` (`fallback_lease` when it has none)."""
+    beat = _epoch(worker.get("heartbeat"))
+    if beat is None or now - beat > _worker_lease(worker, fallback_lease):
+        return "DEAD", "red"
+    if worker.get("stopping"):
+        return "stopping", "yellow"
+    return "alive", "green"
 
 
 def cmd_demo(session: Session) -> int:

@@ -166,7 +166,7 @@ def _reset_database(uri: str, db: str) -> int:
             raise HSEError(f"database '{db}' holds {len(foreign)} run(s) that are not from "
                            f"the demo (e.g. task '{foreign[0].get('task')}'); the demo drops "
                            f"its database first, so choose another one with --db")
-        store.client.drop_database(db)
+        store.drop_database()
         return len(runs)
     finally:
         store.close()

@@ -94,8 +94,8 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
     subparsers = next(a for a in build_parser()._actions
                       if isinstance(a, argparse._SubParsersAction))
     names = sorted(subparsers.choices)
-    assert names == ["cancel", "demo", "ls", "recover", "results", "server", "show",
-                     "status", "submit", "worker", "workers"]
+    assert names == ["best", "cancel", "demo", "diff", "ls", "plot", "recover", "results",
+                     "server", "show", "status", "submit", "worker", "workers"]
     for name in names:
         assert name in top
         assert main([name, "--help"]) == 0, name
@@ -134,6 +134,17 @@ def test_submit_set_and_seeds_queue_the_right_documents(hse, store):
         assert (doc["task"], doc["status"], doc["priority"]) == ("toy", "QUEUED", 3)
         assert doc["study"] == store.db_name
     assert sorted(d["seed"] for d in docs) == [100, 101]  # toy.json's seed, +1
+
+
+def test_submit_explicit_seeds(hse, store):
+    ids = submit(hse, "toy", "--set", "model.className=Linear", "--seed", "7", "--seed", "3")
+    assert sorted(store.get_run(i)["seed"] for i in ids) == [3, 7]
+    both = hse("submit", "toy", "--set", "model.className=Linear", "--seed", "7",
+               "--seeds", "2")
+    assert both.code == 2 and "not allowed with argument" in both.err
+    duplicate = hse("submit", "toy", "--set", "model.className=Linear", "--seed", "7",
+                    "--seed", "7")
+    assert duplicate.code == 2 and "seeds contain duplicates" in duplicate.err
 
 
 def test_submit_grid_on_top_of_a_config_file(hse, store, tmp_path: Path):
@@ -213,9 +224,13 @@ def executed(hse, mongo_uri, db_name, keep_signal_handlers) -> dict[str, list[st
     return {"ok": ok, "failed": failed}
 
 
-def test_status_counts_runs_per_task_and_status(hse, executed):
+def test_status_counts_runs_per_task_and_status(hse, executed, monkeypatch):
+    def read_every_run(*args, **kwargs):
+        raise AssertionError("hse status must count on the server, not read every run")
+
+    monkeypatch.setattr(Store, "find_runs", read_every_run)
     result = hse("status")
-    assert result.code == 0
+    assert result.code == 0, result.err
     header = table_row(result.out, "task")
     assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "5"]
     assert header[1:] == ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
@@ -336,8 +351,30 @@ def test_workers_flags_silent_ones_as_dead(hse, store):
     assert result.code == 0
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.out.splitlines()
             if line.startswith("│ h ")]
-    assert rows == [["h", "1111", "s", "abc", "4", rows[0][5], "alive"],
-                    ["h", "2222", "s", "-", "4", "1h00m ago", "DEAD"]]
+    # No lease_s recorded (an older worker): DEAD after 3x the default heartbeat.
+    assert rows == [["h", "1111", "s", "abc", "4", rows[0][5], "15.0s", "alive"],
+                    ["h", "2222", "s", "-", "4", "1h00m ago", "15.0s", "DEAD"]]
+
+
+def test_workers_are_dead_after_their_own_lease_and_show_stopping(hse, store):
+    now = time.time()
+    for pid, beat, lease, stopping in ((1, now - 100, 600.0, False),  # slow but within lease
+                                       (2, now - 100, 60.0, False),   # past its lease
+                                       (3, now - 1, 60.0, True),      # asked to stop
+                                       (4, now - 100, 60.0, True)):   # stopping, then died
+        store.register_worker({"_id": f"w:{pid}", "host": "w", "pid": pid, "study": "s",
+                               "heartbeat": beat, "current_run": None, "executed": 0,
+                               "stopping": stopping, "heartbeat_s": lease / 12,
+                               "lease_s": lease})
+    result = hse("workers")
+    assert result.code == 0
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                          for line in result.out.splitlines()
+                                          if line.startswith("│ w "))}
+    assert {pid: (row[6], row[7]) for pid, row in rows.items()} == {
+        "1": ("10m00s", "alive"), "2": ("1m00s", "DEAD"), "3": ("1m00s", "stopping"),
+        "4": ("1m00s", "DEAD")}
+    assert "DEAD: no heartbeat for longer than its lease" in result.out
 
 
 def test_worker_command_executes_runs(hse, mongo_uri, db_name, store, keep_signal_handlers):
