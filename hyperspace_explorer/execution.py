@@ -237,6 +237,7 @@ class RecordWriter(MongoObserver):
         self._source_cache = source_cache
         self._host_facts = host_facts
         self._last_write = 0.0
+        self._metric_notes: list[dict[str, str]] = []
         self.initialize(store.runs, gridfs.GridFS(store.db), metrics_collection=store.metrics)
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
@@ -270,6 +271,8 @@ class RecordWriter(MongoObserver):
 
     def _upsert(self) -> None:
         entry = self.run_entry
+        if self._metric_notes:
+            entry["info"] = {**(entry.get("info") or {}), "metrics": self._metric_notes}
         if "captured_out" in entry and entry["captured_out"]:
             entry["captured_out"] = cut_output(entry["captured_out"])
         try:
@@ -296,7 +299,10 @@ class RecordWriter(MongoObserver):
         self._upsert()
 
     def log_metrics(self, metrics_by_name, info):
-        self.store.retry(lambda: MongoObserver.log_metrics(self, metrics_by_name, info))
+        # Sacred notes each new series in info["metrics"] (Omniboard finds series
+        # through it); the child's info is a copy, so keep the notes here.
+        notes = {"metrics": self._metric_notes}
+        self.store.retry(lambda: MongoObserver.log_metrics(self, metrics_by_name, notes))
 
     def artifact_event(self, name, filename, metadata=None, content_type=None):
         self.store.retry(lambda: MongoObserver.artifact_event(

@@ -200,7 +200,9 @@ def plot_curves(curves_df: pd.DataFrame, name: str, group_cols: Sequence[str] | 
                               for c in cols)
         else:
             label = name
-        (line,) = ax.plot(steps, mean, label=label, linewidth=1.6)
+        # A series of one step is a point: give it a marker or it would not show.
+        (line,) = ax.plot(steps, mean, label=label, linewidth=1.6,
+                          marker="o" if len(steps) < 2 else None)
         if band != "none":
             with np.errstate(divide="ignore", invalid="ignore"):
                 if band == "std":

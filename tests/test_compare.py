@@ -431,3 +431,5 @@ def test_sacred_records_have_what_omniboard_reads(grid: Grid):
         series = store.metric_series([doc["sacred_id"]], "loss")
         assert len(series) == 1 and len(series[0]["steps"]) == doc["config"]["epochs"]
         assert np.allclose(series[0]["values"], [1 / (s + 1) for s in series[0]["steps"]])
+        # Omniboard finds a run's series through info.metrics (name -> metrics doc id).
+        assert record["info"]["metrics"] == [{"name": "loss", "id": str(series[0]["_id"])}]
