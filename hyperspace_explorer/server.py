@@ -226,18 +226,11 @@ class EmbeddedServer:
             return False
         was_running = proc.poll() is None
         if was_running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
             try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired as exc:
-                    raise ServerError(f"the embedded MongoDB server (pid {proc.pid}) "
-                                      f"survived SIGKILL") from exc
+                _stop_popen(proc, timeout)
+            except subprocess.TimeoutExpired as exc:
+                raise ServerError(f"the embedded MongoDB server (pid {proc.pid}) "
+                                  f"survived SIGKILL") from exc
         # After SIGKILL nx-27017 cannot remove its pid file; a stale one would block the restart.
         self._remove_stale_pid_file()
         return was_running
@@ -482,18 +475,23 @@ def _reap(pid: Any) -> None:
             _DETACHED[pid] = proc
 
 
+def _stop_popen(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, SIGKILL after `timeout`; raises TimeoutExpired if even that fails."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=10)
+
+
 def _terminate(pid: int, timeout: float) -> None:
     """SIGTERM `pid`, SIGKILL it after `timeout`, and wait until it is gone."""
     proc = _DETACHED.pop(pid, None)
     if proc is not None:  # our own child: Popen can wait for (and reap) it
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=10)
+        _stop_popen(proc, timeout)
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
