@@ -172,8 +172,14 @@ def _overrides_defaults(cls: type) -> bool:
 def _as_config_value(value: Any) -> Any:
     if isinstance(value, Configurable):
         return value.to_config()
-    if isinstance(value, tuple):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # a plain dataclass default (`field(default_factory=Sub)`): its config dict
+        return {f.name: _as_config_value(getattr(value, f.name))
+                for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
         return [_as_config_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_config_value(v) for k, v in value.items()}
     return copy.deepcopy(value)
 
 
@@ -202,8 +208,9 @@ def _type_name(tp: Any) -> str:
 def _complete_configurable(base: type, value: Any, path: str,
                            require_class_name: bool = True) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(path, f"expected a dict describing a {base.__name__} "
-                                f"(with 'className'), got {type(value).__name__} {value!r}")
+        hint = " (with 'className')" if require_class_name else ""
+        raise ConfigError(path, f"expected a dict describing a {base.__name__}{hint}, "
+                                f"got {type(value).__name__} {value!r}")
     if require_class_name:
         if "className" not in value:
             raise ConfigError(path, f"'className' is required (a {base.__name__}: one of "
@@ -224,12 +231,16 @@ def _complete_configurable(base: type, value: Any, path: str,
                               f"{_suggest(key, specs)}; valid keys: {_listing(specs)}")
     for name, spec in specs.items():
         where = _join(path, name)
-        if name in value:
+        if name in value and value[name] is None and spec.default is None:
+            out[name] = None  # a None default makes None valid (implicit Optional)
+        elif name in value:
             given = value[name]
             if isinstance(spec.default, dict) and isinstance(given, Mapping) \
                     and "className" not in spec.default and not _is_configurable(spec.type):
                 given = {**spec.default, **given}  # plain dict params keep unset defaults
             out[name] = _complete_value(spec.type, given, where)
+        elif spec.default is None:
+            out[name] = None
         elif spec.default is not _MISSING:
             out[name] = _complete_value(spec.type, spec.default, where)
         else:

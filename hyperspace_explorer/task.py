@@ -92,7 +92,7 @@ def load_task(tasks_dir: str | Path, name: str) -> Task:
     """Read and validate `tasks_dir/<name>.json`, with errors naming file and line."""
     path = task_path(tasks_dir, name)
     if not path.is_file():
-        known = task_names(tasks_dir) if Path(tasks_dir).is_dir() else []
+        known = task_names(tasks_dir)  # raises when the directory itself is missing
         raise TaskError(f"unknown task '{name}': {path} does not exist; "
                         f"known tasks: {', '.join(known) or '(none)'}")
     try:

@@ -1,0 +1,381 @@
+"""Real workers executing real runs: in this process (`Worker(...).run()`) and as
+`python -m hyperspace_explorer.worker` subprocesses, against the session's real server.
+
+Every test uses the same Study directory (tests/study): in-process workers share this
+process's imported `scenarios` module, which is one Study per process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gridfs
+import numpy as np
+import pytest
+from pymongo import MongoClient
+
+from hyperspace_explorer.queue import RunQueue
+from hyperspace_explorer.store import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING,
+                                       new_run_id)
+from hyperspace_explorer.task import load_task
+from hyperspace_explorer.worker import Worker
+
+STUDY = Path(__file__).resolve().parent / "study"
+TASKS = STUDY / "tasks"
+LINEAR = {"model": {"className": "Linear"}}
+TOY_FULL = {"model": {"className": "Linear", "lr": 0.1, "layers": [8]}, "epochs": 3,
+            "noise": 0.0, "options": {"verbose": False}, "behaviour": "ok", "duration": 0.0}
+
+
+@pytest.fixture
+def q(mongo_uri, db_name):
+    queue = RunQueue(mongo_uri, db_name, TASKS, study_dir=STUDY)
+    yield queue
+    queue.store.close()
+
+
+@pytest.fixture
+def raw(mongo_uri, db_name):
+    """The test database through plain pymongo (Sacred's collections included)."""
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
+        yield client[db_name]
+
+
+def run_worker(mongo_uri, db_name, tmp_path, *, max_runs=None, idle_exit=5.0, study=None,
+               **options):
+    """Run a real Worker in this process until `max_runs` runs were executed (or the queue
+    stayed empty for `idle_exit` s: with max_runs that is only a safety net)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, study=study,
+                    max_runs=max_runs, idle_exit=idle_exit, interval=0.05,
+                    log_dir=tmp_path / "logs", **options)
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        worker.store.close()
+
+
+def docs_of(q, ids):
+    return [q.get(i) for i in ids]
+
+
+# ------------------------------------------------------------------ running
+def test_runs_complete_with_the_full_config_stored(q, raw, tmp_path, mongo_uri, db_name):
+    given = {"model": {"className": "Forest", "depth": 4}, "options": {"extra": 1}}
+    ids = q.submit("toy", given, seeds=2)
+    (noop,) = q.submit("noop", {"free": [1, {"a": True}]})
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    for doc in docs_of(q, ids):
+        assert doc["status"] == COMPLETED, doc.get("error")
+        assert doc["attempt"] == 1 and doc["reason"] is None and doc["error"] is None
+        assert doc["config"] == {**TOY_FULL, "model": {"className": "Forest", "n_trees": 10,
+                                                       "depth": 4},
+                                 "options": {"verbose": False, "extra": 1}}
+        assert doc["config_given"] == given
+        assert set(doc["metrics"]) == {"score", "draw"}
+        assert doc["metrics"]["score"] == pytest.approx(0.53)
+        assert isinstance(doc["sacred_id"], int)
+        assert doc["host"] == socket.gethostname()
+        assert doc["duration"] > 0 and doc["ended_at"] >= doc["started_at"] >= doc["queued_at"]
+        assert Path(doc["log_file"]).is_file()
+        assert "token" in doc and doc["worker"].startswith(socket.gethostname())
+    noop_doc = q.get(noop)
+    assert noop_doc["status"] == COMPLETED and noop_doc["metrics"] == {"score": 1.0}
+    assert noop_doc["config"] == noop_doc["config_given"] == {"free": [1, {"a": True}]}
+    # the worker swept finished runs out of the claim path
+    assert raw.hse_queue.count_documents({}) == 0 and raw.hse_done.count_documents({}) == 3
+    assert raw.hse_workers.count_documents({}) == 0  # it unregistered itself
+
+
+def test_claims_follow_priority_then_age(q, tmp_path, mongo_uri, db_name):
+    prios = [0, 10, 2, 0, -1, 10, 100, -20, 3, 2]
+    ids = [q.submit("noop", {"i": i}, priority=p)[0] for i, p in enumerate(prios)]
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=len(ids)) == len(ids)
+    docs = docs_of(q, ids)
+    assert all(d["status"] == COMPLETED for d in docs)
+    by_start = sorted(docs, key=lambda d: (d["started_at"], d["sacred_id"]))
+    expected = sorted(range(len(prios)), key=lambda i: (-prios[i], i))
+    assert [d["config"]["i"] for d in by_start] == expected
+    # one worker takes its Sacred ids in order: the same order again, strictly
+    assert [d["config"]["i"] for d in sorted(docs, key=lambda d: d["sacred_id"])] == expected
+    starts = [d["started_at"] for d in by_start]
+    assert starts == sorted(starts)
+
+
+def test_a_run_that_raises_fails_and_the_worker_goes_on(q, raw, tmp_path, mongo_uri, db_name):
+    (bad,) = q.submit("toy", {**LINEAR, "behaviour": "raise"})
+    (good,) = q.submit("toy", LINEAR)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    doc = q.get(bad)
+    assert doc["status"] == FAILED and doc["reason"] == "error"
+    assert "Traceback (most recent call last)" in doc["error"]
+    assert "RuntimeError: boom from user code" in doc["error"]
+    assert "scenarios.py" in doc["error"]  # the user's frame is in the traceback
+    assert doc.get("metrics") is None
+    record = raw.runs.find_one({"_id": doc["sacred_id"]})
+    assert record["status"] == FAILED and "boom from user code" in "".join(record["fail_trace"])
+    assert q.get(good)["status"] == COMPLETED
+
+
+def test_a_killed_run_fails_with_reason_killed(q, raw, tmp_path, mongo_uri, db_name):
+    (segv,) = q.submit("toy", {**LINEAR, "behaviour": "segfault"})
+    (exits,) = q.submit("toy", {**LINEAR, "behaviour": "exit"})
+    (good,) = q.submit("toy", LINEAR)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    doc = q.get(segv)
+    assert doc["status"] == FAILED and doc["reason"] == "killed"
+    assert "killed by signal SIGSEGV" in doc["error"]
+    doc = q.get(exits)
+    assert doc["status"] == FAILED and doc["reason"] == "killed"
+    assert "exited with code 3" in doc["error"]
+    # their Sacred records are closed, not left RUNNING forever
+    for run_id in (segv, exits):
+        record = raw.runs.find_one({"_id": q.get(run_id)["sacred_id"]})
+        assert record is not None and record["status"] == FAILED
+    assert q.get(good)["status"] == COMPLETED
+
+
+def test_unusable_metrics_fail_with_a_clear_message(q, tmp_path, mongo_uri, db_name):
+    (nan,) = q.submit("toy", {**LINEAR, "behaviour": "nan"})
+    (text,) = q.submit("toy", {**LINEAR, "behaviour": "string"})
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    doc = q.get(nan)
+    assert doc["status"] == FAILED and doc["reason"] == "error"
+    assert "MetricError: metric 'score' is nan" in doc["error"]
+    assert "cannot be compared" in doc["error"]
+    doc = q.get(text)
+    assert doc["status"] == FAILED
+    assert "MetricError: metric 'score' is str 'not a number', not a number" in doc["error"]
+
+
+def test_timeout_and_cancelling_a_running_run(q, raw, tmp_path, mongo_uri, db_name):
+    sleepy = {**LINEAR, "behaviour": "sleep", "duration": 60.0}
+    (slow,) = q.submit("toy", sleepy, max_runtime=0.3)
+    (doomed,) = q.submit("toy", sleepy)
+    answers: list[dict] = []
+
+    def cancel_once_running():
+        deadline = time.monotonic() + 30
+        while q.get(doomed)["status"] != RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for a state, with a deadline
+        answers.append(q.cancel(doomed))
+
+    thread = threading.Thread(target=cancel_once_running, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2, heartbeat=0.1, lease=1.0) == 2
+    assert time.monotonic() - start < 15  # neither run slept its 60 s
+    thread.join(10)
+    assert answers == [{"cancelled": 0, "stopping": 1}]
+    doc = q.get(slow)
+    assert doc["status"] == "TIMEOUT" and doc["reason"] == "timeout"
+    assert "max_runtime=0.3" in doc["error"]
+    assert raw.runs.find_one({"_id": doc["sacred_id"]})["status"] == "TIMEOUT"
+    doc = q.get(doomed)
+    assert doc["status"] == CANCELLED and doc["reason"] == "cancelled"
+    assert raw.runs.find_one({"_id": doc["sacred_id"]})["status"] == "INTERRUPTED"
+
+
+# ------------------------------------------------------------------ Sacred records
+def test_every_run_has_a_complete_sacred_record(q, raw, tmp_path, mongo_uri, db_name):
+    ids = q.submit("toy", {"model": {"className": "Linear", "lr": 1}, "epochs": 3}, seeds=2)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    source_ids = set()
+    for doc in docs_of(q, ids):
+        record = raw.runs.find_one({"_id": doc["sacred_id"]})
+        assert record is not None, f"no Sacred record for run {doc['_id']}"
+        assert record["experiment"]["name"] == "toy"
+        assert record["status"] == COMPLETED
+        assert record["config"] == {**doc["config"], "seed": doc["seed"]}
+        assert record["config"]["model"] == {"className": "Linear", "lr": 1.0, "layers": [8]}
+        assert "training Linear on toy" in record["captured_out"]
+        assert record["result"] == doc["metrics"]
+        assert record["host"]["hostname"] == socket.gethostname()
+        sources = dict(record["experiment"]["sources"])
+        assert "scenarios.py" in sources
+        source_ids.add(sources["scenarios.py"])
+        assert record["meta"]["hse"]["run_id"] == doc["_id"]
+        assert record["meta"]["hse"]["scenario"] == {"className": "ToyScenario", "size": 20}
+        assert record["stop_time"] >= record["start_time"]
+        (loss,) = list(raw.metrics.find({"run_id": doc["sacred_id"], "name": "loss"}))
+        assert loss["steps"] == [0, 1, 2]
+        assert loss["values"] == pytest.approx([1.0, 0.5, 1 / 3])
+    # the source file is stored once, not once per run, and is the Study's code
+    (source_id,) = source_ids
+    assert gridfs.GridFS(raw).get(source_id).read() == (STUDY / "scenarios.py").read_bytes()
+
+
+def test_sacred_ids_are_unique_integers_beyond_ten(q, raw, tmp_path, mongo_uri, db_name):
+    # The embedded server sorts integer _ids as text ("10" < "9"): Sacred's own
+    # "max id + 1" would reuse ids after run 10 and overwrite records.
+    first = q.submit("noop", {}, seeds=12)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=12) == 12
+    second = q.submit("noop", {}, seeds=[50, 51, 52])
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3  # a new worker
+    docs = docs_of(q, first + second)
+    sacred_ids = [d["sacred_id"] for d in docs]
+    assert all(type(i) is int for i in sacred_ids)
+    assert len(set(sacred_ids)) == 15
+    assert sorted(sacred_ids[:12]) == list(range(1, 13))
+    records = {r["_id"]: r for r in raw.runs.find({})}
+    assert set(records) == set(sacred_ids) and len(records) == 15
+    for doc in docs:  # each record belongs to its own run: none was overwritten
+        record = records[doc["sacred_id"]]
+        assert record["meta"]["hse"]["run_id"] == doc["_id"]
+        assert record["config"]["seed"] == doc["seed"] and record["status"] == COMPLETED
+
+
+# ------------------------------------------------------------------ what a worker refuses
+def queue_doc(study: str, task: str, config: dict, *, scenario: dict | None = None,
+              seed: int = 0) -> dict:
+    """A queue document shaped like the ones RunQueue._enqueue + Store.enqueue write."""
+    spec = load_task(TASKS, task).to_doc() if task in ("toy", "noop") else \
+        {"name": task, "scenario": {"className": "NoopScenario"}, "seed": 0,
+         "metric": "score", "direction": "maximize", "max_runtime": None, "description": ""}
+    if scenario is not None:
+        spec["scenario"] = scenario
+    return {"_id": new_run_id(), "study": study, "task": task, "task_spec": spec,
+            "config": config, "seed": seed, "priority": 0, "max_attempts": 3,
+            "max_runtime": None, "queued_at": time.time(), "submitted_from": "test",
+            "order": time.time_ns(), "status": QUEUED, "attempt": 0}
+
+
+def test_invalid_queue_docs_fail_as_invalid_and_touch_nothing_else(raw, tmp_path, mongo_uri,
+                                                                   db_name):
+    study = db_name  # a worker's default study is its database name
+    invalid = {
+        "unregistered": queue_doc(study, "toy", LINEAR, scenario={"className": "os"}),
+        "not_a_scenario": queue_doc(study, "toy", LINEAR, scenario={"className": "Linear"}),
+        "bad_param": queue_doc(study, "toy", LINEAR,
+                               scenario={"className": "ToyScenario", "sise": 3}),
+        "unknown_key": queue_doc(study, "toy", {"model": {"className": "Linear", "lrr": 1}}),
+        "wrong_model": queue_doc(study, "toy", {"model": {"className": "ToyScenario"}}),
+        "seed_in_config": queue_doc(study, "noop", {"seed": 3}),
+    }
+    valid = queue_doc(study, "toy", LINEAR)
+    others = [queue_doc("another_study", "toy", LINEAR),
+              queue_doc(study, "not_a_task_here", {})]
+    raw.hse_queue.insert_many(list(invalid.values()) + [valid] + others)
+    before = {d["_id"]: d for d in raw.hse_queue.find({"_id": {"$in": [o["_id"] for o in others]}})}
+
+    assert run_worker(mongo_uri, db_name, tmp_path, idle_exit=0.3) == 1  # invalid: not executed
+    docs = {d["_id"]: d for d in list(raw.hse_queue.find({})) + list(raw.hse_done.find({}))}
+    expect = {"unregistered": "unknown className 'os'",
+              "not_a_scenario": "'Linear' is not a Scenario",
+              "bad_param": "Scenario.sise",
+              "unknown_key": "config.model.lrr",
+              "wrong_model": "'ToyScenario' is not a Model",
+              "seed_in_config": "config.seed"}
+    for name, doc in invalid.items():
+        stored = docs[doc["_id"]]
+        assert stored["status"] == FAILED and stored["reason"] == "invalid", name
+        assert expect[name] in stored["error"], (name, stored["error"])
+        assert stored.get("sacred_id") is None  # never executed
+    assert docs[valid["_id"]]["status"] == COMPLETED
+    for run_id, doc in before.items():
+        assert docs[run_id] == doc, "a document the worker must not take was changed"
+    assert raw.runs.count_documents({}) == 1  # only the valid run has a Sacred record
+
+
+def test_a_worker_only_takes_runs_of_its_study(mongo_uri, db_name, tmp_path):
+    queue_a = RunQueue(mongo_uri, db_name, TASKS, study="A", study_dir=STUDY)
+    queue_b = RunQueue(mongo_uri, db_name, TASKS, study="B", study_dir=STUDY)
+    try:
+        ids_b = queue_b.submit("noop", {}, seeds=2, priority=100)
+        ids_a = queue_a.submit("noop", {}, seeds=2)
+        assert run_worker(mongo_uri, db_name, tmp_path, study="A", idle_exit=0.3) == 2
+        assert [queue_a.get(i)["status"] for i in ids_a] == [COMPLETED, COMPLETED]
+        for doc in (queue_b.get(i) for i in ids_b):
+            assert doc["status"] == QUEUED and doc["attempt"] == 0 and "worker" not in doc
+        assert queue_a.status()[COMPLETED] == 2 and queue_b.status()[QUEUED] == 2
+        assert queue_b.status()[COMPLETED] == 0
+    finally:
+        queue_a.store.close()
+        queue_b.store.close()
+
+
+# ------------------------------------------------------------------ seeds
+def test_same_seed_same_draw_different_seed_different_draw(q, tmp_path, mongo_uri, db_name):
+    (a,) = q.submit("toy", LINEAR, seeds=[7])
+    (b,) = q.submit("toy", LINEAR, seeds=[7])
+    (c,) = q.submit("toy", LINEAR, seeds=[8])
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    draw = {i: q.get(i)["metrics"]["draw"] for i in (a, b, c)}
+    assert draw[a] == draw[b]
+    assert draw[a] != draw[c]
+    # the run's NumPy generator was seeded with the run's seed
+    assert draw[a] == np.random.RandomState(7).rand()
+    assert draw[c] == np.random.RandomState(8).rand()
+
+
+# ------------------------------------------------------------------ many worker processes
+def test_four_worker_processes_execute_200_runs_exactly_once(q, raw, tmp_path, mongo_uri,
+                                                             db_name):
+    ids = q.submit("noop", {}, seeds=200)
+    logs = [tmp_path / f"worker{k}.log" for k in range(4)]
+    procs = []
+    for log in logs:
+        with open(log, "wb") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db_name,
+                 "--mongo-uri", mongo_uri, "--study-dir", str(STUDY), "--idle-exit", "2",
+                 "--interval", "0.1"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path))
+    try:
+        for proc in procs:
+            proc.wait(timeout=120)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], output
+
+    docs = docs_of(q, ids)
+    bad = [(d["_id"], d["status"], d.get("attempt"), d.get("error")) for d in docs
+           if d["status"] != COMPLETED or d["attempt"] != 1]
+    assert not bad, f"runs not completed exactly once: {bad[:5]}\n{output}"
+    sacred_ids = {d["sacred_id"] for d in docs}
+    assert len(sacred_ids) == 200
+    assert raw.runs.count_documents({"experiment.name": "noop", "status": COMPLETED}) == 200
+    assert raw.runs.count_documents({"experiment.name": "noop"}) == 200
+    assert {r["_id"] for r in raw.runs.find({}, {"_id": 1})} == sacred_ids
+    workers = {d["worker"] for d in docs}
+    assert len(workers) >= 2, "the runs should have been shared between workers"
+    assert q.status() == {**{s: 0 for s in q.status()}, COMPLETED: 200}
+    assert raw.hse_workers.count_documents({}) == 0
+
+
+# ------------------------------------------------------------------ responsiveness
+def test_an_idle_worker_picks_up_a_new_run_within_half_a_second(q, tmp_path, mongo_uri,
+                                                                db_name):
+    (first,) = q.submit("noop", {})
+    second: list[str] = []
+
+    def submit_once_the_queue_ran_dry():
+        deadline = time.monotonic() + 30
+        while q.get(first)["status"] != COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for a state, with a deadline
+        second.extend(q.submit("noop", {}, seeds=[1]))
+
+    thread = threading.Thread(target=submit_once_the_queue_ran_dry, daemon=True)
+    thread.start()
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2, idle_exit=10) == 2
+    thread.join(10)
+    doc = q.get(second[0])
+    latency = doc["started_at"] - doc["queued_at"]
+    assert latency < 0.5, (
+        f"BUG (execution.Executor.release_spare/_discard): a run submitted to an idle worker "
+        f"(interval 0.05s) waited {latency:.2f}s to start. When the queue runs dry the worker "
+        f"discards its forked-ahead child by closing its end of the pipe and joining for 1s, "
+        f"but the child inherited that same pipe end at fork and never sees EOF, so every "
+        f"discard blocks the worker for the full second and then SIGKILLs the child")
