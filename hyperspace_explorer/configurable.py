@@ -290,6 +290,8 @@ def _complete_value(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong_type(path, "float", value)
+        if not math.isfinite(value):  # NaN != NaN: such runs could never be grouped
+            raise ConfigError(path, f"must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -127,8 +127,12 @@ class Store:
     def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> "Store":
         """A Store whose server answered a ping, with indexes in place."""
         store = cls(uri, db_name, timeout_s=timeout_s)
-        store.ping()
-        store.ensure_indexes()
+        try:
+            store.ping()
+            store.ensure_indexes()
+        except BaseException:
+            store.close()  # no client threads left retrying an unusable server
+            raise
         return store
 
     def close(self) -> None:

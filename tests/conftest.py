@@ -10,7 +10,7 @@ import sys
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from pymongo import MongoClient
@@ -70,3 +70,26 @@ def db_name(mongo_uri: str) -> Iterator[str]:
         warnings.warn(f"could not drop test database {name}: {exc}")
     finally:
         client.close()
+
+
+@pytest.fixture
+def queue(mongo_uri: str, db_name: str) -> Iterator[Any]:
+    """A RunQueue on this test's database for the test Study (tests/study)."""
+    from hyperspace_explorer.queue import RunQueue
+
+    study = Path(__file__).resolve().parent / "study"
+    with RunQueue(mongo_uri, db_name, study / "tasks", study_dir=study) as q:
+        yield q
+
+
+@pytest.fixture
+def q(queue):
+    """Short name for `queue`."""
+    return queue
+
+
+@pytest.fixture
+def raw(mongo_uri: str, db_name: str):
+    """The test database through plain pymongo, to check what is really stored."""
+    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
+        yield client[db_name]

@@ -16,13 +16,6 @@ from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.store import Store
 
 
-@pytest.fixture
-def queue(mongo_uri, db_name):
-    q = RunQueue(mongo_uri, db_name, TASKS, study_dir=STUDY)
-    yield q
-    q.store.close()
-
-
 def everything(q):
     """Every document of the Study's database, to check that nothing changed."""
     return {name: sorted(map(repr, q.store.db[name].find()))

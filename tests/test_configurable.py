@@ -351,3 +351,10 @@ def test_set_dotted():
     assert err.path == "model" and "not a dict" in str(err)
     err = error_of(set_dotted, {}, "model..lr", 1)
     assert "empty key" in str(err)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_float_is_refused(value):
+    """NaN never equals itself: runs with it could not be grouped over seeds."""
+    with pytest.raises(ConfigError, match="config.model.lr: must be a finite number"):
+        ToyScenario.complete_run_config({"model": {"className": "Linear", "lr": value}})

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pymongo import MongoClient
 
 from hyperspace_explorer.errors import ConfigError, HSEError, TaskError
 from hyperspace_explorer.queue import RunQueue
@@ -17,20 +16,6 @@ from hyperspace_explorer.worker import Worker
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
 LINEAR = {"model": {"className": "Linear"}}
-
-
-@pytest.fixture
-def q(mongo_uri, db_name):
-    queue = RunQueue(mongo_uri, db_name, TASKS, study_dir=STUDY)
-    yield queue
-    queue.store.close()
-
-
-@pytest.fixture
-def raw(mongo_uri, db_name):
-    """The test database through plain pymongo, to check what is really stored."""
-    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
-        yield client[db_name]
 
 
 def stored(raw) -> list[dict]:

@@ -10,17 +10,9 @@ import pytest
 
 from helpers import STUDY, TASKS, start_worker, wait_for
 from hyperspace_explorer.queue import RunQueue
-from hyperspace_explorer.store import Store
 from hyperspace_explorer.worker import recover_expired
 
 FAST = ("--lease", "2", "--heartbeat", "0.4", "--interval", "0.1")
-
-
-@pytest.fixture
-def queue(mongo_uri, db_name):
-    q = RunQueue(mongo_uri, db_name, TASKS, study_dir=STUDY)
-    yield q
-    q.store.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ process's imported `scenarios` module, which is one Study per process.
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 import gridfs
 import numpy as np
 import pytest
-from pymongo import MongoClient
 
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.store import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING,
@@ -31,20 +29,6 @@ TASKS = STUDY / "tasks"
 LINEAR = {"model": {"className": "Linear"}}
 TOY_FULL = {"model": {"className": "Linear", "lr": 0.1, "layers": [8]}, "epochs": 3,
             "noise": 0.0, "options": {"verbose": False}, "behaviour": "ok", "duration": 0.0}
-
-
-@pytest.fixture
-def q(mongo_uri, db_name):
-    queue = RunQueue(mongo_uri, db_name, TASKS, study_dir=STUDY)
-    yield queue
-    queue.store.close()
-
-
-@pytest.fixture
-def raw(mongo_uri, db_name):
-    """The test database through plain pymongo (Sacred's collections included)."""
-    with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
-        yield client[db_name]
 
 
 def run_worker(mongo_uri, db_name, tmp_path, *, max_runs=None, idle_exit=5.0, study=None,
