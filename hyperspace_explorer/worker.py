@@ -145,8 +145,12 @@ class Worker:
                     continue
                 try:
                     self._process(doc)
-                except TRANSIENT:
-                    raise
+                except TRANSIENT as exc:
+                    # The run stays leased to us; once the lease expires, recovery
+                    # requeues it. The worker itself keeps going.
+                    log.warning("run %s: database lost mid-run (%s); it will be requeued",
+                                doc["_id"], str(exc)[:120])
+                    self._current = None
                 except Exception:  # a worker-side bug must not take the worker down
                     log.exception("run %s: worker error", doc["_id"])
                     self._finish(doc["_id"], doc["token"], FAILED, {
