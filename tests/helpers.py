@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,3 +34,21 @@ def start_worker(uri: str, db: str, *args: str, log: Path | None = None) -> subp
         [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db,
          "--mongo-uri", uri, "--study-dir", str(STUDY), *args],
         stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def run_worker(mongo_uri: str, db_name: str, log_dir: Path | None = None, *,
+               max_runs: int | None = None, idle_exit: float | None = 5.0,
+               **options) -> int:
+    """Run a real Worker in this process until `max_runs` runs were executed (`idle_exit`
+    then only bounds a broken test); pytest's SIGINT/SIGTERM handlers are put back."""
+    from hyperspace_explorer.worker import Worker
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, max_runs=max_runs,
+                    idle_exit=idle_exit, log_dir=log_dir, **{"interval": 0.05, **options})
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        worker.store.close()

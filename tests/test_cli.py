@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 from hyperspace_explorer.cli import build_parser, main, parse_grid, split_top_level
 from hyperspace_explorer.store import Store
 
@@ -69,13 +71,8 @@ def submit(hse, *args: str) -> list[str]:
 
 
 def run_worker(mongo_uri: str, db_name: str, runs: int) -> int:
-    """Execute exactly `runs` queued runs with a real worker; idle_exit only bounds a
-    broken test, it does not synchronise anything."""
-    from hyperspace_explorer.worker import Worker
-
-    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, max_runs=runs,
-                    interval=0.05, idle_exit=60)
-    return worker.run()
+    """Execute exactly `runs` queued runs with a real worker."""
+    return helpers.run_worker(mongo_uri, db_name, max_runs=runs, idle_exit=60)
 
 
 def table_row(out: str, first_cell: str) -> list[str]:

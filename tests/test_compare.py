@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import signal
 import socket
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+import helpers
 from pymongo import MongoClient
 from scipy import stats
 
@@ -50,23 +51,12 @@ class Result:
 
 @pytest.fixture(scope="module")
 def grid(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory):
-    from hyperspace_explorer.worker import Worker
-
     db = f"hse_test_cmp_{uuid.uuid4().hex[:10]}"
     queue = RunQueue(mongo_uri, db, TASKS, study_dir=STUDY)
     ids = queue.submit_grid("toy", {"model": {"className": "Linear"}, "noise": NOISE},
                             {"epochs": list(EPOCHS)}, seeds=SEEDS)
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        # max_runs ends the worker once every run is done; idle_exit only bounds a
-        # broken test.
-        worker = Worker(TASKS, db, mongo_uri, study_dir=STUDY, interval=0.05,
-                        max_runs=len(ids), idle_exit=60,
-                        log_dir=tmp_path_factory.mktemp("worker_logs"))
-        assert worker.run() == len(ids)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    assert helpers.run_worker(mongo_uri, db, tmp_path_factory.mktemp("worker_logs"),
+                              max_runs=len(ids), idle_exit=60) == len(ids)
     assert queue.status("toy")["COMPLETED"] == len(ids)
     yield Grid(mongo_uri, db, ids, queue)
     queue.close()

@@ -1,17 +1,17 @@
 """RunQueue against the session's real server: submitting, watching, cancelling, results."""
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import helpers
+
 from hyperspace_explorer.errors import ConfigError, HSEError, TaskError
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.store import CANCELLED, COMPLETED, QUEUED, RUNNING
-from hyperspace_explorer.worker import Worker
 
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
@@ -23,17 +23,8 @@ def stored(raw) -> list[dict]:
 
 
 def run_worker(mongo_uri, db_name, tmp_path, max_runs, idle_exit=5.0):
-    """Execute queued runs in this process with a real Worker; restores signal handlers.
-    `idle_exit` is only a safety net when `max_runs` is given."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, max_runs=max_runs,
-                    idle_exit=idle_exit, interval=0.05, log_dir=tmp_path / "logs")
-    try:
-        return worker.run()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        worker.store.close()
+    return helpers.run_worker(mongo_uri, db_name, tmp_path / "logs", max_runs=max_runs,
+                              idle_exit=idle_exit)
 
 
 # ------------------------------------------------------------------ submit

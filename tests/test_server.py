@@ -10,12 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from helpers import wait_for
 from pymongo import MongoClient
 
 from hyperspace_explorer import server as srv
@@ -54,15 +55,6 @@ def servers_on(data_dir: Path) -> list[int]:
         if state != "Z" and "--data-dir" in args and target in args and any("nx_27017" in a for a in args):
             pids.append(int(entry.name))
     return pids
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll for a state with a deadline (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def refuses_connections(port: int) -> bool:
@@ -135,7 +127,7 @@ def test_restart_after_crash_removes_stale_pid_file(private_server: EmbeddedServ
     with client_for(server.uri) as client:
         client.hse.runs.insert_one({"_id": "committed"})
     os.kill(server.pid, signal.SIGKILL)
-    wait_until(lambda: not server.is_alive(), what="the killed server to exit")
+    wait_for(lambda: not server.is_alive(), 10, "the killed server to exit")
     assert server.pid_file.exists()  # nx-27017 cannot clean up after SIGKILL
 
     server.start()
@@ -257,7 +249,8 @@ def test_ensure_server_replaces_a_dead_server_and_keeps_data(home: Path, capsys:
         client.hse.runs.insert_one({"_id": "kept"})
     old_pid = server_status()["pid"]
     os.kill(old_pid, signal.SIGKILL)
-    wait_until(lambda: not server_status()["running"], what="the killed server to be seen as down")
+    wait_for(lambda: not server_status()["running"], 10,
+             "the killed server to be seen as down")
     capsys.readouterr()
 
     new_uri = ensure_server()

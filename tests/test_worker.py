@@ -6,7 +6,6 @@ process's imported `scenarios` module, which is one Study per process.
 """
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +17,13 @@ import gridfs
 import numpy as np
 import pytest
 
+import helpers
+from helpers import wait_for
+
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.store import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING,
                                        new_run_id)
 from hyperspace_explorer.task import load_task
-from hyperspace_explorer.worker import Worker
 
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
@@ -33,18 +34,8 @@ TOY_FULL = {"model": {"className": "Linear", "lr": 0.1, "layers": [8]}, "epochs"
 
 def run_worker(mongo_uri, db_name, tmp_path, *, max_runs=None, idle_exit=5.0, study=None,
                **options):
-    """Run a real Worker in this process until `max_runs` runs were executed (or the queue
-    stayed empty for `idle_exit` s: with max_runs that is only a safety net)."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, study=study,
-                    max_runs=max_runs, idle_exit=idle_exit, interval=0.05,
-                    log_dir=tmp_path / "logs", **options)
-    try:
-        return worker.run()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        worker.store.close()
+    return helpers.run_worker(mongo_uri, db_name, tmp_path / "logs", max_runs=max_runs,
+                              idle_exit=idle_exit, study=study, **options)
 
 
 def docs_of(q, ids):
@@ -147,9 +138,7 @@ def test_timeout_and_cancelling_a_running_run(q, raw, tmp_path, mongo_uri, db_na
     answers: list[dict] = []
 
     def cancel_once_running():
-        deadline = time.monotonic() + 30
-        while q.get(doomed)["status"] != RUNNING and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling for a state, with a deadline
+        wait_for(lambda: q.get(doomed)["status"] == RUNNING, 30, "the run to start", 0.01)
         answers.append(q.cancel(doomed))
 
     thread = threading.Thread(target=cancel_once_running, daemon=True)
@@ -346,9 +335,7 @@ def test_an_idle_worker_picks_up_a_new_run_within_half_a_second(q, tmp_path, mon
     second: list[str] = []
 
     def submit_once_the_queue_ran_dry():
-        deadline = time.monotonic() + 30
-        while q.get(first)["status"] != COMPLETED and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling for a state, with a deadline
+        wait_for(lambda: q.get(first)["status"] == COMPLETED, 30, "the first run", 0.01)
         second.extend(q.submit("noop", {}, seeds=[1]))
 
     thread = threading.Thread(target=submit_once_the_queue_ran_dry, daemon=True)
