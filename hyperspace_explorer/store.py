@@ -327,14 +327,22 @@ class Store:
     def find_runs(self, match: Mapping[str, Any] | None = None, *,
                   projection: Mapping[str, Any] | None = None,
                   sort_recent: bool = False, limit: int = 0) -> Iterator[dict[str, Any]]:
-        """Queued/running runs, then finished ones, matching `match`."""
+        """Queued/running runs, then finished ones, matching `match`.
+
+        The queue is read first: a run swept to `hse_done` meanwhile is then seen in
+        both and reported once, where the other order could miss it.
+        """
+        seen: set[str] = set()
         for coll in (self.queue, self.done):
             cursor = coll.find(dict(match or {}), projection)
             if sort_recent:
                 cursor = cursor.sort("order", pymongo.DESCENDING)
             if limit:
                 cursor = cursor.limit(limit)
-            yield from cursor
+            for doc in cursor:
+                if doc["_id"] not in seen:
+                    seen.add(doc["_id"])
+                    yield doc
 
     def count_by_task_status(self, match: Mapping[str, Any] | None = None
                              ) -> dict[tuple[str, str], int]:

@@ -298,3 +298,12 @@ def test_connect_creates_the_claim_indexes(store, mongo_uri, db_name):
     # by fields, not names: nx-27017 names indexes itself
     assert ["study", "status", "priority", "order"] in keys
     assert ["status", "lease_until"] in keys
+
+
+def test_a_run_swept_during_a_read_is_reported_once(store):
+    ids = _finish_all(store, 2)
+    reading = store.find_runs({"study": "s"})
+    first = next(reading)["_id"]  # read from the queue...
+    assert store.sweep_finished() == 2  # ...then both move to hse_done
+    rest = [d["_id"] for d in reading]
+    assert sorted([first, *rest]) == sorted(ids)
