@@ -121,6 +121,13 @@ def curves_frame(store: Store, runs, name: str):
     return out[first + [c for c in out.columns if c not in first]].reset_index(drop=True)
 
 
+def _differ(store: Store, file_a: Any, file_b: Any) -> bool:
+    """Two uploads of a source file differ in content (two workers starting at once
+    may each upload the same file; one that cannot be read counts as different)."""
+    content_a, content_b = store.read_source(file_a), store.read_source(file_b)
+    return content_a is None or content_b is None or content_a != content_b
+
+
 def run_diff(store: Store, run_a: str | int, run_b: str | int) -> dict[str, Any]:
     """What differs between two runs: config values, seed, task, code version
     (commit, dirty flag) and which recorded source files changed."""
@@ -140,7 +147,8 @@ def run_diff(store: Store, run_a: str | int, run_b: str | int) -> dict[str, Any]
             sources.append((name, "only in A"))
         elif name not in files[0]:
             sources.append((name, "only in B"))
-        elif files[0][name] != files[1][name]:  # uploads are deduplicated by content
+        elif files[0][name] != files[1][name] and _differ(store, files[0][name],
+                                                          files[1][name]):
             sources.append((name, "changed"))
     return {
         "runs": [d["_id"] for d in docs],

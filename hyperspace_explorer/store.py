@@ -409,6 +409,15 @@ class Store:
         self.sources.replace_one({"_id": f"{md5}:{path}"}, {"_id": f"{md5}:{path}",
                                                              "file_id": file_id}, upsert=True)
 
+    def read_source(self, file_id: Any) -> bytes | None:
+        """Content of a source file Sacred recorded (None if it is gone)."""
+        import gridfs
+
+        try:
+            return gridfs.GridFS(self.db).get(file_id).read()
+        except gridfs.errors.NoFile:
+            return None
+
     def close_lost_sacred_runs(self, run_id: str, attempt: int, reason: str) -> int:
         """Close the Sacred record of an attempt whose worker died, so no dashboard
         shows it RUNNING forever. Found by the run id and attempt the worker put in

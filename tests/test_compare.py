@@ -423,3 +423,27 @@ def test_sacred_records_have_what_omniboard_reads(grid: Grid):
         assert np.allclose(series[0]["values"], [1 / (s + 1) for s in series[0]["steps"]])
         # Omniboard finds a run's series through info.metrics (name -> metrics doc id).
         assert record["info"]["metrics"] == [{"name": "loss", "id": str(series[0]["_id"])}]
+
+
+def test_diff_treats_two_uploads_of_the_same_source_as_the_same_code(grid: Grid, hse, db_name):
+    """Two workers starting at once may each upload scenarios.py: same content, new id."""
+    import gridfs
+
+    runs = docs_by_epochs(grid)
+    store = grid.queue.store
+    records = [store.sacred_run(runs[e][0]["sacred_id"]) for e in EPOCHS]
+    (name, file_id), = records[0]["experiment"]["sources"]
+    content = gridfs.GridFS(store.db).get(file_id).read()
+    with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as other:
+        fs = gridfs.GridFS(other.store.db)
+        uploads = [fs.put(content, filename=name), fs.put(content, filename=name),
+                   fs.put(content + b"\n# edited\n", filename=name)]
+        for i, (doc, upload) in enumerate(zip([runs[EPOCHS[0]][0], runs[EPOCHS[1]][0],
+                                               runs[EPOCHS[1]][1]], uploads)):
+            record = {**records[0], "_id": 2000 + i,
+                      "experiment": {**records[0]["experiment"], "sources": [[name, upload]]}}
+            other.store.runs.insert_one(record)
+            other.store.done.insert_one({**doc, "study": db_name, "sacred_id": 2000 + i})
+        assert other.diff("2000", "2001")["sources"] == []
+        assert other.diff("2000", "2002")["sources"] == [(name, "changed")]
+    assert "same code" in hse("diff", "2000", "2001", db=db_name).out
