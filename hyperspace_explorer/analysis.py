@@ -43,6 +43,7 @@ exporters in `hyperspace_explorer.export` use them.
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -203,8 +204,16 @@ class Groups:
         keys = self.keys()
         if keys.shape[1] == 0:
             return ["all runs"] * self.count
-        parts = [[f"{col}={format_value(v)}" for v in keys[col]] for col in keys.columns]
-        return [sep.join(p) for p in zip(*parts)]
+        columns = [keys[col].tolist() for col in keys.columns]
+        return [config_label(zip(keys.columns, values), sep) for values in zip(*columns)]
+
+
+def config_label(pairs: Iterable[tuple[str, object]], sep: str = ", ") -> str:
+    """ "model.C=1, kernel=rbf": parameters a configuration does not have (another
+    model family's) are left out rather than shown as "-"."""
+    shown = [f"{name}={format_value(value)}" for name, value in pairs
+             if not (value is None or (isinstance(value, float) and math.isnan(value)))]
+    return sep.join(shown) or "defaults"
 
 
 def short_config_names(columns: Sequence[str], reserved: Iterable[str] = ()) -> dict[str, str]:

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .analysis import (CONFIG_PREFIX, DIRECTIONS, _factorize, config_paths, format_value,
+from .analysis import (CONFIG_PREFIX, DIRECTIONS, _factorize, config_label, config_paths, format_value,
                        group_runs, metric_values, resolve_config, resolve_metric)
 from .errors import AnalysisError
 
@@ -196,8 +196,7 @@ def plot_curves(curves_df: pd.DataFrame, name: str, group_cols: Sequence[str] | 
         mean, std, n = (part[c].to_numpy(dtype=float) for c in ("mean", "std", "count"))
         if cols:
             row = data.iloc[first[g]]
-            label = ", ".join(f"{c.removeprefix(CONFIG_PREFIX)}={format_value(row[c])}"
-                              for c in cols)
+            label = config_label((c.removeprefix(CONFIG_PREFIX), row[c]) for c in cols)
         else:
             label = name
         # A series of one step is a point: give it a marker or it would not show.
