@@ -64,8 +64,16 @@ print((time.perf_counter() - t) / {n})
 def start_workers(uri: str, db: str, k: int, *extra: str) -> list[subprocess.Popen]:
     return [subprocess.Popen(
         [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db, "--mongo-uri", uri,
-         "--study-dir", str(STUDY), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--study-dir", str(STUDY), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(k)]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Workers retry forever when the database is gone: never leave them behind."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 def wait_done(q: RunQueue, ids: list[str], poll: float = 0.05) -> None:
@@ -76,14 +84,17 @@ def throughput(uri: str, runs: int, workers: int) -> float:
     db = f"bench_tp_{workers}_{os.getpid()}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     procs = start_workers(uri, db, workers, "--idle-exit", "2")
-    warm = q.submit("noop", {}, seeds=workers * 2)
-    wait_done(q, warm)
-    ids = q.submit("noop", {}, seeds=runs)
-    wait_done(q, ids, poll=1.0)  # light polling: the server has one global lock
-    docs = [q.get(i) for i in ids]
-    elapsed = max(d["ended_at"] for d in docs) - min(d["started_at"] for d in docs)
-    for p in procs:
-        p.wait()
+    try:
+        warm = q.submit("noop", {}, seeds=workers * 2)
+        wait_done(q, warm)
+        ids = q.submit("noop", {}, seeds=runs)
+        wait_done(q, ids, poll=1.0)  # light polling: the server has one global lock
+        docs = [q.get(i) for i in ids]
+        elapsed = max(d["ended_at"] for d in docs) - min(d["started_at"] for d in docs)
+        for p in procs:
+            p.wait(60)
+    finally:
+        stop(procs)
     counts = q.status()
     assert counts[COMPLETED] == runs + len(warm), counts
     q.store.client.drop_database(db)
@@ -115,6 +126,14 @@ def idle_pickup(uri: str) -> tuple[float, float]:
     db = f"bench_idle_{os.getpid()}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     (proc,) = start_workers(uri, db, 1)
+    try:
+        return _idle_pickup(q, proc)
+    finally:
+        stop([proc])
+        q.store.client.drop_database(db)
+
+
+def _idle_pickup(q: RunQueue, proc: subprocess.Popen) -> tuple[float, float]:
     wait_done(q, q.submit("noop", {}))  # worker is up and warm
     time.sleep(2)  # let it go idle: this is the state being measured
     rss = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -126,9 +145,6 @@ def idle_pickup(uri: str) -> tuple[float, float]:
         doc = q.get(run_id)
         latencies.append(doc["started_at"] - t)
         time.sleep(0.7)  # idle again, at a random phase of the polling interval
-    proc.terminate()
-    proc.wait()
-    q.store.client.drop_database(db)
     print("  pickup latencies (ms):", ", ".join(f"{x * 1000:.0f}" for x in latencies))
     return max(latencies), rss / 2**20
 
