@@ -52,3 +52,13 @@ def run_worker(mongo_uri: str, db_name: str, log_dir: Path | None = None, *,
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         worker.store.close()
+
+
+def assert_written(path: Path, kind: str) -> None:
+    """`path` holds a real, non-trivial PNG or SVG image."""
+    data = path.read_bytes()
+    assert len(data) > 1000
+    if kind == "png":
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    else:
+        assert b"<svg" in data[:2000]

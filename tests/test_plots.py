@@ -7,6 +7,7 @@ import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.figure import Figure
 
+from helpers import assert_written
 from hyperspace_explorer.errors import AnalysisError
 from hyperspace_explorer.plots import plot_curves, plot_metric_by_config, plot_param_vs_metric
 
@@ -42,15 +43,6 @@ def curves() -> pd.DataFrame:
                                  "step": step, "value": value + rng.normal(0, 0.02),
                                  "config.model.C": c})
     return pd.DataFrame(rows)
-
-
-def assert_written(path, kind: str) -> None:
-    data = path.read_bytes()
-    assert len(data) > 1000
-    if kind == "png":
-        assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    else:
-        assert b"<svg" in data[:2000]
 
 
 def points(ax) -> int:
