@@ -22,7 +22,10 @@ sys.path.insert(0, str(ROOT))
 from hyperspace_explorer.export import to_latex  # noqa: E402
 from hyperspace_explorer.queue import RunQueue  # noqa: E402
 from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
-from hyperspace_explorer.store import COMPLETED, new_run_id  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from hyperspace_explorer.status import COMPLETED  # noqa: E402
+from hyperspace_explorer.storage import new_run_id  # noqa: E402
 from hyperspace_explorer.task import load_task  # noqa: E402
 
 STUDY = ROOT / "tests" / "study"
@@ -48,7 +51,7 @@ def build(q: RunQueue, runs: int, seeds: int = 20) -> None:
                                  "draw": rng.random(), "loss": rng.random()},
                      "code_version": {"commit": "0" * 40, "dirty": False, "url": None}})
     for i in range(0, runs, 2000):
-        q.store.done.insert_many(docs[i:i + 2000])
+        MongoClient(q.store.uri)[q.store.db_name].hse_done.insert_many(docs[i:i + 2000])
 
 
 def main() -> None:

@@ -27,7 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from hyperspace_explorer.queue import RunQueue  # noqa: E402
 from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
-from hyperspace_explorer.store import COMPLETED, Store  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from hyperspace_explorer.status import COMPLETED  # noqa: E402
+from hyperspace_explorer.storage import connect  # noqa: E402
 
 
 def bare_sacred(uri: str, n: int) -> float:
@@ -97,19 +100,20 @@ def throughput(uri: str, runs: int, workers: int) -> float:
         stop(procs)
     counts = q.status()
     assert counts[COMPLETED] == runs + len(warm), counts
-    q.store.client.drop_database(db)
+    q.store.drop_database()
     return runs / elapsed
 
 
 def claim_cost(uri: str, history: int) -> float:
     """Seconds per claim+finish with `history` finished runs already stored."""
     db = f"bench_claim_{history}_{os.getpid()}"
-    store = Store.connect(uri, db)
+    store = connect(uri, db)
     base = {"study": db, "task": "noop", "task_spec": {}, "config": {}, "seed": 0,
             "priority": 0, "max_attempts": 3, "max_runtime": None, "status": COMPLETED,
             "metrics": {"score": 1.0}}
+    raw = MongoClient(uri)[db]  # seeding the history directly is not what is measured
     for i in range(0, history, 5000):
-        store.done.insert_many([{**base, "_id": f"h{j}"} for j in range(i, min(history, i + 5000))])
+        raw.hse_done.insert_many([{**base, "_id": f"h{j}"} for j in range(i, min(history, i + 5000))])
     n = 200
     store.enqueue([{**base, "status": None} for _ in range(n)])
     t = time.perf_counter()
@@ -117,7 +121,8 @@ def claim_cost(uri: str, history: int) -> float:
         doc = store.claim(db, ["noop"], "bench", 60)
         store.finish(doc["_id"], doc["token"], COMPLETED, {})
     per = (time.perf_counter() - t) / n
-    store.client.drop_database(db)
+    store.drop_database()
+    store.close()
     return per
 
 
@@ -130,7 +135,7 @@ def idle_pickup(uri: str) -> tuple[float, float]:
         return _idle_pickup(q, proc)
     finally:
         stop([proc])
-        q.store.client.drop_database(db)
+        q.store.drop_database()
 
 
 def _idle_pickup(q: RunQueue, proc: subprocess.Popen) -> tuple[float, float]:

@@ -24,12 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pymongo.errors
-
 from .configurable import set_dotted
 from .errors import ConfigError, HSEError
-from .store import (ACTIVE, DEFAULT_MAX_ATTEMPTS, DONE, FINAL, QUEUE, RUNNING, STATUSES, Store,
-                    redact_uri)
+from .status import ACTIVE, FINAL, RUNNING, STATUSES
+from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, Storage, redact_uri
 
 PROG = "hse"
 OUTPUT_LINES = 40  # lines of captured output `hse show` prints (the tail)
@@ -57,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         return handler(session)
     except HSEError as exc:
         _fail(str(exc))
-    except pymongo.errors.PyMongoError as exc:  # e.g. the server went away mid-command
-        _fail(f"database error: {exc}. Is the MongoDB server still running "
-              f"(`hse server status`)?")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -441,7 +436,7 @@ class Session:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self._store: Store | None = None
+        self._store: Storage | None = None
 
     @property
     def db(self) -> str:
@@ -454,17 +449,18 @@ class Session:
         return self.args.study or self.db
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Storage:
         if self._store is None:
             from .server import resolve_uri
+            from .storage import connect
 
             db = self.db  # before resolve_uri, which may start the embedded server
-            self._store = Store.connect(resolve_uri(self.args.mongo_uri), db)
+            self._store = connect(resolve_uri(self.args.mongo_uri), db)
         return self._store
 
-    def match(self, **equal: Any) -> dict[str, Any]:
-        """Equality filter on this Study's runs, skipping criteria that are None."""
-        return {"study": self.study, **{k: v for k, v in equal.items() if v is not None}}
+    def match(self, **criteria: Any) -> RunFilter:
+        """This Study's runs that meet `criteria` (RunFilter fields; None: any)."""
+        return RunFilter(study=self.study).narrowed(**criteria)
 
     def close(self) -> None:
         if self._store is not None:
@@ -524,7 +520,7 @@ def _main_metric(doc: Mapping[str, Any]) -> str:
     return doc.get("reason") or "-"
 
 
-def _task_counts(store: Store, match: Mapping[str, Any]) -> dict[str, Counter]:
+def _task_counts(store: Storage, match: RunFilter) -> dict[str, Counter]:
     """{task: Counter(status)} over the runs matching `match` (counted by the server)."""
     counts: dict[str, Counter] = {}
     for (task, status), n in store.count_by_task_status(match).items():
@@ -643,10 +639,10 @@ def cmd_ls(session: Session) -> int:
     if args.limit < 1:
         raise HSEError(f"-n must be at least 1, got {args.limit}")
     store = session.store
-    projection = {"task": 1, "status": 1, "seed": 1, "metrics": 1, "duration": 1, "host": 1,
-                  "sacred_id": 1, "task_spec": 1, "order": 1, "reason": 1, "started_at": 1}
+    fields = ["task", "status", "seed", "metrics", "duration", "host", "sacred_id",
+              "task_spec", "order", "reason", "started_at"]
     docs = store.find_runs(session.match(task=args.task, status=args.status),
-                           projection=projection, sort_recent=True, limit=args.limit)
+                           fields=fields, newest_first=True, limit=args.limit)
     docs = sorted(docs, key=lambda d: d.get("order", 0), reverse=True)[:args.limit]
     console = _console()
     if not docs:
@@ -730,13 +726,13 @@ def cmd_cancel(session: Session) -> int:
         raise HSEError("say what to cancel: run ids, --task TASK, or --all")
     store = session.store
     console = _console()
-    matches: list[dict[str, Any]] = []
+    matches: list[RunFilter] = []
     for run in args.runs:
         doc = store.get_run(run)
         if doc.get("status") in FINAL:
             console.print(_text(f"run {doc['_id']} already ended ({doc['status']})", "dim"))
         else:
-            matches.append({"_id": doc["_id"]})
+            matches.append(RunFilter(ids=(doc["_id"],)))
     if args.all:
         matches.append(session.match())
     elif args.task:
@@ -758,7 +754,7 @@ def cmd_results(session: Session) -> int:
     args = session.args
     store = session.store
     metric, direction = _task_metric(session, args.task)
-    frame = results_frame(store, study=session.study, task=args.task)
+    frame = results_frame(store, session.match(task=args.task))
     summary = summarize(frame, metric, direction, by=args.by)
     if args.format == "table":
         _console().print(summary_table(
@@ -773,7 +769,7 @@ def _task_metric(session: Session, task: str) -> tuple[str, str]:
     """(metric, direction) of `task` as stored with its runs; HSEError naming the tasks
     that have runs when it has none."""
     store = session.store
-    doc = next(iter(store.find_runs(session.match(task=task), projection={"task_spec": 1},
+    doc = next(iter(store.find_runs(session.match(task=task), fields=["task_spec"],
                                     limit=1)), None)
     if doc is None:
         known = ", ".join(sorted(_task_counts(store, session.match()))) or "(none)"
@@ -830,8 +826,7 @@ def best_run_info(session: Session, task: str) -> dict[str, Any]:
     from .results import results_frame
 
     metric, direction = _task_metric(session, task)
-    frame = results_frame(session.store, study=session.study, task=task,
-                          statuses=["COMPLETED"])
+    frame = results_frame(session.store, session.match(task=task, status="COMPLETED"))
     if len(frame) == 0:
         counts = _task_counts(session.store, session.match(task=task)).get(task, Counter())
         raise HSEError(f"no COMPLETED run of task '{task}' yet ("
@@ -995,7 +990,7 @@ def cmd_plot(session: Session) -> int:
     metric = args.metric or task_metric
     if metric.removeprefix("metrics.") != task_metric:
         direction = None  # only the task's own metric has a known better direction
-    frame = results_frame(store, study=session.study, task=args.task)
+    frame = results_frame(store, session.match(task=args.task))
     if not (frame["status"] == "COMPLETED").any():
         raise HSEError(f"no COMPLETED run of task '{args.task}' to plot yet")
     if kind == "box":
@@ -1027,7 +1022,7 @@ def cmd_plot(session: Session) -> int:
     return 0
 
 
-def _series_names(store: Store, runs: Any) -> list[str]:
+def _series_names(store: Storage, runs: Any) -> list[str]:
     """Names of the series the runs logged (for error messages)."""
     ids = [int(s) for s in runs["sacred_id"].dropna()]
     return sorted({str(r.get("name")) for r in store.metric_series(ids)})
@@ -1044,7 +1039,7 @@ def cmd_recover(session: Session) -> int:
         swept += batch
     _console().print(_text(
         f"recovered {recovered} run(s) whose worker stopped renewing its lease (requeued, or "
-        f"FAILED after max_attempts); moved {swept} finished run(s) from {QUEUE} to {DONE}"))
+        f"FAILED after max_attempts); archived {swept} finished run(s)"))
     return 0
 
 

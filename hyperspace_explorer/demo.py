@@ -24,7 +24,8 @@ from typing import Any
 import hyperspace_explorer
 
 from .errors import HSEError
-from .store import COMPLETED, Store, redact_uri
+from .status import COMPLETED
+from .storage import RunFilter, connect, redact_uri
 
 DEMO_DB = "hse_demo"
 TASK = "digits"
@@ -158,9 +159,9 @@ def _reset_database(uri: str, db: str) -> int:
 
     The check keeps `hse demo --db <a real study>` from destroying real results.
     """
-    store = Store.connect(uri, db)
+    store = connect(uri, db)
     try:
-        runs = list(store.find_runs({}, projection={"study": 1, "task": 1}))
+        runs = list(store.find_runs(RunFilter(), fields=["study", "task"]))
         foreign = [r for r in runs if r.get("study") != db or r.get("task") != TASK]
         if foreign:
             raise HSEError(f"database '{db}' holds {len(foreign)} run(s) that are not from "

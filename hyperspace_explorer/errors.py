@@ -33,7 +33,21 @@ class StudyError(HSEError):
 
 
 class StoreError(HSEError):
-    """The MongoDB store is unreachable or answered something unexpected."""
+    """The MongoDB store refused an operation or answered something unexpected."""
+
+
+class StoreUnavailable(StoreError):
+    """The MongoDB store cannot be reached right now (down, restarting, a network cut,
+    or no answer within the client's deadline): retrying the same operation later can
+    succeed, which is what `Storage.retry` does."""
+
+
+class DocumentTooLarge(StoreError):
+    """A document would exceed MongoDB's 16 MB limit."""
+
+
+class QueryError(HSEError, ValueError):
+    """A run filter names an unknown status, field or value."""
 
 
 class ServerError(HSEError):

@@ -24,7 +24,8 @@ from typing import Any
 from .configurable import json_like, registered_classes, resolve_class, set_dotted
 from .errors import ConfigError, HSEError, StudyError, TaskError
 from .scenario import Scenario
-from .store import ACTIVE, DEFAULT_MAX_ATTEMPTS, FINAL, Store, now_ts
+from .status import ACTIVE, FINAL, Status
+from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, connect, now_ts
 from .study import load_scenarios, scenarios_file
 from .task import Task, load_task, task_names
 
@@ -46,7 +47,7 @@ class RunQueue:
         self.tasks_dir = Path(tasks_dir) if tasks_dir is not None else None
         if self.tasks_dir is not None:
             task_names(self.tasks_dir)  # clear error now if the directory is wrong
-        self.store = Store.connect(resolve_uri(mongo_uri), db_name)
+        self.store = connect(resolve_uri(mongo_uri), db_name)
         self.study = study or db_name
         self.study_dir = Path(study_dir) if study_dir is not None else None
         self._warned = False
@@ -148,25 +149,35 @@ class RunQueue:
         return cls
 
     # ------------------------------------------------------------------ watching
-    def status(self, task: str | None = None) -> dict[str, int]:
+    def status(self, task: str | None = None) -> dict[Status, int]:
         """Number of runs of this Study (or one task) in each status."""
-        return self.store.count_by_status(self._match(task=task))
+        return self.store.count_by_status(self.runs(task=task))
+
+    def runs(self, task: str | None = None, *, status: str | Sequence[str] | None = None,
+             config: Mapping[str, Any] | None = None,
+             ids: str | Iterable[str] | None = None) -> RunFilter:
+        """The runs of this Study that match every criterion given: a `task`, a
+        `status` ("FAILED", ["FAILED", "TIMEOUT"] or "FAILED,TIMEOUT"), `config` values
+        by dotted path ({"model.className": "ForestModel"}) and run `ids`."""
+        return RunFilter(study=self.study, task=task, status=status, config=config or {},
+                         ids=None if ids is None else
+                         ((ids,) if isinstance(ids, str) else tuple(ids)))
 
     def get(self, run_id: str | int) -> dict[str, Any]:
         """The queue document of one run (by run id or Sacred id)."""
         return self.store.get_run(run_id)
 
     def cancel(self, ids: str | Iterable[str] | None = None, *, task: str | None = None,
-               filter: Mapping[str, Any] | None = None) -> dict[str, int]:
+               status: str | Sequence[str] | None = None,
+               config: Mapping[str, Any] | None = None, all: bool = False) -> dict[str, int]:
         """Cancel queued runs (they never start) and stop running ones (within a few
-        seconds, status CANCELLED), by ids, by task, or by a MongoDB filter."""
-        if ids is None and task is None and filter is None:
-            raise HSEError("cancel() needs ids, task= or filter= (refusing to cancel everything "
-                           "implicitly; pass filter={} to mean all runs of the Study)")
-        match = self._match(task=task, filter=filter)
-        if ids is not None:
-            match["_id"] = {"$in": [ids] if isinstance(ids, str) else list(ids)}
-        cancelled, flagged = self.store.request_cancel(match)
+        seconds, status CANCELLED): by ids, or by task / status / config values, or
+        every active run of the Study with `all=True`."""
+        if ids is None and task is None and status is None and not config and not all:
+            raise HSEError("cancel() needs ids, task=, status=, config= or all=True "
+                           "(refusing to cancel everything implicitly)")
+        cancelled, flagged = self.store.request_cancel(
+            self.runs(task, status=status, config=config, ids=ids))
         return {"cancelled": cancelled, "stopping": flagged}
 
     def wait(self, ids: Iterable[str] | None = None, *, timeout: float | None = None,
@@ -177,13 +188,13 @@ class RunQueue:
 
         if ids is None:
             ids = [d["_id"] for d in self.store.find_runs(
-                {**self._match(), "status": {"$in": list(ACTIVE)}}, projection={"_id": 1})]
+                self.runs(status=ACTIVE), fields=["_id"])]
         ids = list(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         with tqdm(total=len(ids), disable=not progress, desc="runs", unit="run") as bar:
             while True:
-                docs = list(self.store.find_runs({"_id": {"$in": ids}},
-                                                 projection={"status": 1}))
+                docs = list(self.store.find_runs(RunFilter(ids=tuple(ids)),
+                                                 fields=["status"]))
                 counts: dict[str, int] = {}
                 for doc in docs:
                     counts[doc["status"]] = counts.get(doc["status"], 0) + 1
@@ -197,13 +208,13 @@ class RunQueue:
                                        f"still unfinished after {timeout}s: {counts}")
                 time.sleep(poll)
 
-    def results(self, task: str | None = None, filter: Mapping[str, Any] | None = None, *,
-                statuses: Sequence[str] | None = None):
-        """One row per run: flattened full config, metrics, seed, status, timings, host."""
+    def results(self, task: str | None = None, *, status: str | Sequence[str] | None = None,
+                config: Mapping[str, Any] | None = None):
+        """One row per run: flattened full config, metrics, seed, status, timings, host.
+        `status` and `config` narrow the runs as in `runs()`."""
         from .results import results_frame
 
-        return results_frame(self.store, study=self.study, task=task, filter=filter,
-                             statuses=statuses)
+        return results_frame(self.store, self.runs(task, status=status, config=config))
 
     def task(self, task_name: str) -> Task:
         """The task as its file says now, or as last queued if the file is gone."""
@@ -212,7 +223,7 @@ class RunQueue:
                 raise TaskError("no tasks directory")
             return load_task(self.tasks_dir, task_name)
         except TaskError:
-            for doc in self.store.find_runs(self._match(task=task_name), limit=1):
+            for doc in self.store.find_runs(self.runs(task_name), fields=["task_spec"], limit=1):
                 return Task.from_doc(doc["task_spec"])
             raise
 
@@ -250,13 +261,6 @@ class RunQueue:
         from .results import run_diff
 
         return run_diff(self.store, run_a, run_b)
-
-    def _match(self, task: str | None = None,
-               filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        match: dict[str, Any] = {**dict(filter or {}), "study": self.study}
-        if task is not None:
-            match["task"] = task
-        return match
 
 
 def _seed_list(task: Task, seeds: int | Sequence[int] | None) -> list[int]:

@@ -13,32 +13,23 @@ from typing import Any
 from .configurable import flatten, registered_classes, resolve_class
 from .errors import HSEError
 from .scenario import Scenario
-from .store import Store
+from .storage import RunFilter, Storage
 
 _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
 
-def results_frame(store: Store, *, study: str | None = None, task: str | None = None,
-                  filter: Mapping[str, Any] | None = None,
-                  statuses: Sequence[str] | None = None):
-    """Build the results DataFrame (see the module docstring) from the store.
+def results_frame(store: Storage, runs: RunFilter):
+    """Build the results DataFrame (see the module docstring) of the runs `runs` selects.
 
     When the Study's code is imported, stored configs are completed with today's
     defaults, so runs from before a parameter existed show its default, not NaN.
     """
     import pandas as pd
 
-    match: dict[str, Any] = dict(filter or {})
-    if study is not None:
-        match["study"] = study
-    if task is not None:
-        match["task"] = task
-    if statuses is not None:
-        match["status"] = {"$in": list(statuses)}
     rows = []
     completers: dict[str, Any] = {}
-    for doc in store.find_runs(match):
+    for doc in store.find_runs(runs):
         rows.append(_row(doc, completers))
     if not rows:
         return pd.DataFrame(columns=_FIXED)
@@ -84,21 +75,22 @@ def _completer(class_name: str | None, cache: dict[str, Any]):
     return cache[class_name]
 
 
-def load_results(mongo_uri: str | None, db_name: str, task: str | None = None,
-            filter: Mapping[str, Any] | None = None, *, study: str | None = None,
-            statuses: Sequence[str] | None = None):
+def load_results(mongo_uri: str | None, db_name: str, task: str | None = None, *,
+                 study: str | None = None, status: str | Sequence[str] | None = None,
+                 config: Mapping[str, Any] | None = None):
     """Standalone form of `RunQueue.results`, without a tasks directory."""
     from .server import resolve_uri
+    from .storage import connect
 
-    store = Store.connect(resolve_uri(mongo_uri), db_name)
+    store = connect(resolve_uri(mongo_uri), db_name)
     try:
-        return results_frame(store, study=study or db_name, task=task, filter=filter,
-                             statuses=statuses)
+        return results_frame(store, RunFilter(study=study or db_name, task=task,
+                                              status=status, config=config or {}))
     finally:
         store.close()
 
 
-def curves_frame(store: Store, runs, name: str):
+def curves_frame(store: Storage, runs, name: str):
     """A logged metric over steps in long format (for `plots.plot_curves`): one row
     per (run, step) with `run_id`, `seed`, `name`, `step`, `value` and the run's
     `config.*` columns to group by. `runs` is a results frame."""
@@ -121,14 +113,14 @@ def curves_frame(store: Store, runs, name: str):
     return out[first + [c for c in out.columns if c not in first]].reset_index(drop=True)
 
 
-def _differ(store: Store, file_a: Any, file_b: Any) -> bool:
+def _differ(store: Storage, file_a: Any, file_b: Any) -> bool:
     """Two uploads of a source file differ in content (two workers starting at once
     may each upload the same file; one that cannot be read counts as different)."""
-    content_a, content_b = store.read_source(file_a), store.read_source(file_b)
+    content_a, content_b = store.read_file(file_a), store.read_file(file_b)
     return content_a is None or content_b is None or content_a != content_b
 
 
-def run_diff(store: Store, run_a: str | int, run_b: str | int) -> dict[str, Any]:
+def run_diff(store: Storage, run_a: str | int, run_b: str | int) -> dict[str, Any]:
     """What differs between two runs: config values, seed, task, code version
     (commit, dirty flag) and which recorded source files changed."""
     docs = [store.get_run(r) for r in (run_a, run_b)]

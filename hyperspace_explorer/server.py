@@ -628,23 +628,9 @@ def _answering_pid(uri: str, timeout_ms: int) -> int | None:
     `ping` alone proves that *a* server answers; nx-27017 (like mongod) reports its pid in
     `serverStatus`, which proves it is the process we started or recorded.
     """
-    from pymongo import MongoClient
-    from pymongo.errors import PyMongoError
+    from .storage import server_pid
 
-    client: MongoClient | None = None
-    try:
-        client = MongoClient(
-            uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=timeout_ms, directConnection=True,
-        )
-        client.admin.command("ping")
-        pid = client.admin.command("serverStatus").get("pid")
-        return pid if isinstance(pid, int) else 0
-    except PyMongoError:
-        return None
-    finally:
-        if client is not None:
-            client.close()
+    return server_pid(uri, timeout_ms / 1000)
 
 
 def _log_tail(path: Path, offset: int = 0, max_bytes: int = 4000) -> str:

@@ -5,7 +5,9 @@ only those can then be named by `className` in a queued run.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -47,3 +49,45 @@ def load_scenarios(study_dir: str | Path | None = None) -> ModuleType:
     except Exception as exc:
         sys.modules.pop(MODULE, None)
         raise StudyError(f"importing {path} failed:\n{traceback.format_exc()}") from exc
+
+
+_SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "env"}
+
+
+def source_files(study_dir: str | Path) -> list[Path]:
+    """The Study's Python sources: every .py file under its directory, skipping hidden
+    directories, virtual environments and caches."""
+    base = Path(study_dir).resolve()
+    found = []
+    for root, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
+        found += [Path(root) / name for name in sorted(files) if name.endswith(".py")]
+    return found
+
+
+def source_stamp(study_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of every source file: cheap to take between two runs, and
+    different as soon as a file is edited, added or removed."""
+    stamp = []
+    for path in source_files(study_dir):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
+def source_digest(study_dir: str | Path) -> str:
+    """A content hash of the Study's sources (paths relative to the Study directory):
+    equal on two machines exactly when they hold the same Study code."""
+    base = Path(study_dir).resolve()
+    digest = hashlib.sha256()
+    for path in source_files(base):
+        try:
+            content = path.read_bytes()
+        except OSError:
+            continue
+        digest.update(str(path.relative_to(base)).encode() + b"\0")
+        digest.update(hashlib.sha256(content).digest())
+    return digest.hexdigest()[:16]

@@ -62,3 +62,18 @@ def assert_written(path: Path, kind: str) -> None:
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
     else:
         assert b"<svg" in data[:2000]
+
+
+_RAW_CLIENTS: dict[str, object] = {}
+
+
+def raw_db(store):
+    """The database behind a Storage, through plain pymongo: tests check what is really
+    stored (the package itself never exposes its collections)."""
+    from pymongo import MongoClient
+
+    client = _RAW_CLIENTS.get(store.uri)
+    if client is None:
+        client = _RAW_CLIENTS[store.uri] = MongoClient(store.uri, serverSelectionTimeoutMS=5000,
+                                                      socketTimeoutMS=60000)
+    return client[store.db_name]

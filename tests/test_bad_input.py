@@ -9,17 +9,17 @@ import time
 
 import pytest
 
-from helpers import STUDY, TASKS, start_worker
+from helpers import STUDY, TASKS, raw_db, start_worker
 from hyperspace_explorer.errors import ConfigError, StoreError, TaskError
 from hyperspace_explorer.execution import TOO_LARGE
 from hyperspace_explorer.queue import RunQueue
-from hyperspace_explorer.store import Store
+from hyperspace_explorer.storage import connect
 
 
 def everything(q):
     """Every document of the Study's database, to check that nothing changed."""
-    return {name: sorted(map(repr, q.store.db[name].find()))
-            for name in q.store.db.list_collection_names()}
+    return {name: sorted(map(repr, raw_db(q.store)[name].find()))
+            for name in raw_db(q.store).list_collection_names()}
 
 
 def conf(**kw):
@@ -82,7 +82,7 @@ def test_failing_run_is_reported_and_isolated(queue, mongo_uri, db_name, behavio
     assert (doc["status"], doc["reason"]) == ("FAILED", reason)
     assert message in doc["error"]
     assert queue.get(good)["status"] == "COMPLETED"  # the worker went on
-    (record,) = queue.store.runs.find({"meta.hse.run_id": bad})
+    (record,) = raw_db(queue.store).runs.find({"meta.hse.run_id": bad})
     assert record["status"] == "FAILED"  # the Sacred record is kept, not lost
     assert queue.status()["COMPLETED"] == 1 and queue.status()["FAILED"] == 1
 
@@ -98,7 +98,7 @@ def test_unregistered_class_in_stored_document_is_refused(queue, mongo_uri, db_n
              "config": {"model": {"className": "Scenario"}}}
     queue.store.enqueue([evil2])
     run_all(queue, mongo_uri, db_name)
-    failed = [d for d in queue.store.find_runs({"status": "FAILED"})]
+    failed = list(queue.store.find_runs(queue.runs(status="FAILED")))
     assert len(failed) == 2 and {d["reason"] for d in failed} == {"invalid"}
     assert any("unknown className 'Popen'" in d["error"] for d in failed)
     assert any("'Scenario' is not a Model" in d["error"] for d in failed)
@@ -121,7 +121,7 @@ def test_unreachable_mongo_uri_fails_fast_without_credentials(tmp_path):
     uri = "mongodb://alice:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=1000"
     t = time.monotonic()
     with pytest.raises(StoreError) as err:
-        Store.connect(uri, "whatever", timeout_s=2)
+        connect(uri, "whatever", timeout_s=2)
     assert time.monotonic() - t < 6
     assert "s3cret" not in str(err.value) and "cannot reach MongoDB" in str(err.value)
     proc = subprocess.run(
@@ -134,5 +134,5 @@ def test_unreachable_mongo_uri_fails_fast_without_credentials(tmp_path):
 
 def test_malformed_mongo_uri_is_a_clear_error():
     with pytest.raises(StoreError, match="invalid MongoDB URI") as err:
-        Store("http://user:pw-secret@localhost", "db")
+        connect("http://user:pw-secret@localhost", "db")
     assert "pw-secret" not in str(err.value)

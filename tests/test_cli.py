@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 import helpers
+from helpers import raw_db
 
 from hyperspace_explorer.cli import build_parser, main, parse_grid, split_top_level
-from hyperspace_explorer.store import Store
+from hyperspace_explorer.storage import RunFilter, connect
+from hyperspace_explorer.storage.mongo import MongoStorage
 
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
@@ -50,7 +52,7 @@ def hse(mongo_uri: str, db_name: str, capfd: pytest.CaptureFixture):
 
 @pytest.fixture
 def store(mongo_uri: str, db_name: str):
-    s = Store.connect(mongo_uri, db_name)
+    s = connect(mongo_uri, db_name)
     yield s
     s.close()
 
@@ -167,7 +169,7 @@ def test_submit_bad_key_names_the_dotted_path_and_queues_nothing(hse, store):
     assert result.err.startswith("hse: error: config.model.lrr: unknown key 'lrr'")
     assert "did you mean 'lr'" in result.err
     assert "Traceback" not in result.err
-    assert sum(store.count_by_status().values()) == 0
+    assert sum(store.count_by_status(RunFilter()).values()) == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -225,7 +227,7 @@ def test_status_counts_runs_per_task_and_status(hse, executed, monkeypatch):
     def read_every_run(*args, **kwargs):
         raise AssertionError("hse status must count on the server, not read every run")
 
-    monkeypatch.setattr(Store, "find_runs", read_every_run)
+    monkeypatch.setattr(MongoStorage, "find_runs", read_every_run)
     result = hse("status")
     assert result.code == 0, result.err
     header = table_row(result.out, "task")
@@ -330,11 +332,11 @@ def test_recover_requeues_expired_leases_and_archives(hse, store):
     result = hse("recover")
     assert result.code == 0
     assert "recovered 1 run(s)" in result.out
-    assert "moved 1 finished run(s) from hse_queue to hse_done" in result.out
+    assert "archived 1 finished run(s)" in result.out
     doc = store.get_run(lost)
     assert (doc["status"], doc["attempt"]) == ("QUEUED", 1)
     assert "ghost:1 stopped renewing its lease" in doc["last_error"]
-    assert store.done.find_one({"_id": cancelled})["status"] == "CANCELLED"
+    assert raw_db(store).hse_done.find_one({"_id": cancelled})["status"] == "CANCELLED"
 
 
 def test_workers_flags_silent_ones_as_dead(hse, store):

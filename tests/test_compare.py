@@ -23,7 +23,7 @@ import helpers
 from pymongo import MongoClient
 from scipy import stats
 
-from helpers import STUDY, TASKS
+from helpers import STUDY, TASKS, raw_db
 from hyperspace_explorer.cli import main
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.results import _FIXED
@@ -132,7 +132,7 @@ def test_stored_config_missing_a_defaulted_parameter_shows_the_default(grid: Gri
     del old["config"]["noise"]
     del old["config_given"]["noise"]
     with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as queue:
-        queue.store.done.insert_one(old)
+        raw_db(queue.store).hse_done.insert_one(old)
         assert "noise" not in queue.get(old["_id"])["config"]
         frame = queue.results("toy")
     assert len(frame) == 1
@@ -300,8 +300,8 @@ def test_diff_reports_changed_source_files(grid: Grid, hse, db_name):
                 record = {**record, "experiment": {**record["experiment"], "sources": [
                     ["scenarios.py", ObjectId()], ["extra.py", ObjectId()]]}}
                 doc["code_version"] = {**doc["code_version"], "commit": "f" * 40}
-            other.store.done.insert_one(doc)
-            other.store.runs.insert_one({**record, "_id": 1000 + i})
+            raw_db(other.store).hse_done.insert_one(doc)
+            raw_db(other.store).runs.insert_one({**record, "_id": 1000 + i})
         result = hse("diff", "1000", "1001", db=db_name)
     assert result.code == 0, result.err
     assert "source files: 2 differ" in result.out
@@ -428,17 +428,17 @@ def test_diff_treats_two_uploads_of_the_same_source_as_the_same_code(grid: Grid,
     store = grid.queue.store
     records = [store.sacred_run(runs[e][0]["sacred_id"]) for e in EPOCHS]
     (name, file_id), = records[0]["experiment"]["sources"]
-    content = gridfs.GridFS(store.db).get(file_id).read()
+    content = store.read_file(file_id)
     with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as other:
-        fs = gridfs.GridFS(other.store.db)
+        fs = gridfs.GridFS(raw_db(other.store))
         uploads = [fs.put(content, filename=name), fs.put(content, filename=name),
                    fs.put(content + b"\n# edited\n", filename=name)]
         for i, (doc, upload) in enumerate(zip([runs[EPOCHS[0]][0], runs[EPOCHS[1]][0],
                                                runs[EPOCHS[1]][1]], uploads)):
             record = {**records[0], "_id": 2000 + i,
                       "experiment": {**records[0]["experiment"], "sources": [[name, upload]]}}
-            other.store.runs.insert_one(record)
-            other.store.done.insert_one({**doc, "study": db_name, "sacred_id": 2000 + i})
+            raw_db(other.store).runs.insert_one(record)
+            raw_db(other.store).hse_done.insert_one({**doc, "study": db_name, "sacred_id": 2000 + i})
         assert other.diff("2000", "2001")["sources"] == []
         assert other.diff("2000", "2002")["sources"] == [(name, "changed")]
     assert "same code" in hse("diff", "2000", "2001", db=db_name).out

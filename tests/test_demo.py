@@ -13,13 +13,14 @@ import hyperspace_explorer
 from hyperspace_explorer.cli import main
 from hyperspace_explorer.demo import GRIDS, SEEDS, locate_example
 from hyperspace_explorer.errors import HSEError
-from hyperspace_explorer.store import COMPLETED, Store
+from hyperspace_explorer.status import COMPLETED
+from hyperspace_explorer.storage import RunFilter, connect
 
 EXPECTED_RUNS = sum(len(values) for _, grid in GRIDS for values in grid.values()) * SEEDS
 
 
 def test_demo_runs_ranks_and_replaces_a_previous_demo(mongo_uri, db_name, tmp_path: Path):
-    store = Store.connect(mongo_uri, db_name)
+    store = connect(mongo_uri, db_name)
     try:
         # A run left by an earlier demo: it must be dropped, and the demo must say so.
         store.enqueue([{"study": db_name, "task": "digits", "config": {}, "seed": 0}])
@@ -40,7 +41,7 @@ def test_demo_runs_ranks_and_replaces_a_previous_demo(mongo_uri, db_name, tmp_pa
         assert all(f"│ {SEEDS} │" in row for row in ranking)  # n: every seed completed
         assert "next steps:" in out and f"hse --mongo-uri {mongo_uri} --db {db_name} ls" in out
 
-        counts = store.count_by_status({"study": db_name})
+        counts = store.count_by_status(RunFilter(study=db_name))
         assert counts[COMPLETED] == EXPECTED_RUNS
         assert sum(counts.values()) == EXPECTED_RUNS
         assert elapsed < 120, f"the demo took {elapsed:.0f}s"
@@ -49,7 +50,7 @@ def test_demo_runs_ranks_and_replaces_a_previous_demo(mongo_uri, db_name, tmp_pa
 
 
 def test_demo_refuses_to_drop_a_database_with_other_runs(mongo_uri, db_name, capsys):
-    store = Store.connect(mongo_uri, db_name)
+    store = connect(mongo_uri, db_name)
     try:
         (kept,) = store.enqueue([{"study": "real_study", "task": "toy", "config": {},
                                   "seed": 0}])

@@ -11,7 +11,7 @@ import helpers
 
 from hyperspace_explorer.errors import ConfigError, HSEError, TaskError
 from hyperspace_explorer.queue import RunQueue
-from hyperspace_explorer.store import CANCELLED, COMPLETED, QUEUED, RUNNING
+from hyperspace_explorer.status import CANCELLED, COMPLETED, QUEUED, RUNNING
 
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
@@ -185,7 +185,7 @@ def test_cancel_queued_runs_by_ids_and_by_task(q, raw):
     assert q.status()[CANCELLED] == 5 and q.status()[QUEUED] == 2
     with pytest.raises(HSEError, match="refusing to cancel everything"):
         q.cancel()
-    assert q.cancel(filter={}) == {"cancelled": 2, "stopping": 0}
+    assert q.cancel(all=True) == {"cancelled": 2, "stopping": 0}
     assert raw.hse_queue.count_documents({"status": QUEUED}) == 0
 
 
@@ -251,6 +251,6 @@ def test_results_after_a_real_worker(q, tmp_path, mongo_uri, db_name):
     assert sorted(completed["sacred_id"]) == sorted(set(completed["sacred_id"]))
     assert (frame["attempt"] == 1).all()
 
-    only_ok = q.results(statuses=[COMPLETED])
+    only_ok = q.results(status=[COMPLETED])
     assert len(only_ok) == 3 and set(only_ok["status"]) == {COMPLETED}
     assert len(q.results("noop")) == 0 and "run_id" in q.results("noop").columns

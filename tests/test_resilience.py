@@ -8,7 +8,7 @@ import time
 import pymongo
 import pytest
 
-from helpers import STUDY, TASKS, start_worker, wait_for
+from helpers import STUDY, TASKS, raw_db, start_worker, wait_for
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.worker import recover_expired
 
@@ -36,7 +36,7 @@ def status_of(q, run_id):
 
 
 def sacred_records(q, run_id):
-    return list(q.store.runs.find({"meta.hse.run_id": run_id}, {"captured_out": 0}))
+    return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"captured_out": 0}))
 
 
 def test_killed_worker_run_is_requeued_and_completed_once(queue, workers, mongo_uri, db_name):
@@ -203,7 +203,7 @@ def test_store_outage_in_the_middle_of_a_run(embedded_server, tmp_path):
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
-        q.store.client.drop_database(db)
+        q.store.drop_database()
 
 
 def test_chaos_every_run_completes_exactly_once(queue, workers, mongo_uri, db_name):
@@ -228,7 +228,7 @@ def test_chaos_every_run_completes_exactly_once(queue, workers, mongo_uri, db_na
     assert {d["status"] for d in docs} == {"COMPLETED"}
     counts = queue.status()
     assert counts["QUEUED"] == counts["RUNNING"] == 0
-    records = list(queue.store.runs.find({}, {"status": 1, "meta": 1}))
+    records = list(raw_db(queue.store).runs.find({}, {"status": 1, "meta": 1}))
     done = [r["meta"]["hse"]["run_id"] for r in records if r["status"] == "COMPLETED"]
     assert sorted(done) == sorted(ids)  # each run COMPLETED exactly once in Sacred too
     assert not [r for r in records if r["status"] == "RUNNING"]

@@ -21,8 +21,8 @@ import helpers
 from helpers import wait_for
 
 from hyperspace_explorer.queue import RunQueue
-from hyperspace_explorer.store import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING,
-                                       new_run_id)
+from hyperspace_explorer.status import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
+from hyperspace_explorer.storage import new_run_id
 from hyperspace_explorer.task import load_task
 
 STUDY = Path(__file__).resolve().parent / "study"
@@ -209,7 +209,7 @@ def test_sacred_ids_are_unique_integers_beyond_ten(q, raw, tmp_path, mongo_uri, 
 # ------------------------------------------------------------------ what a worker refuses
 def queue_doc(study: str, task: str, config: dict, *, scenario: dict | None = None,
               seed: int = 0) -> dict:
-    """A queue document shaped like the ones RunQueue._enqueue + Store.enqueue write."""
+    """A queue document shaped like the ones RunQueue._enqueue + Storage.enqueue write."""
     spec = load_task(TASKS, task).to_doc() if task in ("toy", "noop") else \
         {"name": task, "scenario": {"className": "NoopScenario"}, "seed": 0,
          "metric": "score", "direction": "maximize", "max_runtime": None, "description": ""}

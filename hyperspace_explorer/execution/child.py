@@ -1,0 +1,166 @@
+"""The forked child that runs user code: one attempt of one run, under Sacred.
+
+A child is a fork of the warmed-up worker, so no import is repeated. A segfault,
+`os._exit`, an out-of-memory kill or a hang here ends only the child. It never talks
+to the database: its Sacred observer (`PipeObserver`) forwards every event over a
+pipe to the worker, which writes the record (`records.RecordWriter`).
+
+Each child leads its own process group, so that whatever user code starts (a
+subprocess, DataLoader workers, a shell) can be killed with it when the run ends,
+whatever the way it ended (see `supervisor.kill_run_group`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import faulthandler
+import multiprocessing.connection
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..configurable import resolve_class
+from ..scenario import Scenario, _SACRED_RUN, normalize_metrics, seed_everything
+from ..task import Task
+from .sacred_settings import Experiment, RunObserver
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """What a child needs to execute one attempt of a queued run."""
+
+    run_id: str
+    task: Task
+    config: dict[str, Any]  # complete: every default filled
+    seed: int
+    sacred_id: int
+    attempt: int
+    token: str              # the attempt's fencing token, kept in the record's meta
+    max_runtime: float | None
+    log_path: Path
+
+
+class PipeObserver(RunObserver):
+    """Sacred observer in the child: forwards events to the parent's RecordWriter."""
+
+    priority = 30
+
+    def __init__(self, conn: multiprocessing.connection.Connection, sacred_id: int):
+        self.conn = conn
+        self.sacred_id = sacred_id
+
+    def _send(self, *event: Any, ack: bool = False) -> None:
+        self.conn.send(event)
+        if ack:  # the parent must read the file before user code may delete it
+            self.conn.recv()
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        self._send("started_event", ex_info, command, host_info, start_time, config,
+                   meta_info, self.sacred_id)
+        return self.sacred_id
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        self._send("heartbeat_event", _plain(info), captured_out, beat_time, result)
+
+    def completed_event(self, stop_time, result):
+        self._send("completed_event", stop_time, result)
+
+    def interrupted_event(self, interrupt_time, status):
+        self._send("interrupted_event", interrupt_time, status)
+
+    def failed_event(self, fail_time, fail_trace):
+        self._send("failed_event", fail_time, fail_trace)
+
+    def resource_event(self, filename):
+        self._send("resource_event", filename, ack=True)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self._send("artifact_event", name, filename, metadata, content_type, ack=True)
+
+    def log_metrics(self, metrics_by_name, info):
+        self._send("log_metrics", metrics_by_name, _plain(info))
+
+
+def _plain(value: Any) -> Any:
+    """Sacred's read-only containers pickle poorly; send plain copies."""
+    try:
+        return copy.deepcopy(dict(value)) if isinstance(value, dict) else copy.deepcopy(value)
+    except Exception:
+        return repr(value)
+
+
+def child_main(conn: multiprocessing.connection.Connection,
+               experiments: dict[str, Experiment],
+               worker_end: multiprocessing.connection.Connection) -> None:
+    """Body of the forked child: wait for a RunSpec, run its Sacred experiment,
+    report, exit. Children are forked ahead of need (see Executor), so they get
+    the spec over the pipe rather than at fork time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.setpgid(0, 0)  # our own process group: the run's processes die together
+    _die_with_parent()
+    worker_end.close()  # else closing it in the worker would not reach us as EOF
+    try:
+        spec: RunSpec = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # the worker discarded this spare child
+    ex = experiments[spec.task.name]
+    try:
+        fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    except OSError:
+        pass  # keep the worker's streams
+    # Python-level streams onto those fds too (the worker's may be wrapped, e.g. by a
+    # notebook or pytest), so prints and C-level output share the run's log.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    faulthandler.enable(file=sys.stderr)  # a segfault leaves a traceback in the log
+    try:
+        scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
+        scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
+        params = copy.deepcopy(spec.config)
+        metric = spec.task.metric
+
+        scenario.run_seed = spec.seed
+
+        @ex.main
+        def hse_run(_run):  # Sacred injects the run object
+            _SACRED_RUN.append(_run)
+            seed_everything(spec.seed)
+            return normalize_metrics(scenario.single_run(params), metric)
+
+        ex.observers[:] = [PipeObserver(conn, spec.sacred_id)]
+        ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
+        run = ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
+                                        "attempt": spec.attempt, "token": spec.token,
+                                        "scenario": spec.task.scenario}})
+        conn.send(("done", dict(run.result)))
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            conn.send(("error", detail))
+        except Exception:
+            pass
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """Linux: a run must not go on computing (and writing to a dead pipe) after its
+    worker was killed; the kernel sends it SIGKILL when the worker dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the worker died before prctl took effect
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,36 @@
+"""Sacred, imported and configured in one place for the whole package.
+
+Sacred keeps process-wide settings in `sacred.SETTINGS`; the worker changes three of
+them, here and nowhere else, when this module is first imported (workers only: a
+notebook that never executes runs never imports Sacred):
+
+- `CAPTURE_MODE = "sys"`: "fd" would spawn a `tee` process per run; the child's file
+  descriptors go to the run's log file anyway (see `child.child_main`), which keeps
+  C-level output too.
+- `HOST_INFO.INCLUDE_CPU_INFO / INCLUDE_GPU_INFO = False`: Sacred would spawn
+  `cat /proc/cpuinfo` and `nvidia-smi` in every run; `host_facts()` gathers them once
+  per worker and the record writer adds them to each record.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sacred import SETTINGS, Experiment
+from sacred.host_info import get_host_info
+from sacred.observers import MongoObserver, RunObserver
+from sacred.utils import apply_backspaces_and_linefeeds
+
+__all__ = ["Experiment", "MongoObserver", "RunObserver", "apply_backspaces_and_linefeeds",
+           "host_facts"]
+
+SETTINGS.CAPTURE_MODE = "sys"
+_HOST_FACTS: dict[str, Any] = {
+    key: value for key, value in get_host_info().items() if key in ("cpu", "gpus")
+    and value is not None}  # Sacred leaves a key out rather than storing null
+SETTINGS.HOST_INFO.INCLUDE_CPU_INFO = False
+SETTINGS.HOST_INFO.INCLUDE_GPU_INFO = False
+
+
+def host_facts() -> dict[str, Any]:
+    """CPU and GPU facts of this machine, gathered once (see the module docstring)."""
+    return dict(_HOST_FACTS)

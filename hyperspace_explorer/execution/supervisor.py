@@ -1,0 +1,299 @@
+"""The supervisor of an attempt: forks the child, applies its Sacred events, keeps the
+lease, enforces timeout and cancellation, and says how the attempt ended.
+
+The parent, not user code, renews the run's lease, so a run holding the GIL or
+sitting in a C call is never mistaken for a dead one.
+
+Exactly one record per run ends COMPLETED, whatever the faults: the record is fenced
+(see `records`), a final event is applied only after the lease was confirmed, and a
+worker whose final queue write is refused closes its own record as superseded
+(`Worker._finish`). When the attempt ends, every process of its group is killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreUnavailable
+from ..status import CANCELLED, COMPLETED, FAILED, QUEUED, TIMEOUT, Reason, Status
+from ..storage import Storage, now_utc
+from ..task import Task
+from .child import RunSpec, child_main
+from .records import RecordWriter, output_filter, trim_log
+from .sacred_settings import Experiment, host_facts
+
+log = logging.getLogger("hyperspace_explorer.worker")
+
+_FORK = multiprocessing.get_context("fork")
+SUPERSEDED = "superseded: this worker lost its lease and the run went to a newer attempt"
+_FINAL_EVENTS = ("completed_event", "failed_event", "interrupted_event")
+_Child = tuple[Any, Any, frozenset[str]]  # (process, parent end of the pipe, tasks)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How an attempt ended, as the worker records it in the queue document."""
+
+    status: Status
+    reason: Reason | None = None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    fenced: bool = False  # our lease was taken over: record nothing
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": None if self.reason is None else self.reason.value,
+                               "error": self.error}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics
+        return out
+
+
+_LOST = Outcome(status=FAILED, fenced=True, error="lease lost to another attempt")
+
+
+class Executor:
+    """Runs attempts in forked children; one per worker process.
+
+    `experiment_for(task)` builds the Sacred Experiment of a task once (source and
+    git discovery is slow), in the Study's namespace so that Sacred records the
+    Study's sources and repository, not the worker's. `interrupt()` says whether the
+    worker wants the running attempt stopped ("requeue") and `on_beat()` is called at
+    every lease renewal.
+    """
+
+    def __init__(self, store: Storage, study_module: Any, log_dir: Path,
+                 heartbeat_s: float, lease_s: float, *,
+                 interrupt: Callable[[], str | None], on_beat: Callable[[], None]):
+        self.store = store
+        self.study_module = study_module
+        self.log_dir = log_dir
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
+        self.interrupt = interrupt
+        self.on_beat = on_beat
+        self._experiments: dict[str, Experiment] = {}
+        self._source_cache: dict[tuple[str, str], Any] = {}
+        self._code_versions: dict[str, dict[str, Any] | None] = {}
+        self._host_facts = host_facts()
+        self._spare: _Child | None = None
+
+    def experiment_for(self, task: Task) -> Experiment:
+        ex = self._experiments.get(task.name)
+        if ex is None:
+            module_dir = os.path.dirname(os.path.abspath(self.study_module.__file__))
+            namespace = {"_Experiment": Experiment, "_name": task.name, "_base": module_dir}
+            try:
+                ex = eval("_Experiment(_name, base_dir=_base)", self.study_module.__dict__,
+                          namespace)
+            except Exception as exc:  # e.g. a git repository without commits yet
+                log.warning("no git info for the Study's sources (%s); runs record none", exc)
+                ex = eval("_Experiment(_name, base_dir=_base, save_git_info=False)",
+                          self.study_module.__dict__, namespace)
+            ex.captured_out_filter = output_filter
+            ex.logger = _quiet_logger()
+            self._experiments[task.name] = ex
+        return ex
+
+    def code_version(self, task: Task) -> dict[str, Any] | None:
+        """Commit and dirty flag of the Study's repository (None outside git)."""
+        if task.name not in self._code_versions:
+            info = self.experiment_for(task).get_experiment_info()
+            repos = info.get("repositories") or []
+            self._code_versions[task.name] = {
+                "commit": repos[0].get("commit"), "dirty": bool(repos[0].get("dirty")),
+                "url": repos[0].get("url")} if repos else None
+        return self._code_versions[task.name]
+
+    def execute(self, spec: RunSpec) -> Outcome:
+        """Run one attempt to its end; never raises for anything the user code did."""
+        self.experiment_for(spec.task)
+        proc, parent_conn = self._take_child(spec.task.name)
+        parent_conn.send(spec)
+        # Fork the next run's child now, while this one runs: forking a warmed-up
+        # worker costs milliseconds that would otherwise sit between two runs.
+        self._spare = self._fork()
+        try:
+            return self._supervise(proc, parent_conn, spec)
+        finally:
+            parent_conn.close()
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            kill_run_group(proc.pid)
+            trim_log(spec.log_path)
+
+    def _fork(self) -> _Child:
+        parent_conn, child_conn = _FORK.Pipe()
+        proc = _FORK.Process(target=child_main,
+                             args=(child_conn, dict(self._experiments), parent_conn),
+                             name="hse-run", daemon=True)
+        proc.start()
+        child_conn.close()
+        return proc, parent_conn, frozenset(self._experiments)
+
+    def _take_child(self, task_name: str) -> tuple[Any, Any]:
+        spare, self._spare = self._spare, None
+        if spare is not None and task_name in spare[2] and spare[0].is_alive():
+            return spare[0], spare[1]
+        if spare is not None:
+            _discard(spare)
+        proc, conn, _ = self._fork()
+        return proc, conn
+
+    def release_spare(self) -> None:
+        """Let the forked-ahead child go (an idle worker should stay small)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _discard(spare)
+
+    def _supervise(self, proc: Any, conn: Any, spec: RunSpec) -> Outcome:
+        writer = RecordWriter(self.store, self._source_cache, self._host_facts)
+        started = time.monotonic()
+        next_beat = started + self.heartbeat_s
+        deadline = started + spec.max_runtime if spec.max_runtime else None
+        outcome: Outcome | None = None
+        stop: tuple[Status, Reason | None, str] | None = None  # what we imposed
+        conn_open = True
+        while True:
+            now = time.monotonic()
+            waits = [next_beat - now] + ([deadline - now] if deadline else [])
+            ready = multiprocessing.connection.wait(
+                ([conn] if conn_open else []) + [proc.sentinel], timeout=max(0.0, min(waits)))
+            if conn in ready:
+                try:
+                    event = conn.recv()
+                except (EOFError, OSError):
+                    conn_open = False
+                else:
+                    outcome = self._handle(event, writer, conn, spec) or outcome
+                    if writer.superseded or (outcome is not None and outcome.fenced):
+                        _terminate(proc)
+                        return _LOST
+                    continue  # drain events before looking at the process
+            if proc.sentinel in ready and not (conn_open and conn.poll()):
+                break
+            now = time.monotonic()
+            if self.interrupt() == "requeue" and stop is None:
+                stop = (QUEUED, None, "interrupted by worker shutdown; requeued")
+                _terminate(proc)
+            if deadline is not None and now >= deadline and stop is None:
+                stop = (TIMEOUT, Reason.TIMEOUT,
+                        f"ran longer than max_runtime={spec.max_runtime:g}s and was stopped")
+                _terminate(proc)
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                self.on_beat()
+                try:
+                    doc = self._renew(spec)
+                except StoreUnavailable as exc:  # maybe still ours: the final write decides
+                    log.warning("run %s: cannot renew its lease (%s); the run goes on",
+                                spec.run_id, exc)
+                    continue
+                if doc is None:
+                    _terminate(proc)
+                    writer.close("FAILED", SUPERSEDED, now_utc())
+                    return _LOST
+                if doc.get("cancel_requested") and stop is None:
+                    stop = (CANCELLED, Reason.CANCELLED, "cancelled while running")
+                    _terminate(proc)
+        proc.join()
+        if stop is not None:
+            status, reason, message = stop
+            writer.close("TIMEOUT" if status == TIMEOUT else "INTERRUPTED", message, now_utc())
+            return _LOST if writer.superseded else Outcome(status=status, reason=reason,
+                                                           error=message)
+        if outcome is not None:
+            return outcome
+        code = proc.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            why = f"killed by signal {name}" + (
+                " (out of memory?)" if -code == signal.SIGKILL else "")
+        else:
+            why = f"the run's process exited with code {code} before finishing"
+        why += _log_tail(spec.log_path)
+        writer.close("FAILED", why, now_utc())
+        return _LOST if writer.superseded else Outcome(status=FAILED, reason=Reason.KILLED,
+                                                       error=why)
+
+    def _handle(self, event: tuple, writer: RecordWriter, conn: Any,
+                spec: RunSpec) -> Outcome | None:
+        kind, *args = event
+        if kind == "done":
+            return Outcome(status=COMPLETED, metrics=args[0])
+        if kind == "error":
+            return Outcome(status=FAILED, reason=Reason.ERROR, error=args[0])
+        if kind in _FINAL_EVENTS:
+            # A final state only while the run is ours. When the store cannot say
+            # (unreachable past the lease), the fenced record write decides.
+            try:
+                owned = self._renew(spec) is not None
+            except StoreUnavailable:
+                owned = True
+            if not owned:
+                writer.close("FAILED", SUPERSEDED, now_utc())
+                return _LOST
+        getattr(writer, kind)(*args)
+        if kind in ("artifact_event", "resource_event"):
+            conn.send("ok")
+        return None
+
+    def _renew(self, spec: RunSpec) -> dict[str, Any] | None:
+        """Our lease renewed (the queue document's cancel flag and attempt), or None
+        when a newer attempt owns the run; StoreUnavailable after a lease of trying."""
+        return self.store.retry(lambda: self.store.renew_lease(
+            spec.run_id, spec.token, self.lease_s), patience_s=self.lease_s)
+
+
+def kill_run_group(pgid: int) -> None:
+    """Kill every process left in a finished attempt's process group (what user code
+    started: subprocesses, data-loader workers, shells). Processes that made
+    themselves a new session escape it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
+
+
+def _discard(spare: _Child) -> None:
+    proc, conn, _ = spare
+    conn.close()  # the child reads EOF and exits
+    proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    kill_run_group(proc.pid)
+
+
+def _terminate(proc: Any, grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL if the run does not stop within `grace_s`."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(grace_s)
+    if proc.is_alive():
+        proc.kill()
+
+
+def _log_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            tail = f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"\n--- last output ---\n{tail}" if tail else ""
+
+
+def _quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("hyperspace_explorer.sacred")
+    logger.setLevel(logging.WARNING)
+    return logger

@@ -1,0 +1,340 @@
+"""The storage interface: everything the package reads or writes in its database.
+
+`Storage` is deliberately small and typed, in the spirit of Optuna's `BaseStorage`:
+callers (RunQueue, workers, the CLI, analysis) say *what* they need (claim the next
+run, finish this attempt, the runs of a task) and never build database queries. The
+MongoDB implementation (`storage.mongo.MongoStorage`) is the only module that talks to
+a server; a conformance test suite (`tests/test_storage.py`) pins the behaviour every
+implementation must have.
+
+Queue documents (one per run) carry: `_id` (run id), `study`, `task`, `task_spec`,
+`config` (as given at submit; completed by the worker), `config_given`, `seed`,
+`priority`, `order` (age tie-breaker), `status`, `attempt`, `max_attempts`,
+`max_runtime`, `queued_at`; while leased `token`, `worker`, `started_at`, `heartbeat`,
+`lease_until`; when finished `ended_at`, `reason`, `error`, `metrics`, `sacred_id`,
+`code_version`, `host`, `duration`. Times are UTC epoch seconds.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from ..errors import QueryError, StoreError, StoreUnavailable
+from ..status import Status, parse_statuses
+
+T = TypeVar("T")
+log = logging.getLogger("hyperspace_explorer.storage")
+
+DEFAULT_MAX_ATTEMPTS = 3
+_DB_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,63}$")
+
+
+# ---------------------------------------------------------------------------- values
+@dataclasses.dataclass(frozen=True)
+class RunFilter:
+    """Which runs a read or an action applies to; every criterion given must hold.
+
+    `config` maps dotted config paths to the value they must equal
+    (`{"model.className": "ForestModel"}`). `ids` are run ids (not Sacred ids).
+    """
+
+    study: str | None = None
+    task: str | None = None
+    status: tuple[Status, ...] | None = None
+    ids: tuple[str, ...] | None = None
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", parse_statuses(self.status))
+        if self.ids is not None:
+            if isinstance(self.ids, str):
+                object.__setattr__(self, "ids", (self.ids,))
+            object.__setattr__(self, "ids", tuple(self.ids))
+            if not all(isinstance(i, str) for i in self.ids):
+                raise QueryError(f"run ids must be strings, got {list(self.ids)!r}")
+        if not isinstance(self.config, Mapping):
+            raise QueryError(f"config= must map dotted config paths to values, "
+                             f"got {type(self.config).__name__}")
+        for path in self.config:
+            if not isinstance(path, str) or not all(path.split(".")) or "$" in path:
+                raise QueryError(f"config filter path {path!r}: use a dotted path of "
+                                 f"config keys, e.g. 'model.className'")
+
+    def narrowed(self, **criteria: Any) -> "RunFilter":
+        """This filter with more criteria (None values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in criteria.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------- helpers
+def now_utc() -> datetime:
+    """Current time, truncated to BSON's millisecond resolution (for Sacred records)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def now_ts() -> float:
+    """Current time as UTC epoch seconds: how queue documents store time.
+
+    nx-27017 turns a datetime written by `$set` into a string (which then never
+    matches a date comparison), so times the queue updates in place are numbers.
+    """
+    return round(time.time(), 3)
+
+
+def new_run_id() -> str:
+    """Short random id users can type (`hse show 3f9a0c1b2d4e`); never all digits,
+    which are read as Sacred run ids."""
+    while True:
+        run_id = secrets.token_hex(6)
+        if not run_id.isdigit():
+            return run_id
+
+
+def new_token() -> str:
+    """The fencing token of one attempt."""
+    return secrets.token_hex(8)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password removed: URIs must never reach logs or messages."""
+    # Greedy up to the last '@': an unescaped '@' or '/' in a password must not leak.
+    return re.sub(r"([A-Za-z][\w+.-]*://)(\S*)@", lambda m: f"{m.group(1)}***@", uri)
+
+
+def check_db_name(db_name: str) -> str:
+    if not isinstance(db_name, str) or not _DB_NAME.match(db_name):
+        raise StoreError(f"invalid database name {db_name!r}: use 1-63 letters, digits, "
+                         f"'_' or '-'")
+    return db_name
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
+    """What makes a queue document unrunnable (a field missing or of the wrong type),
+    or None. Documents written by `RunQueue` never have one; documents written by hand
+    or by another client may, and are quarantined with this message instead of
+    stalling the queue or failing later with a traceback."""
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("study", lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        ("task", lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+        ("task_spec", lambda v: isinstance(v, dict), "an object (the task file's content)"),
+        ("config", lambda v: v is None or isinstance(v, dict), "an object (the run config)"),
+        ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        ("attempt", lambda v: v is None or _is_int(v), "an integer"),
+        ("priority", lambda v: v is None or _is_number(v), "a number"),
+        ("max_attempts", lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
+        ("max_runtime", lambda v: v is None or (_is_number(v) and v > 0),
+         "a positive number of seconds or null"),
+    )
+    for name, ok, expected in checks:
+        if name not in doc and name in ("study", "task", "task_spec", "seed"):
+            return f"malformed queue document: field '{name}' is missing (expected {expected})"
+        if name in doc and not ok(doc[name]):
+            value = repr(doc[name])
+            value = value if len(value) <= 80 else value[:77] + "..."
+            return (f"malformed queue document: field '{name}' must be {expected}, "
+                    f"got {type(doc[name]).__name__} {value}")
+    return None
+
+
+# ---------------------------------------------------------------------------- interface
+class Storage(abc.ABC):
+    """One Study database: its run queue, its workers and its Sacred records.
+
+    Every method raises `StoreUnavailable` when the server cannot be reached (retry
+    later; `retry()` does it with backoff), `StoreError` for anything else the server
+    refused, and never a driver exception.
+    """
+
+    uri: str
+    db_name: str
+
+    # -------------------------------------------------------------- lifecycle
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    @abc.abstractmethod
+    def drop_database(self) -> None:
+        """Delete this Study's database: its queue, results and Sacred records."""
+
+    def retry(self, op: Callable[[], T], *, patience_s: float | None = None,
+              give_up: Callable[[], bool] | None = None) -> T:
+        """Run `op`, retrying `StoreUnavailable` with exponential backoff.
+
+        `patience_s=None` retries forever: a worker holding a finished run must not
+        drop it because the database is briefly away. `give_up()` returning True
+        (e.g. the worker was asked to stop) ends the wait with the StoreUnavailable.
+        """
+        delay, start = 0.2, time.monotonic()
+        while True:
+            try:
+                result = op()
+            except StoreUnavailable as exc:
+                waited = time.monotonic() - start
+                if (patience_s is not None and waited >= patience_s) or (give_up and give_up()):
+                    raise StoreUnavailable(f"{exc} (gave up after {waited:.0f}s)") from None
+                if delay == 0.2 or delay >= 5.0:  # first failure, then every 5 s
+                    log.warning("%s; retrying with backoff", str(exc).splitlines()[0][:200])
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                if delay > 0.2:
+                    log.warning("MongoDB reachable again after %.1fs", time.monotonic() - start)
+                return result
+
+    # -------------------------------------------------------------- queue writes
+    @abc.abstractmethod
+    def enqueue(self, docs: Sequence[dict[str, Any]]) -> list[str]:
+        """Insert new runs (QUEUED, attempt 0, in the given age order); their ids."""
+
+    @abc.abstractmethod
+    def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
+              exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+        """Atomically lease the next QUEUED run of `study` among `tasks` (highest
+        priority, then oldest), other than the run ids in `exclude`, to `worker_id`;
+        None when there is none.
+
+        The returned document carries a fresh `token`: every later write of this
+        attempt is conditioned on it (fencing). Malformed documents met on the way are
+        quarantined (FAILED, reason invalid) instead of stalling the queue.
+        """
+
+    @abc.abstractmethod
+    def renew_lease(self, run_id: str, token: str, lease_s: float,
+                    fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Extend our attempt's lease; None when a newer attempt owns the run. The
+        answer holds `cancel_requested` so the worker sees cancellations."""
+
+    @abc.abstractmethod
+    def finish(self, run_id: str, token: str, status: Status,
+               fields: Mapping[str, Any]) -> bool:
+        """Record the final outcome of our attempt; False if we no longer own it."""
+
+    @abc.abstractmethod
+    def requeue(self, run_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        """Put our running attempt back in the queue (worker shutdown); False if we no
+        longer own it."""
+
+    @abc.abstractmethod
+    def expire(self, run_id: str, token: str, fields: Mapping[str, Any],
+               final_status: Status | None = None) -> bool:
+        """Requeue (or end with `final_status`) an attempt whose lease expired; False
+        when its worker renewed meanwhile or another process got there first."""
+
+    @abc.abstractmethod
+    def expired_leases(self) -> list[dict[str, Any]]:
+        """RUNNING runs whose worker stopped renewing their lease."""
+
+    @abc.abstractmethod
+    def quarantine(self, run_id: str, problem: str) -> bool:
+        """End a QUEUED or RUNNING run that can never execute (malformed document) as
+        FAILED/invalid with `problem` as its error."""
+
+    @abc.abstractmethod
+    def quarantine_orphans(self) -> int:
+        """Quarantine QUEUED documents that no worker could ever claim (no study)."""
+
+    @abc.abstractmethod
+    def sweep_finished(self, limit: int = 500) -> int:
+        """Archive up to `limit` finished runs out of the claim path (idempotent and
+        crash-safe); how many were moved."""
+
+    @abc.abstractmethod
+    def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
+        """Cancel matching QUEUED runs now and flag RUNNING ones for their worker;
+        (cancelled now, flagged)."""
+
+    @abc.abstractmethod
+    def reserve_sacred_ids(self, n: int = 1) -> range:
+        """`n` consecutive, never reused Sacred run ids."""
+
+    # -------------------------------------------------------------- reads
+    @abc.abstractmethod
+    def get_run(self, run_id: str | int) -> dict[str, Any]:
+        """A run by run id, or by Sacred id (an int, or digits); RunNotFound else."""
+
+    @abc.abstractmethod
+    def find_runs(self, runs: RunFilter, *, fields: Sequence[str] | None = None,
+                  newest_first: bool = False, limit: int = 0) -> Iterator[dict[str, Any]]:
+        """Matching runs, active ones first, each once; `fields` limits what is read
+        (`_id` always comes)."""
+
+    @abc.abstractmethod
+    def count_by_status(self, runs: RunFilter) -> dict[Status, int]:
+        """Number of matching runs in each status (every status present)."""
+
+    @abc.abstractmethod
+    def count_by_task_status(self, runs: RunFilter) -> dict[tuple[str, Status], int]:
+        """Number of matching runs per (task, status), zero counts left out."""
+
+    # -------------------------------------------------------------- workers
+    @abc.abstractmethod
+    def register_worker(self, doc: dict[str, Any]) -> None:
+        """Announce a worker (`_id`, host, pid, study, ...)."""
+
+    @abc.abstractmethod
+    def worker_heartbeat(self, worker_id: str, fields: Mapping[str, Any]) -> None:
+        """Refresh a worker's heartbeat and state fields."""
+
+    @abc.abstractmethod
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+
+    @abc.abstractmethod
+    def list_workers(self) -> list[dict[str, Any]]:
+        """Every registered worker document."""
+
+    # -------------------------------------------------------------- Sacred records
+    @abc.abstractmethod
+    def save_sacred_run(self, entry: dict[str, Any]) -> bool:
+        """Insert a Sacred run record, or replace it while the stored one is still
+        RUNNING (idempotent under retries). False when the stored record has already
+        ended: someone else (recovery) closed it, and it must not be resurrected."""
+
+    @abc.abstractmethod
+    def supersede_sacred_runs(self, run_id: str, token: str, reason: str) -> int:
+        """Close every not-yet-closed or COMPLETED Sacred record of the attempt holding
+        `token` as FAILED with `reason`: that attempt lost the run to a newer one."""
+
+    @abc.abstractmethod
+    def push_metrics(self, sacred_id: int, name: str, steps: list[Any], values: list[Any],
+                     timestamps: list[Any]) -> str | None:
+        """Append points to a run's metric series; the new series' id when this call
+        created it (Sacred notes it in the record's `info.metrics`), else None."""
+
+    @abc.abstractmethod
+    def store_source(self, path: str, md5: str) -> Any:
+        """Upload a source file once per content; its file id."""
+
+    @abc.abstractmethod
+    def store_artifact(self, sacred_id: int, name: str, path: str,
+                       metadata: Any, content_type: str) -> Any:
+        """Upload an artifact file of a run; its file id."""
+
+    @abc.abstractmethod
+    def read_file(self, file_id: Any) -> bytes | None:
+        """Content of a stored source or artifact (None if it is gone)."""
+
+    @abc.abstractmethod
+    def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:
+        """A Sacred run record by id."""
+
+    @abc.abstractmethod
+    def metric_series(self, sacred_ids: Sequence[int],
+                      name: str | None = None) -> list[dict[str, Any]]:
+        """Metric series (`run_id`, `name`, `steps`, `values`) of the given runs."""

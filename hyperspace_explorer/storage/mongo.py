@@ -1,0 +1,500 @@
+"""`Storage` on MongoDB (or the embedded nx-27017 server): the only module that talks
+to a database server.
+
+Collections (no dots in names: the embedded server mishandles them):
+
+- `hse_queue`    runs waiting or running. Workers claim from here, so it is kept small:
+                 finished runs are swept out in batches to `hse_done`.
+- `hse_done`     finished runs (completed, failed, timed out, cancelled), same shape.
+- `hse_counters` atomic counters (Sacred run ids: the embedded server sorts integer
+                 `_id`s as text, so Sacred's own "max id + 1" breaks after run 10).
+- `hse_workers`  one document per live worker (host, pid, current run, heartbeat).
+- `hse_sources`  (path, md5) -> GridFS id of source files already uploaded.
+- `runs`, `metrics`, `fs.*`: Sacred's MongoObserver records, read by Omniboard/incense.
+
+The queries stay on the subset that behaves the same on MongoDB and on nx-27017:
+find/findAndModify/update/insert/delete with plain equality, $in, $lt, $exists and
+sorts on non-`_id` fields; no $project on dotted paths, no date arithmetic, no $lookup,
+and no datetimes written by `$set` (stored as strings by nx-27017): queue times are
+epoch seconds, and Sacred records are rewritten whole.
+
+Every client has deadlines (connect, server selection, socket), so no call can hang:
+the embedded server never answers some reads (a plain find on its `fs_files`).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import bson.errors
+import gridfs
+import pymongo
+import pymongo.errors
+from pymongo import ReturnDocument
+
+from ..errors import DocumentTooLarge, RunNotFound, StoreError, StoreUnavailable
+from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
+from .base import (RunFilter, Storage, check_db_name, new_run_id, new_token, now_ts, now_utc,
+                   queue_document_problem, redact_uri)
+
+QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
+    "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
+RUNS, METRICS = "runs", "metrics"
+#: Seconds a single operation may wait for an answer (HSE_STORE_TIMEOUT overrides).
+DEFAULT_SOCKET_TIMEOUT_S = 60.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("hyperspace_explorer.storage")
+_TRANSIENT = (pymongo.errors.ConnectionFailure,)  # AutoReconnect, timeouts, selection
+# What the driver raises: its own errors, and bson's for documents it cannot encode
+# (DocumentTooLarge is one of those, not a PyMongoError).
+_DRIVER_ERRORS = (pymongo.errors.PyMongoError, bson.errors.InvalidDocument)
+_LEASE_FIELDS = {"token": "", "lease_until": "", "worker": "", "started_at": "",
+                 "ended_at": ""}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = redact_uri(str(exc)).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def translate_errors(uri: str, exc: BaseException) -> StoreError:
+    """The package's error for a driver exception: StoreUnavailable when retrying can
+    help (server down, network cut, no answer in time), StoreError otherwise."""
+    where = f"MongoDB at {redact_uri(uri)}"
+    if isinstance(exc, pymongo.errors.DocumentTooLarge):
+        return DocumentTooLarge(f"{where}: document larger than 16 MB: {_first_line(exc)}")
+    if isinstance(exc, bson.errors.InvalidDocument):
+        return StoreError(f"{where}: cannot store the document: {_first_line(exc)}")
+    if isinstance(exc, pymongo.errors.NetworkTimeout):
+        return StoreUnavailable(f"{where} did not answer in time ({_first_line(exc)})")
+    if isinstance(exc, _TRANSIENT):
+        return StoreUnavailable(f"{where} unreachable ({_first_line(exc)})")
+    return StoreError(f"{where} refused the operation: {_first_line(exc)}")
+
+
+def _translated(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: "MongoStorage", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except _DRIVER_ERRORS as exc:
+            raise translate_errors(self.uri, exc) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def make_client(uri: str, timeout_s: float, *, socket_timeout_s: float | None = None,
+                **options: Any) -> pymongo.MongoClient:
+    """A client whose every wait is bounded (connect, server selection, each answer)."""
+    socket_timeout_s = socket_timeout_s or float(
+        os.environ.get("HSE_STORE_TIMEOUT") or DEFAULT_SOCKET_TIMEOUT_S)
+    try:
+        return pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=int(timeout_s * 1000),
+            connectTimeoutMS=int(timeout_s * 1000),
+            socketTimeoutMS=int(socket_timeout_s * 1000), **options)
+    except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError,
+            TypeError) as exc:
+        raise StoreError(f"invalid MongoDB URI {redact_uri(str(uri))}: "
+                         f"{redact_uri(str(exc))}") from None
+
+
+def server_pid(uri: str, timeout_s: float) -> int | None:
+    """The pid a MongoDB-wire server at `uri` reports (None: no answer in time; 0: it
+    answers but does not say). Used to tell our embedded server from another one."""
+    client = make_client(uri, timeout_s, socket_timeout_s=timeout_s, directConnection=True)
+    try:
+        client.admin.command("ping")
+        pid = client.admin.command("serverStatus").get("pid")
+        return pid if isinstance(pid, int) else 0
+    except pymongo.errors.PyMongoError:
+        return None
+    finally:
+        client.close()
+
+
+def _match(runs: RunFilter) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if runs.study is not None:
+        query["study"] = runs.study
+    if runs.task is not None:
+        query["task"] = runs.task
+    if runs.status is not None:
+        query["status"] = {"$in": [s.value for s in runs.status]}
+    if runs.ids is not None:
+        query["_id"] = {"$in": list(runs.ids)}
+    for path, value in runs.config.items():
+        query[f"config.{path}"] = value
+    return query
+
+
+class MongoStorage(Storage):
+    """`Storage` on one MongoDB database. Cheap to share; create one per process."""
+
+    def __init__(self, uri: str, db_name: str, *, timeout_s: float = 5.0):
+        self.uri = uri
+        self.db_name = check_db_name(db_name)
+        self.client = make_client(uri, timeout_s, tz_aware=True,
+                                  appname="hyperspace_explorer")
+        db = self.client[self.db_name]
+        self._db = db
+        self._queue, self._done = db[QUEUE], db[DONE]
+        self._counters, self._workers, self._sources = db[COUNTERS], db[WORKERS], db[SOURCES]
+        self._runs, self._metrics = db[RUNS], db[METRICS]
+        self._fs: gridfs.GridFS | None = None
+
+    @classmethod
+    def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> "MongoStorage":
+        """A storage whose server answered a ping, with indexes in place."""
+        storage = cls(uri, db_name, timeout_s=timeout_s)
+        try:
+            storage.ping()
+            storage.ensure_indexes()
+        except BaseException:
+            storage.close()  # no client threads left retrying an unusable server
+            raise
+        return storage
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def fs(self) -> gridfs.GridFS:
+        if self._fs is None:
+            self._fs = gridfs.GridFS(self._db)
+        return self._fs
+
+    def ping(self) -> None:
+        try:
+            self.client.admin.command("ping")
+        except pymongo.errors.PyMongoError as exc:
+            raise StoreUnavailable(
+                f"cannot reach MongoDB at {redact_uri(self.uri)}: {_first_line(exc)}. Check "
+                f"--mongo-uri / HSE_MONGO_URI, or unset both to use the embedded server"
+            ) from None
+        except KeyError:
+            # pymongo's authentication handshake fails this way against a server that
+            # does not implement it (the embedded nx-27017 has no users).
+            raise StoreError(
+                f"MongoDB at {redact_uri(self.uri)} did not complete the authentication "
+                f"handshake: the URI has credentials but the server does not support "
+                f"authentication (the embedded server has no users: drop 'user:password@' "
+                f"from the URI)") from None
+
+    @_translated
+    def ensure_indexes(self) -> None:
+        """Indexes that keep the claim one index-served query on a real MongoDB."""
+        self._queue.create_index([("study", 1), ("status", 1), ("priority", -1),
+                                  ("order", 1)], name="claim")
+        self._queue.create_index([("status", 1), ("lease_until", 1)], name="leases")
+        self._done.create_index([("study", 1), ("task", 1)], name="by_task")
+        self._done.create_index([("sacred_id", 1)], name="by_sacred_id")
+        self._runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
+
+    @_translated
+    def drop_database(self) -> None:
+        self.client.drop_database(self.db_name)
+
+    # ------------------------------------------------------------------ queue writes
+    @_translated
+    def enqueue(self, docs: Sequence[dict[str, Any]]) -> list[str]:
+        if not docs:
+            return []
+        base = time.time_ns()
+        for i, doc in enumerate(docs):
+            doc.setdefault("_id", new_run_id())
+            doc["order"] = base + i  # age tie-breaker: a grid keeps its submission order
+            doc.update(status=QUEUED.value, attempt=0)
+        self._queue.insert_many(list(docs), ordered=True)
+        return [d["_id"] for d in docs]
+
+    @_translated
+    def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
+              exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+        match: dict[str, Any] = {"study": study, "status": QUEUED.value,
+                                 "task": {"$in": sorted(tasks)}}
+        if exclude:
+            match["_id"] = {"$nin": sorted(exclude)}
+        order = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
+        refused = 0
+        while refused < 20:
+            now = now_ts()
+            try:
+                doc = self._queue.find_one_and_update(
+                    match,
+                    {"$set": {"status": RUNNING.value, "token": new_token(),
+                              "worker": worker_id, "started_at": now, "heartbeat": now,
+                              "lease_until": now + lease_s},
+                     "$inc": {"attempt": 1}},
+                    sort=order, return_document=ReturnDocument.AFTER)
+            except pymongo.errors.OperationFailure:  # MongoDB: e.g. $inc on a string
+                doc = None
+            if doc is not None:
+                return doc
+            # Refused (nx-27017 answers None on a server-side failure), or empty:
+            # only call the queue empty when a plain read agrees.
+            head = next(iter(self._queue.find(match).sort(order).limit(1)), None)
+            if head is None:
+                return None
+            refused += 1
+            problem = queue_document_problem(head)
+            if problem is not None:
+                self.quarantine(head["_id"], problem)
+                log.error("run %s quarantined: %s", head["_id"], problem)
+            elif refused % 5 == 0:
+                log.warning("the server refused to lease run %s %d times", head["_id"], refused)
+        return None
+
+    @_translated
+    def renew_lease(self, run_id: str, token: str, lease_s: float,
+                    fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        now = now_ts()
+        return self._queue.find_one_and_update(
+            {"_id": run_id, "token": token, "status": RUNNING.value},
+            {"$set": {"heartbeat": now, "lease_until": now + lease_s, **(fields or {})}},
+            projection={"cancel_requested": 1, "attempt": 1},
+            return_document=ReturnDocument.AFTER)
+
+    @_translated
+    def finish(self, run_id: str, token: str, status: Status,
+               fields: Mapping[str, Any]) -> bool:
+        if Status(status) not in FINAL:
+            raise StoreError(f"finish() takes a final status, got {status}")
+        res = self._queue.update_one(
+            {"_id": run_id, "token": token, "status": RUNNING.value},
+            {"$set": {"status": Status(status).value, "ended_at": now_ts(), **fields}})
+        return res.matched_count == 1
+
+    @_translated
+    def requeue(self, run_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        res = self._queue.update_one(
+            {"_id": run_id, "token": token, "status": RUNNING.value},
+            {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS})
+        return res.matched_count == 1
+
+    @_translated
+    def expire(self, run_id: str, token: str, fields: Mapping[str, Any],
+               final_status: Status | None = None) -> bool:
+        match = {"_id": run_id, "token": token, "status": RUNNING.value,
+                 "lease_until": {"$lt": now_ts()}}
+        if final_status is not None:
+            update: dict[str, Any] = {"$set": {"status": Status(final_status).value,
+                                               "ended_at": now_ts(), **fields}}
+        else:
+            update = {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS}
+        return self._queue.update_one(match, update).matched_count == 1
+
+    @_translated
+    def expired_leases(self) -> list[dict[str, Any]]:
+        return list(self._queue.find(
+            {"status": RUNNING.value, "lease_until": {"$lt": now_ts()}},
+            {"token": 1, "attempt": 1, "max_attempts": 1, "sacred_id": 1, "worker": 1,
+             "cancel_requested": 1}))
+
+    @_translated
+    def quarantine(self, run_id: str, problem: str) -> bool:
+        res = self._queue.update_one(
+            {"_id": run_id, "status": {"$in": [s.value for s in ACTIVE]}},
+            {"$set": {"status": Status.FAILED.value, "reason": Reason.INVALID.value,
+                      "error": problem, "ended_at": now_ts()}})
+        return res.modified_count == 1
+
+    @_translated
+    def quarantine_orphans(self) -> int:
+        # {"study": None} matches a missing or null study, served by the claim index.
+        res = self._queue.update_many(
+            {"study": None, "status": QUEUED.value},
+            {"$set": {"status": Status.FAILED.value, "reason": Reason.INVALID.value,
+                      "error": "malformed queue document: field 'study' is missing, so no "
+                               "worker could ever claim it", "ended_at": now_ts()}})
+        return res.modified_count
+
+    @_translated
+    def sweep_finished(self, limit: int = 500) -> int:
+        docs = list(self._queue.find({"status": {"$in": [s.value for s in FINAL]}})
+                    .limit(limit))
+        if not docs:
+            return 0
+        try:
+            self._done.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            # Duplicates are docs a crashed sweep had already copied: fine.
+            if any(err.get("code") != 11000 for err in exc.details.get("writeErrors", [])):
+                raise
+        self._queue.delete_many({"_id": {"$in": [d["_id"] for d in docs]},
+                                 "status": {"$in": [s.value for s in FINAL]}})
+        return len(docs)
+
+    @_translated
+    def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
+        base = _match(runs)
+        queued = self._queue.update_many(
+            {**base, "status": QUEUED.value},
+            {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
+                      "error": "cancelled before it started", "ended_at": now_ts()}})
+        running = self._queue.update_many({**base, "status": RUNNING.value},
+                                          {"$set": {"cancel_requested": True}})
+        return queued.modified_count, running.modified_count
+
+    @_translated
+    def reserve_sacred_ids(self, n: int = 1) -> range:
+        doc = self._counters.find_one_and_update(
+            {"_id": "sacred_run_id"}, {"$inc": {"seq": n}}, upsert=True,
+            return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise StoreUnavailable("the database did not return the next Sacred run ids")
+        return range(int(doc["seq"]) - n + 1, int(doc["seq"]) + 1)
+
+    # ------------------------------------------------------------------ reads
+    @_translated
+    def get_run(self, run_id: str | int) -> dict[str, Any]:
+        if isinstance(run_id, int) or (isinstance(run_id, str) and run_id.isdigit()):
+            query: dict[str, Any] = {"sacred_id": int(run_id)}
+        else:
+            query = {"_id": run_id}
+        doc = self._queue.find_one(query) or self._done.find_one(query)
+        if doc is None:
+            raise RunNotFound(f"no run with id {run_id!r} in database '{self.db_name}'")
+        return doc
+
+    def find_runs(self, runs: RunFilter, *, fields: Sequence[str] | None = None,
+                  newest_first: bool = False, limit: int = 0) -> Iterator[dict[str, Any]]:
+        # The queue is read first: a run swept to `hse_done` meanwhile is then seen in
+        # both and reported once, where the other order could miss it.
+        query = _match(runs)
+        projection = None if fields is None else {f: 1 for f in fields}
+        seen: set[str] = set()
+        try:
+            for coll in (self._queue, self._done):
+                cursor = coll.find(query, projection)
+                if newest_first:
+                    cursor = cursor.sort("order", pymongo.DESCENDING)
+                if limit:
+                    cursor = cursor.limit(limit)
+                for doc in cursor:
+                    if doc["_id"] not in seen:
+                        seen.add(doc["_id"])
+                        yield doc
+        except _DRIVER_ERRORS as exc:
+            raise translate_errors(self.uri, exc) from None
+
+    @_translated
+    def count_by_status(self, runs: RunFilter) -> dict[Status, int]:
+        counts = {s: 0 for s in STATUSES}
+        for coll in (self._queue, self._done):
+            for row in coll.aggregate([{"$match": _match(runs)},
+                                       {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
+                if row["_id"] in Status.__members__:
+                    counts[Status(row["_id"])] += row["n"]
+        return counts
+
+    @_translated
+    def count_by_task_status(self, runs: RunFilter) -> dict[tuple[str, Status], int]:
+        # Per task: nx-27017 mishandles a `$group` on a compound key.
+        base = _match(runs)
+        tasks = {t for coll in (self._queue, self._done) for t in coll.distinct("task", base)
+                 if isinstance(t, str)}
+        counts: dict[tuple[str, Status], int] = {}
+        for task in sorted(tasks):
+            for status, n in self.count_by_status(runs.narrowed(task=task)).items():
+                if n:
+                    counts[(task, status)] = n
+        return counts
+
+    # ------------------------------------------------------------------ workers
+    @_translated
+    def register_worker(self, doc: dict[str, Any]) -> None:
+        self._workers.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_translated
+    def worker_heartbeat(self, worker_id: str, fields: Mapping[str, Any]) -> None:
+        self._workers.update_one({"_id": worker_id},
+                                 {"$set": {"heartbeat": now_ts(), **fields}})
+
+    @_translated
+    def remove_worker(self, worker_id: str) -> None:
+        self._workers.delete_one({"_id": worker_id})
+
+    @_translated
+    def list_workers(self) -> list[dict[str, Any]]:
+        return list(self._workers.find({}))
+
+    # ------------------------------------------------------------------ Sacred records
+    @_translated
+    def save_sacred_run(self, entry: dict[str, Any]) -> bool:
+        res = self._runs.replace_one({"_id": entry["_id"], "status": "RUNNING"}, entry)
+        if res.matched_count == 1:
+            return True
+        try:
+            self._runs.insert_one(entry)
+        except pymongo.errors.DuplicateKeyError:
+            # It has ended: by our own earlier try of this very write (a retry after a
+            # dropped connection), or closed by someone else.
+            stored = self._runs.find_one({"_id": entry["_id"]}, {"status": 1, "fail_trace": 1})
+            return stored is not None and all(
+                stored.get(key) == entry.get(key) for key in ("status", "fail_trace"))
+        return True
+
+    @_translated
+    def supersede_sacred_runs(self, run_id: str, token: str, reason: str) -> int:
+        closed = 0
+        for doc in self._runs.find({"meta.hse.run_id": run_id, "meta.hse.token": token}):
+            previous = doc.get("status")
+            if previous not in ("RUNNING", "COMPLETED", "QUEUED"):
+                continue
+            # Rewritten whole: nx-27017 stores a datetime written by $set as a string.
+            doc.update(status="FAILED", fail_trace=[reason], result=None,
+                       stop_time=doc.get("stop_time") or now_utc())
+            closed += self._runs.replace_one({"_id": doc["_id"], "status": previous},
+                                             doc).modified_count
+        return closed
+
+    @_translated
+    def push_metrics(self, sacred_id: int, name: str, steps: list[Any], values: list[Any],
+                     timestamps: list[Any]) -> str | None:
+        res = self._metrics.update_one(
+            {"run_id": sacred_id, "name": name},
+            {"$push": {"steps": {"$each": steps}, "values": {"$each": values},
+                       "timestamps": {"$each": timestamps}}}, upsert=True)
+        return None if res.upserted_id is None else str(res.upserted_id)
+
+    @_translated
+    def store_source(self, path: str, md5: str) -> Any:
+        key = f"{md5}:{path}"
+        known = self._sources.find_one({"_id": key})
+        if known is not None:
+            return known["file_id"]
+        with open(path, "rb") as f:
+            file_id = self.fs.put(f, filename=path)
+        self._sources.replace_one({"_id": key}, {"_id": key, "file_id": file_id}, upsert=True)
+        return file_id
+
+    @_translated
+    def store_artifact(self, sacred_id: int, name: str, path: str, metadata: Any,
+                       content_type: str) -> Any:
+        with open(path, "rb") as f:
+            return self.fs.put(f, filename=f"artifact://{RUNS}/{sacred_id}/{name}",
+                               metadata=metadata, content_type=content_type)
+
+    @_translated
+    def read_file(self, file_id: Any) -> bytes | None:
+        try:
+            return self.fs.get(file_id).read()
+        except gridfs.errors.NoFile:
+            return None
+
+    @_translated
+    def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:
+        return self._runs.find_one({"_id": sacred_id})
+
+    @_translated
+    def metric_series(self, sacred_ids: Sequence[int],
+                      name: str | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"run_id": {"$in": list(sacred_ids)}}
+        if name is not None:
+            query["name"] = name
+        return list(self._metrics.find(query))
