@@ -214,6 +214,7 @@ class Worker:
 
     def _maintenance(self) -> None:
         self._quietly(lambda: recover_expired(self.store))
+        self._quietly(lambda: self.store.close_orphan_sacred_runs())
         self._quietly(lambda: self.store.quarantine_orphans())
         self._quietly(lambda: self.store.sweep_finished())
         self._beat()

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,34 @@ def test_fifty_megabytes_of_output_keeps_the_tail(queue, mongo_uri, db_name):
     assert out.startswith("[hyperspace_explorer: output longer than")
     assert len(out) <= (1 << 20) + 200
     assert out.rstrip().endswith("training Linear on toy")
+    log = Path(doc["log_file"])  # the run's log keeps a bounded tail too
+    assert log.stat().st_size <= (1 << 20) + 200
+    assert log.read_text().startswith("[hyperspace_explorer: output longer than")
+    assert "training Linear on toy" in log.read_text()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", None, "field 'seed' is missing"),
+    ("config", "lr=0.1", "field 'config' must be an object (the run config), got str"),
+    ("max_runtime", "1h", "field 'max_runtime' must be a positive number of seconds"),
+    ("task_spec", ["toy"], "field 'task_spec' must be an object"),
+])
+def test_malformed_documents_from_other_clients_end_invalid_with_a_message(
+        queue, raw, mongo_uri, db_name, field, value, message):
+    """Documents written by hand or another client: the run is quarantined (FAILED,
+    invalid, the message names the field) and the queue goes on."""
+    (good,) = queue.submit("toy", conf())
+    bad = {k: v for k, v in queue.get(good).items() if k not in ("_id", "order")}
+    if value is None:
+        del bad[field]
+    else:
+        bad[field] = value
+    (bad_id,) = queue.store.enqueue([bad])
+    run_all(queue, mongo_uri, db_name)
+    doc = queue.get(bad_id)
+    assert (doc["status"], doc["reason"]) == ("FAILED", "invalid")
+    assert message in doc["error"] and "Traceback" not in doc["error"]
+    assert queue.get(good)["status"] == "COMPLETED"
 
 
 def test_unreachable_mongo_uri_fails_fast_without_credentials(tmp_path):

@@ -233,3 +233,46 @@ def test_chaos_every_run_completes_exactly_once(queue, workers, mongo_uri, db_na
     assert sorted(done) == sorted(ids)  # each run COMPLETED exactly once in Sacred too
     assert not [r for r in records if r["status"] == "RUNNING"]
     assert len({d["sacred_id"] for d in docs}) == 60
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_chaos_rounds_with_a_store_restart(embedded_server, workers, tmp_path, round_):
+    """SIGKILL one worker, SIGSTOP another past its lease and restart the store while
+    runs execute, several rounds in a row: every run ends COMPLETED exactly once, in the
+    queue and in Sacred, and no record is left RUNNING."""
+    uri, db = embedded_server.uri, f"hse_chaos_{round_}_{os.getpid()}"
+    q = RunQueue(uri, db, TASKS, study_dir=STUDY)
+    try:
+        ids = q.submit("toy", {"model": {"className": "Linear"}, "behaviour": "sleep",
+                               "duration": 0.2}, seeds=30)
+        logs = [tmp_path / f"w{i}.log" for i in range(3)]
+        workers.extend(start_worker(uri, db, *FAST, log=log) for log in logs)
+        killed, stopped, survivor = workers
+
+        def completed():
+            return q.status()["COMPLETED"]
+
+        wait_for(lambda: completed() >= 5, 60, "5 runs to complete")
+        killed.kill()
+        os.kill(stopped.pid, signal.SIGSTOP)
+        embedded_server.stop()
+        try:
+            wait_for(lambda: "unreachable" in logs[2].read_text(), 60,
+                     "the surviving worker to notice the outage")
+        finally:
+            embedded_server.start()
+        wait_for(lambda: completed() >= 15, 60, "15 runs to complete after the restart")
+        os.kill(stopped.pid, signal.SIGCONT)
+        wait_for(lambda: completed() == 30, 120, "all 30 runs to complete")
+        docs = [q.get(i) for i in ids]
+        assert {d["status"] for d in docs} == {"COMPLETED"}
+        wait_for(lambda: not list(raw_db(q.store).runs.find({"status": "RUNNING"})), 30,
+                 "every record to be closed")
+        records = list(raw_db(q.store).runs.find({}, {"status": 1, "meta": 1}))
+        done = sorted(r["meta"]["hse"]["run_id"] for r in records if r["status"] == "COMPLETED")
+        assert done == sorted(ids), "each run COMPLETED exactly once in Sacred"
+        completed_ids = {r["_id"] for r in records if r["status"] == "COMPLETED"}
+        assert {d["sacred_id"] for d in docs} == completed_ids, "the queue points at them"
+    finally:
+        q.store.drop_database()
+        q.close()

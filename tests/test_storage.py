@@ -407,3 +407,16 @@ def test_metric_series_are_appended_and_reported_new_once(store):
     assert isinstance(first, str) and again is None
     (series,) = store.metric_series([7], "loss")
     assert series["steps"] == [0, 1, 2] and series["values"] == [1.0, 0.5, 0.25]
+
+
+def test_orphan_records_of_attempts_that_lost_their_run_are_closed(store, raw):
+    (run_id,) = store.enqueue([queued()])
+    doc = store.claim("s", ["t"], "w", 60)
+    store.save_sacred_run(_record(10, run_id=run_id, token=doc["token"]))   # current attempt
+    store.save_sacred_run(_record(11, run_id=run_id, token="an-old-token"))  # a lost one
+    store.save_sacred_run(_record(12, run_id="gone", token="x"))             # run requeued/absent
+    raw.runs.insert_one({"_id": 13, "status": "RUNNING", "meta": {}})        # not ours
+    assert store.close_orphan_sacred_runs() == 2
+    statuses = {d["_id"]: d["status"] for d in raw.runs.find({})}
+    assert statuses == {10: "RUNNING", 11: "FAILED", 12: "FAILED", 13: "RUNNING"}
+    assert store.close_orphan_sacred_runs() == 0

@@ -232,12 +232,10 @@ class Executor:
         if kind == "error":
             return Outcome(status=FAILED, reason=Reason.ERROR, error=args[0])
         if kind in _FINAL_EVENTS:
-            # A final state only while the run is ours. When the store cannot say
-            # (unreachable past the lease), the fenced record write decides.
-            try:
-                owned = self._renew(spec) is not None
-            except StoreUnavailable:
-                owned = True
+            # A final state only while the run is ours: wait for the store to say so
+            # (writing the record needs it anyway), however long it is away.
+            owned = self.store.retry(lambda: self.store.renew_lease(
+                spec.run_id, spec.token, self.lease_s)) is not None
             if not owned:
                 writer.close("FAILED", SUPERSEDED, now_utc())
                 return _LOST

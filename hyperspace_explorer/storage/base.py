@@ -312,6 +312,12 @@ class Storage(abc.ABC):
         `token` as FAILED with `reason`: that attempt lost the run to a newer one."""
 
     @abc.abstractmethod
+    def close_orphan_sacred_runs(self) -> int:
+        """Close as superseded every RUNNING Sacred record whose attempt no longer owns
+        its run (the queue document has another token or none): the safety net for a
+        worker that died between writing a record and learning it had lost the run."""
+
+    @abc.abstractmethod
     def push_metrics(self, sacred_id: int, name: str, steps: list[Any], values: list[Any],
                      timestamps: list[Any]) -> str | None:
         """Append points to a run's metric series; the new series' id when this call

@@ -194,6 +194,7 @@ class MongoStorage(Storage):
         self._done.create_index([("study", 1), ("task", 1)], name="by_task")
         self._done.create_index([("sacred_id", 1)], name="by_sacred_id")
         self._runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
+        self._runs.create_index([("status", 1)], name="by_status")
 
     @_translated
     def drop_database(self) -> None:
@@ -451,6 +452,23 @@ class MongoStorage(Storage):
                        stop_time=doc.get("stop_time") or now_utc())
             closed += self._runs.replace_one({"_id": doc["_id"], "status": previous},
                                              doc).modified_count
+        return closed
+
+    @_translated
+    def close_orphan_sacred_runs(self) -> int:
+        closed = 0
+        for record in self._runs.find({"status": "RUNNING"}, {"meta": 1}):
+            hse = (record.get("meta") or {}).get("hse") or {}
+            run_id, token = hse.get("run_id"), hse.get("token")
+            if not isinstance(run_id, str) or not isinstance(token, str):
+                continue  # not one of ours (or from before tokens were recorded)
+            doc = self._queue.find_one({"_id": run_id}, {"token": 1, "status": 1}) or \
+                self._done.find_one({"_id": run_id}, {"token": 1, "status": 1})
+            if doc is not None and doc.get("token") == token:
+                continue  # its attempt still owns the run
+            closed += self.supersede_sacred_runs(
+                run_id, token, "superseded: its worker lost the run to another attempt "
+                               "and stopped before closing this record")
         return closed
 
     @_translated

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -57,6 +58,10 @@ class ToyScenario(Scenario):
         if behaviour == "exit":
             os._exit(3)
         if behaviour == "sleep":
+            time.sleep(params["duration"])
+        if behaviour == "spawn":  # leaves a process behind, as DataLoader workers can
+            helper = subprocess.Popen(["sleep", "900"])
+            print(f"spawned pid {helper.pid}", flush=True)
             time.sleep(params["duration"])
         if behaviour == "nan":
             return float("nan")
