@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +27,7 @@ from .errors import ConfigError, HSEError, StudyError, TaskError
 from .scenario import Scenario
 from .status import ACTIVE, FINAL, Status
 from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, connect, now_ts
-from .study import load_scenarios, scenarios_file
+from .study import load_scenarios, scenarios_file, source_digest, study_root
 from .task import Task, load_task, task_names
 
 
@@ -109,6 +110,10 @@ class RunQueue:
                                         or max_runtime <= 0):
             raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
         scenario_cls = self.scenario_class(task)
+        # The Study code the configs were validated against: a worker whose code
+        # differs and refuses a config leaves the run to another worker.
+        validated_with = None if scenario_cls is None else \
+            source_digest(study_root(sys.modules[scenario_cls.__module__]))
         docs = []
         now, host = now_ts(), socket.gethostname()
         for conf in confs:
@@ -119,7 +124,8 @@ class RunQueue:
                 docs.append({"study": self.study, "task": task.name, "task_spec": task.to_doc(),
                              "config": copy.deepcopy(conf), "seed": seed, "priority": priority,
                              "max_attempts": max_attempts, "max_runtime": max_runtime,
-                             "queued_at": now, "submitted_from": host})
+                             "queued_at": now, "submitted_from": host,
+                             "validated_with": validated_with})
         return self.store.enqueue(docs)
 
     def scenario_class(self, task: Task) -> type[Scenario] | None:

@@ -51,6 +51,12 @@ def load_scenarios(study_dir: str | Path | None = None) -> ModuleType:
         raise StudyError(f"importing {path} failed:\n{traceback.format_exc()}") from exc
 
 
+def study_root(module: ModuleType) -> Path:
+    """The Study directory a loaded scenarios module (or any module of it) comes from."""
+    path = Path(module.__file__ or ".").resolve()
+    return path.parent.parent if path.name == "__init__.py" else path.parent
+
+
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "env"}
 
 

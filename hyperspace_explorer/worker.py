@@ -30,7 +30,7 @@ from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
 from .storage import (DEFAULT_MAX_ATTEMPTS, Storage, connect, now_ts, queue_document_problem,
                       redact_uri)
-from .study import load_scenarios, source_digest, source_stamp
+from .study import load_scenarios, source_digest, source_stamp, study_root
 from .task import Task, task_names
 
 log = logging.getLogger("hyperspace_explorer.worker")
@@ -90,9 +90,7 @@ class Worker:
         self.tasks_dir = Path(tasks_dir)
         task_names(self.tasks_dir)  # fails early with a clear message if missing
         self.module = load_scenarios(study_dir)
-        module_file = Path(self.module.__file__).resolve()
-        self.study_root = module_file.parent if module_file.name != "__init__.py" \
-            else module_file.parent.parent
+        self.study_root = study_root(self.module)
         self.code_digest = source_digest(self.study_root)
         self._stamp = source_stamp(self.study_root)
         self._next_study_check = 0.0

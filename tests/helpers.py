@@ -26,13 +26,14 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
         time.sleep(every)  # polling interval, not synchronisation
 
 
-def start_worker(uri: str, db: str, *args: str, log: Path | None = None) -> subprocess.Popen:
-    """A real `hyperspace_worker` process for the test Study."""
+def start_worker(uri: str, db: str, *args: str, log: Path | None = None,
+                 study: Path = STUDY) -> subprocess.Popen:
+    """A real `hyperspace_worker` process for the test Study (or a copy of it)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db,
-         "--mongo-uri", uri, "--study-dir", str(STUDY), *args],
+        [sys.executable, "-m", "hyperspace_explorer.worker", str(study / "tasks"), db,
+         "--mongo-uri", uri, "--study-dir", str(study), *args],
         stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
