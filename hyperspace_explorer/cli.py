@@ -1033,9 +1033,11 @@ def cmd_recover(session: Session) -> int:
 
     store = session.store
     recovered = recover_expired(store)
-    swept = batch = store.sweep_finished()
+    store.quarantine_orphans()
+    store.close_orphan_sacred_runs()
+    swept = batch = store.sweep_finished(everything=True)
     while batch:
-        batch = store.sweep_finished()
+        batch = store.sweep_finished(everything=True)
         swept += batch
     _console().print(_text(
         f"recovered {recovered} run(s) whose worker stopped renewing its lease (requeued, or "

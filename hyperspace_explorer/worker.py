@@ -138,6 +138,10 @@ class Worker:
             "lease_s": self.lease, "code_digest": self.code_digest}))
         log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
                  self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
+        # Once per start (they scan the queue on nx-27017): documents no worker could
+        # ever claim, and Sacred records left open by a worker that lost its run.
+        self._quietly(lambda: self.store.quarantine_orphans())
+        self._quietly(lambda: self.store.close_orphan_sacred_runs())
         idle_since = time.monotonic()
         next_maintenance = 0.0
         try:
@@ -212,8 +216,6 @@ class Worker:
 
     def _maintenance(self) -> None:
         self._quietly(lambda: recover_expired(self.store))
-        self._quietly(lambda: self.store.close_orphan_sacred_runs())
-        self._quietly(lambda: self.store.quarantine_orphans())
         self._quietly(lambda: self.store.sweep_finished())
         self._beat()
 

@@ -324,10 +324,12 @@ def test_cancel_queued_runs_by_id_task_or_all(hse, store, executed):
 
 # ------------------------------------------------------------------------ maintenance
 def test_recover_requeues_expired_leases_and_archives(hse, store):
-    lost, cancelled = submit(hse, "toy", "--set", "model.className=Linear", "--seeds", "2")
+    lost, finished = submit(hse, "toy", "--set", "model.className=Linear", "--seeds", "2")
     # A worker that claimed `lost` and died: its lease is already over.
     assert store.claim(store.db_name, ["toy"], "ghost:1", lease_s=-1)["_id"] == lost
-    assert hse("cancel", cancelled).code == 0
+    # One that finished a run and died before archiving it.
+    doc = store.claim(store.db_name, ["toy"], "ghost:2", lease_s=60)
+    assert doc["_id"] == finished and store.finish(finished, doc["token"], "FAILED", {})
 
     result = hse("recover")
     assert result.code == 0
@@ -336,7 +338,7 @@ def test_recover_requeues_expired_leases_and_archives(hse, store):
     doc = store.get_run(lost)
     assert (doc["status"], doc["attempt"]) == ("QUEUED", 1)
     assert "ghost:1 stopped renewing its lease" in doc["last_error"]
-    assert raw_db(store).hse_done.find_one({"_id": cancelled})["status"] == "CANCELLED"
+    assert raw_db(store).hse_done.find_one({"_id": finished})["status"] == "FAILED"
 
 
 def test_workers_flags_silent_ones_as_dead(hse, store):

@@ -143,7 +143,7 @@ def test_cancel_requests(store, raw):
     ids = store.enqueue([queued(i=i) for i in range(3)])
     running = store.claim("s", ["t"], "w", 60)
     assert store.request_cancel(RunFilter(study="s")) == (2, 1)
-    statuses = {d["_id"]: d for d in raw.hse_queue.find({})}
+    statuses = {i: store.get_run(i) for i in ids}  # cancelled ones are archived at once
     assert statuses[running["_id"]]["status"] == RUNNING
     # truthy, not `is True`: nx-27017 stores a top-level boolean written by $set as 1
     assert statuses[running["_id"]]["cancel_requested"]
@@ -293,11 +293,13 @@ def test_invalid_database_names_are_refused(mongo_uri, name):
 
 def test_connect_creates_the_claim_indexes(store, mongo_uri, db_name):
     with MongoClient(mongo_uri, serverSelectionTimeoutMS=5000) as client:
-        keys = [[k for k, _ in ix["key"]]
-                for ix in client[db_name]["hse_queue"].index_information().values()]
-    # by fields, not names: nx-27017 names indexes itself
-    assert ["study", "status", "priority", "order"] in keys
-    assert ["status", "lease_until"] in keys
+        def keys(collection):
+            return [[k for k, _ in ix["key"]]
+                    for ix in client[db_name][collection].index_information().values()]
+        # by fields, not names: nx-27017 names indexes itself
+        assert ["study", "status", "priority", "order"] in keys("hse_queue")
+        assert ["study", "task", "priority", "order"] in keys("hse_ready")
+        assert ["lease_until"] in keys("hse_leases")
 
 
 def test_a_run_swept_during_a_read_is_reported_once(store):
@@ -420,3 +422,54 @@ def test_orphan_records_of_attempts_that_lost_their_run_are_closed(store, raw):
     statuses = {d["_id"]: d["status"] for d in raw.runs.find({})}
     assert statuses == {10: "RUNNING", 11: "FAILED", 12: "FAILED", 13: "RUNNING"}
     assert store.close_orphan_sacred_runs() == 0
+
+
+
+# ------------------------------------------------------------------ the ready window
+def test_claim_order_holds_across_a_backlog_many_windows_long(store, monkeypatch):
+    """Priorities and age order hold exactly across refills of the ready window,
+    with runs submitted, cancelled and requeued between claims."""
+    from hyperspace_explorer.storage import mongo
+
+    monkeypatch.setattr(mongo, "READY_WINDOW", 4)  # many refills with few runs
+    import random
+    rng = random.Random(7)
+    store.enqueue([queued(priority=rng.choice([0, 1, 5]), i=i) for i in range(40)])
+    taken, expected_pool = [], {}
+    for d in store.find_runs(RunFilter(study="s"), fields=["priority", "order"]):
+        expected_pool[d["_id"]] = (-d["priority"], d["order"])
+    for step in range(30):
+        if step == 5:   # a late, urgent grid jumps ahead of everything
+            for i in store.enqueue([queued(priority=9, i=100 + k) for k in range(6)]):
+                doc = store.get_run(i)
+                expected_pool[i] = (-9, doc["order"])
+        if step == 12:  # cancelled runs are skipped
+            victims = sorted(expected_pool, key=expected_pool.get)[:3]
+            store.request_cancel(RunFilter(ids=tuple(victims)))
+            for v in victims:
+                del expected_pool[v]
+        doc = store.claim("s", ["t"], "w", 60)
+        assert doc["_id"] == min(expected_pool, key=expected_pool.get), f"step {step}"
+        del expected_pool[doc["_id"]]
+        taken.append(doc)
+        if step == 20:  # a run comes back (worker shutdown): first again, by its age
+            store.requeue(taken[0]["_id"], taken[0]["token"], {"attempt": 0})
+            expected_pool[taken[0]["_id"]] = (-taken[0]["priority"], taken[0]["order"])
+    while (doc := store.claim("s", ["t"], "w", 60)) is not None:
+        assert doc["_id"] == min(expected_pool, key=expected_pool.get)
+        del expected_pool[doc["_id"]]
+    assert not expected_pool
+
+
+def test_expired_leases_are_found_without_scanning_the_queue(store, raw):
+    store.enqueue([queued(i=i) for i in range(5)])
+    live = store.claim("s", ["t"], "w1", 60)
+    dead = store.claim("s", ["t"], "w2", -1)
+    assert [d["_id"] for d in store.expired_leases()] == [dead["_id"]]
+    assert raw.hse_leases.count_documents({}) == 2
+    assert store.expire(dead["_id"], dead["token"], {}) is True
+    assert store.finish(live["_id"], live["token"], COMPLETED, {}) is True
+    assert raw.hse_leases.count_documents({}) == 0 and store.expired_leases() == []
+    # a claimer that died between its lease document and the claim leaves no trace
+    raw.hse_leases.insert_one({"_id": "ghost", "token": "t", "worker": "w", "lease_until": 0})
+    assert store.expired_leases() == [] and raw.hse_leases.count_documents({}) == 0

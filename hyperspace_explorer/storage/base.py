@@ -250,9 +250,10 @@ class Storage(abc.ABC):
         """Quarantine QUEUED documents that no worker could ever claim (no study)."""
 
     @abc.abstractmethod
-    def sweep_finished(self, limit: int = 500) -> int:
+    def sweep_finished(self, limit: int = 500, *, everything: bool = False) -> int:
         """Archive up to `limit` finished runs out of the claim path (idempotent and
-        crash-safe); how many were moved."""
+        crash-safe); how many were moved. By default the runs this process ended,
+        found by id; `everything=True` looks for any finished run (a scan)."""
 
     @abc.abstractmethod
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +44,11 @@ from .base import (RunFilter, Storage, check_db_name, new_run_id, new_token, now
 
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
+READY, BOUNDS, LEASES = "hse_ready", "hse_ready_bounds", "hse_leases"
+#: Queued runs of a task the claim path points at (see "queue writes" below).
+READY_WINDOW = 256
+_INSERT_BATCH = 5000
+_CLAIM_ORDER = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
 RUNS, METRICS = "runs", "metrics"
 #: Seconds a single operation may wait for an answer (HSE_STORE_TIMEOUT overrides).
 DEFAULT_SOCKET_TIMEOUT_S = 60.0
@@ -117,6 +123,27 @@ def server_pid(uri: str, timeout_s: float) -> int | None:
         client.close()
 
 
+def _group(study: str, task: str) -> str:
+    return f"{study}\n{task}"
+
+
+def _key(doc: Mapping[str, Any]) -> tuple[float, float]:
+    """A run's place in claim order (smaller first): higher priority, then older."""
+    return (-(doc.get("priority") or 0), doc.get("order") or 0)
+
+
+def _bound_key(bound: Mapping[str, Any]) -> tuple[float, float]:
+    return (math.inf, math.inf) if bound.get("complete") else _key(bound)
+
+
+def _insert_ignoring_duplicates(coll: Any, docs: Sequence[Mapping[str, Any]]) -> None:
+    try:
+        coll.insert_many(list(docs), ordered=False)
+    except pymongo.errors.BulkWriteError as exc:
+        if any(err.get("code") != 11000 for err in exc.details.get("writeErrors", [])):
+            raise
+
+
 def _match(runs: RunFilter) -> dict[str, Any]:
     query: dict[str, Any] = {}
     if runs.study is not None:
@@ -145,6 +172,8 @@ class MongoStorage(Storage):
         self._queue, self._done = db[QUEUE], db[DONE]
         self._counters, self._workers, self._sources = db[COUNTERS], db[WORKERS], db[SOURCES]
         self._runs, self._metrics = db[RUNS], db[METRICS]
+        self._ready, self._bounds_coll, self._leases = db[READY], db[BOUNDS], db[LEASES]
+        self._finished: set[str] = set()  # runs this process ended, to archive by id
         self._fs: gridfs.GridFS | None = None
 
     @classmethod
@@ -190,7 +219,9 @@ class MongoStorage(Storage):
         """Indexes that keep the claim one index-served query on a real MongoDB."""
         self._queue.create_index([("study", 1), ("status", 1), ("priority", -1),
                                   ("order", 1)], name="claim")
-        self._queue.create_index([("status", 1), ("lease_until", 1)], name="leases")
+        self._ready.create_index([("study", 1), ("task", 1), ("priority", -1), ("order", 1)],
+                                 name="claim")
+        self._leases.create_index([("lease_until", 1)], name="expiry")
         self._done.create_index([("study", 1), ("task", 1)], name="by_task")
         self._done.create_index([("sacred_id", 1)], name="by_sacred_id")
         self._runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
@@ -201,6 +232,17 @@ class MongoStorage(Storage):
         self.client.drop_database(self.db_name)
 
     # ------------------------------------------------------------------ queue writes
+    # The claim path never scans the queue. Two small collections make it so:
+    # - `hse_ready` holds pointers to the first READY_WINDOW queued runs of each
+    #   (study, task) in claim order, and `hse_ready_bounds` the claim-order key below
+    #   which every queued run of that task has a pointer. A claim takes the first
+    #   pointer below the bound; when none is left, the window is refilled with one
+    #   sorted, limited read of the queue (one scan per READY_WINDOW claims on
+    #   nx-27017, index-served on MongoDB). Pointers are hints: a run changes state only
+    #   by a conditional update of its own document, so a stale pointer (a cancelled run)
+    #   costs a retry, never a second execution.
+    # - `hse_leases` has one document per leased run, so finding expired leases reads
+    #   as many documents as there are running runs, not the whole backlog.
     @_translated
     def enqueue(self, docs: Sequence[dict[str, Any]]) -> list[str]:
         if not docs:
@@ -210,55 +252,144 @@ class MongoStorage(Storage):
             doc.setdefault("_id", new_run_id())
             doc["order"] = base + i  # age tie-breaker: a grid keeps its submission order
             doc.update(status=QUEUED.value, attempt=0)
-        self._queue.insert_many(list(docs), ordered=True)
+        for i in range(0, len(docs), _INSERT_BATCH):
+            self._queue.insert_many(list(docs[i:i + _INSERT_BATCH]), ordered=True)
+        self._offer(docs)
         return [d["_id"] for d in docs]
+
+    def _bounds(self, study: str, tasks: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = [_group(study, t) for t in tasks]
+        return {b["task"]: b for b in self._bounds_coll.find({"_id": {"$in": ids}})}
+
+    def _offer(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        """Give newly queued runs a pointer when they come before a task's bound (so
+        the ready window stays the exact head of the claim order)."""
+        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for doc in docs:
+            if isinstance(doc.get("study"), str) and isinstance(doc.get("task"), str):
+                groups.setdefault((doc["study"], doc["task"]), []).append(doc)
+        for (study, task), members in groups.items():
+            bound = self._bounds(study, [task]).get(task)
+            if bound is None:
+                continue  # no window yet: the first claim builds it from the queue
+            ahead = sorted((d for d in members if _key(d) < _bound_key(bound)), key=_key)
+            if not ahead:
+                continue
+            self._insert_pointers(ahead[:READY_WINDOW])
+            if len(ahead) > READY_WINDOW:  # the window stays small: lower the bound
+                self._set_bound(study, task, ahead[READY_WINDOW])
+
+    def _insert_pointers(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        pointers = [{"_id": d["_id"], "study": d["study"], "task": d["task"],
+                     "priority": d.get("priority") or 0, "order": d.get("order") or 0}
+                    for d in docs]
+        if pointers:
+            _insert_ignoring_duplicates(self._ready, pointers)
+
+    def _set_bound(self, study: str, task: str, first_outside: Mapping[str, Any] | None) -> None:
+        bound: dict[str, Any] = {"_id": _group(study, task), "study": study, "task": task}
+        if first_outside is None:
+            bound["complete"] = True  # every queued run of the task has a pointer
+        else:
+            bound.update(priority=first_outside.get("priority") or 0,
+                         order=first_outside.get("order") or 0)
+        self._bounds_coll.replace_one({"_id": bound["_id"]}, bound, upsert=True)
+
+    def _refill(self, study: str, task: str) -> None:
+        """Point at the first READY_WINDOW queued runs of the task, in claim order."""
+        head = list(self._queue.find({"study": study, "task": task, "status": QUEUED.value},
+                                     {"study": 1, "task": 1, "priority": 1, "order": 1})
+                    .sort(_CLAIM_ORDER).limit(READY_WINDOW + 1))
+        self._insert_pointers(head[:READY_WINDOW])
+        self._set_bound(study, task, head[READY_WINDOW] if len(head) > READY_WINDOW else None)
+
+    def _next_pointer(self, study: str, tasks: Sequence[str],
+                      exclude: Sequence[str]) -> dict[str, Any] | None:
+        """The first pointer in claim order among `tasks`, refilling windows that ran
+        out (at most once per task and call)."""
+        refilled: set[str] = set()
+        while True:
+            bounds = self._bounds(study, tasks)
+            best: dict[str, Any] | None = None
+            stale: list[str] = []
+            for task in tasks:
+                query: dict[str, Any] = {"study": study, "task": task}
+                if exclude:
+                    query["_id"] = {"$nin": list(exclude)}
+                pointer = next(iter(self._ready.find(query).sort(_CLAIM_ORDER).limit(1)), None)
+                bound = bounds.get(task)
+                if bound is None or (pointer is None and not bound.get("complete")) or (
+                        pointer is not None and _key(pointer) >= _bound_key(bound)):
+                    stale.append(task)
+                elif pointer is not None and (best is None or _key(pointer) < _key(best)):
+                    best = pointer
+            stale = [t for t in stale if t not in refilled]
+            if not stale:
+                return best
+            for task in stale:
+                self._refill(study, task)
+                refilled.add(task)
 
     @_translated
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
               exclude: Iterable[str] = ()) -> dict[str, Any] | None:
-        match: dict[str, Any] = {"study": study, "status": QUEUED.value,
-                                 "task": {"$in": sorted(tasks)}}
-        if exclude:
-            match["_id"] = {"$nin": sorted(exclude)}
-        order = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
-        refused = 0
-        while refused < 20:
-            now = now_ts()
+        tasks, exclude = sorted(set(tasks)), sorted(set(exclude))
+        for _ in range(10 * READY_WINDOW):  # bounded: each pass drops one stale pointer
+            pointer = self._next_pointer(study, tasks, exclude)
+            if pointer is None:
+                return None
+            run_id, token, now = pointer["_id"], new_token(), now_ts()
+            # The lease document first: a claimer that dies after the claim leaves a
+            # lease that recovery finds; its _id also makes racing claimers back off.
+            try:
+                self._leases.insert_one({"_id": run_id, "token": token, "worker": worker_id,
+                                         "lease_until": now + lease_s})
+            except pymongo.errors.DuplicateKeyError:
+                exclude.append(run_id)  # another worker is claiming it right now
+                continue
             try:
                 doc = self._queue.find_one_and_update(
-                    match,
-                    {"$set": {"status": RUNNING.value, "token": new_token(),
-                              "worker": worker_id, "started_at": now, "heartbeat": now,
+                    {"_id": run_id, "status": QUEUED.value},
+                    {"$set": {"status": RUNNING.value, "token": token, "worker": worker_id,
+                              "started_at": now, "heartbeat": now,
                               "lease_until": now + lease_s},
                      "$inc": {"attempt": 1}},
-                    sort=order, return_document=ReturnDocument.AFTER)
+                    return_document=ReturnDocument.AFTER)
             except pymongo.errors.OperationFailure:  # MongoDB: e.g. $inc on a string
                 doc = None
+            self._ready.delete_one({"_id": run_id})
             if doc is not None:
                 return doc
-            # Refused (nx-27017 answers None on a server-side failure), or empty:
-            # only call the queue empty when a plain read agrees.
-            head = next(iter(self._queue.find(match).sort(order).limit(1)), None)
-            if head is None:
-                return None
-            refused += 1
-            problem = queue_document_problem(head)
-            if problem is not None:
-                self.quarantine(head["_id"], problem)
-                log.error("run %s quarantined: %s", head["_id"], problem)
-            elif refused % 5 == 0:
-                log.warning("the server refused to lease run %s %d times", head["_id"], refused)
+            self._leases.delete_one({"_id": run_id, "token": token})
+            # Not QUEUED any more (a stale pointer), or the server refused the update
+            # (nx-27017 answers None then): a document that cannot be claimed is
+            # quarantined rather than left to stall the queue.
+            current = self._queue.find_one({"_id": run_id, "status": QUEUED.value})
+            if current is not None:
+                problem = queue_document_problem(current) or \
+                    "the database refused to lease this run (malformed document?)"
+                self.quarantine(run_id, problem)
+                log.error("run %s quarantined: %s", run_id, problem)
         return None
 
     @_translated
     def renew_lease(self, run_id: str, token: str, lease_s: float,
                     fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         now = now_ts()
-        return self._queue.find_one_and_update(
+        doc = self._queue.find_one_and_update(
             {"_id": run_id, "token": token, "status": RUNNING.value},
             {"$set": {"heartbeat": now, "lease_until": now + lease_s, **(fields or {})}},
             projection={"cancel_requested": 1, "attempt": 1},
             return_document=ReturnDocument.AFTER)
+        if doc is not None:
+            self._leases.update_one({"_id": run_id, "token": token},
+                                    {"$set": {"lease_until": now + lease_s}})
+        return doc
+
+    def _release(self, run_id: str, token: str, final: bool) -> None:
+        self._leases.delete_one({"_id": run_id, "token": token})
+        if final:
+            self._finished.add(run_id)
 
     @_translated
     def finish(self, run_id: str, token: str, status: Status,
@@ -268,33 +399,54 @@ class MongoStorage(Storage):
         res = self._queue.update_one(
             {"_id": run_id, "token": token, "status": RUNNING.value},
             {"$set": {"status": Status(status).value, "ended_at": now_ts(), **fields}})
+        if res.matched_count == 1:
+            self._release(run_id, token, final=True)
         return res.matched_count == 1
+
+    def _back_in_queue(self, match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+        doc = self._queue.find_one_and_update(
+            match, {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS},
+            projection={"study": 1, "task": 1, "priority": 1, "order": 1},
+            return_document=ReturnDocument.AFTER)
+        if doc is None:
+            return False
+        self._release(match["_id"], match["token"], final=False)
+        self._offer([doc])
+        return True
 
     @_translated
     def requeue(self, run_id: str, token: str, fields: Mapping[str, Any]) -> bool:
-        res = self._queue.update_one(
-            {"_id": run_id, "token": token, "status": RUNNING.value},
-            {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS})
-        return res.matched_count == 1
+        return self._back_in_queue({"_id": run_id, "token": token, "status": RUNNING.value},
+                                   fields)
 
     @_translated
     def expire(self, run_id: str, token: str, fields: Mapping[str, Any],
                final_status: Status | None = None) -> bool:
         match = {"_id": run_id, "token": token, "status": RUNNING.value,
                  "lease_until": {"$lt": now_ts()}}
-        if final_status is not None:
-            update: dict[str, Any] = {"$set": {"status": Status(final_status).value,
-                                               "ended_at": now_ts(), **fields}}
-        else:
-            update = {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS}
-        return self._queue.update_one(match, update).matched_count == 1
+        if final_status is None:
+            return self._back_in_queue(match, fields)
+        res = self._queue.update_one(match, {"$set": {"status": Status(final_status).value,
+                                                      "ended_at": now_ts(), **fields}})
+        if res.matched_count == 1:
+            self._release(run_id, token, final=True)
+        return res.matched_count == 1
 
     @_translated
     def expired_leases(self) -> list[dict[str, Any]]:
-        return list(self._queue.find(
-            {"status": RUNNING.value, "lease_until": {"$lt": now_ts()}},
-            {"token": 1, "attempt": 1, "max_attempts": 1, "sacred_id": 1, "worker": 1,
-             "cancel_requested": 1}))
+        now, expired = now_ts(), []
+        for lease in self._leases.find({"lease_until": {"$lt": now}}):
+            doc = self._queue.find_one(
+                {"_id": lease["_id"]},
+                {"token": 1, "attempt": 1, "max_attempts": 1, "sacred_id": 1, "worker": 1,
+                 "cancel_requested": 1, "status": 1, "lease_until": 1})
+            if doc is None or doc.get("status") != RUNNING.value or \
+                    doc.get("token") != lease["token"]:
+                # A claim that never happened, or an attempt already ended: no lease.
+                self._leases.delete_one({"_id": lease["_id"], "token": lease["token"]})
+            elif (doc.get("lease_until") or 0) < now:
+                expired.append(doc)
+        return expired
 
     @_translated
     def quarantine(self, run_id: str, problem: str) -> bool:
@@ -302,6 +454,8 @@ class MongoStorage(Storage):
             {"_id": run_id, "status": {"$in": [s.value for s in ACTIVE]}},
             {"$set": {"status": Status.FAILED.value, "reason": Reason.INVALID.value,
                       "error": problem, "ended_at": now_ts()}})
+        if res.modified_count == 1:
+            self._finished.add(run_id)
         return res.modified_count == 1
 
     @_translated
@@ -315,19 +469,18 @@ class MongoStorage(Storage):
         return res.modified_count
 
     @_translated
-    def sweep_finished(self, limit: int = 500) -> int:
-        docs = list(self._queue.find({"status": {"$in": [s.value for s in FINAL]}})
-                    .limit(limit))
+    def sweep_finished(self, limit: int = 500, *, everything: bool = False) -> int:
+        final = {"$in": [s.value for s in FINAL]}
+        if everything:
+            docs = list(self._queue.find({"status": final}).limit(limit))
+        else:  # the runs this process ended: found by id, never by a scan
+            ids = sorted(self._finished)[:limit]
+            docs = list(self._queue.find({"_id": {"$in": ids}, "status": final})) if ids else []
+            self._finished.difference_update(ids)
         if not docs:
             return 0
-        try:
-            self._done.insert_many(docs, ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            # Duplicates are docs a crashed sweep had already copied: fine.
-            if any(err.get("code") != 11000 for err in exc.details.get("writeErrors", [])):
-                raise
-        self._queue.delete_many({"_id": {"$in": [d["_id"] for d in docs]},
-                                 "status": {"$in": [s.value for s in FINAL]}})
+        _insert_ignoring_duplicates(self._done, docs)  # a crashed sweep copied some: fine
+        self._queue.delete_many({"_id": {"$in": [d["_id"] for d in docs]}, "status": final})
         return len(docs)
 
     @_translated
@@ -339,6 +492,9 @@ class MongoStorage(Storage):
                       "error": "cancelled before it started", "ended_at": now_ts()}})
         running = self._queue.update_many({**base, "status": RUNNING.value},
                                           {"$set": {"cancel_requested": True}})
+        if queued.modified_count:
+            while self.sweep_finished(everything=True):
+                pass
         return queued.modified_count, running.modified_count
 
     @_translated
