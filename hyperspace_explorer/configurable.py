@@ -18,13 +18,14 @@ import dataclasses
 import difflib
 import inspect
 import math
-
+import reprlib
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, HSEError
 
 C = TypeVar("C", bound="Configurable")
 
@@ -128,11 +129,7 @@ class _FieldSpec(typing.NamedTuple):
 
 def _field_specs(cls: type) -> dict[str, _FieldSpec]:
     """Name -> (type, default) for the constructor parameters of `cls`."""
-    try:
-        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else \
-            typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolved forward references: fall back to "any value"
-        hints = {}
+    hints = _type_hints(cls)
     specs: dict[str, _FieldSpec] = {}
     if dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
@@ -158,6 +155,51 @@ def _field_specs(cls: type) -> dict[str, _FieldSpec]:
             if name in specs:
                 specs[name] = _FieldSpec(specs[name].type, _as_config_value(value))
     return specs
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations configs are validated against, or an HSEError naming the
+    class and the annotation that cannot be resolved (never a silent "accept anything")."""
+    target = cls if dataclasses.is_dataclass(cls) else cls.__init__
+    try:
+        return typing.get_type_hints(target)
+    except (NameError, AttributeError, TypeError, SyntaxError) as exc:
+        name, annotation = _unresolvable_annotation(cls)
+        field_part = f"the annotation of '{name}' ({annotation!r})" if name else "an annotation"
+        raise HSEError(
+            f"{_qualified(cls)}: cannot resolve {field_part} "
+            f"({type(exc).__name__}: {exc}); configs are validated against these "
+            f"annotations: import the name at module level in {cls.__module__} (not only "
+            f"under TYPE_CHECKING), or annotate the field as typing.Any") from None
+
+
+def _unresolvable_annotation(cls: type) -> tuple[str | None, Any]:
+    """(field name, annotation) of the first annotation of `cls` that does not resolve."""
+    if dataclasses.is_dataclass(cls):
+        owners = [(k, k.__dict__.get("__annotations__", {}),
+                   getattr(sys.modules.get(k.__module__), "__dict__", {}), dict(vars(k)))
+                  for k in reversed(cls.__mro__)]
+    else:
+        init = cls.__init__
+        owners = [(init, getattr(init, "__annotations__", {}),
+                   getattr(init, "__globals__", {}), None)]
+    for owner, annotations, globalns, localns in owners:
+        for name, annotation in annotations.items():
+            # one annotation at a time, resolved the way get_type_hints resolves `owner`'s
+            probe: Any = type("_Probe", (), {"__annotations__": {name: annotation}}) \
+                if isinstance(owner, type) else _FunctionProbe(name, annotation)
+            try:
+                typing.get_type_hints(probe, globalns, localns)
+            except Exception:  # noqa: BLE001 - only locating the culprit for the message
+                return name, annotation
+    return None, None
+
+
+class _FunctionProbe:
+    """A stand-in for a function carrying one annotation."""
+
+    def __init__(self, name: str, annotation: Any):
+        self.__annotations__ = {name: annotation}
 
 
 def _overrides_defaults(cls: type) -> bool:
@@ -209,8 +251,8 @@ def _complete_configurable(base: type, value: Any, path: str,
                            require_class_name: bool = True) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         hint = " (with 'className')" if require_class_name else ""
-        raise ConfigError(path, f"expected a dict describing a {base.__name__}{hint}, "
-                                f"got {type(value).__name__} {value!r}")
+        raise _mismatch(path, f"expected a dict describing a {base.__name__}{hint}, "
+                              f"got {type(value).__name__} {_show(value)}")
     if require_class_name:
         if "className" not in value:
             raise ConfigError(path, f"'className' is required (a {base.__name__}: one of "
@@ -238,7 +280,8 @@ def _complete_configurable(base: type, value: Any, path: str,
             if isinstance(spec.default, dict) and isinstance(given, Mapping) \
                     and "className" not in spec.default and not _is_configurable(spec.type):
                 given = {**spec.default, **given}  # plain dict params keep unset defaults
-            out[name] = _complete_value(spec.type, given, where)
+            tp = _optional(spec.type) if spec.default is None else spec.type
+            out[name] = _complete_value(tp, given, where)
         elif spec.default is None:
             out[name] = None
         elif spec.default is not _MISSING:
@@ -262,20 +305,10 @@ def _complete_value(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _complete_value(arg, value, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return _complete_union(args, value, path)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(path, f"must be one of {list(args)}, got {value!r}")
+            raise _mismatch(path, f"must be one of {list(args)}, got {_show(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -323,29 +356,230 @@ def _complete_value(tp: Any, value: Any, path: str) -> Any:
     return json_like(value, path)
 
 
+_NONE_WORDS = {"none", "null", "nil", "undefined", ""}
+
+
+def _complete_union(args: tuple[Any, ...], value: Any, path: str) -> Any:
+    """`A | B | None`: the first alternative that accepts `value`. When none does, the
+    error lists every alternative (None included); an error from inside a value that has
+    the right shape for exactly one alternative (a dict naming a className, say) is more
+    precise, so that one is raised instead."""
+    accepts_none = type(None) in args
+    if value is None and accepts_none:
+        return None
+    alternatives = [a for a in args if a is not type(None)]
+    specific = []
+    for arg in alternatives:
+        try:
+            return _complete_value(arg, value, path)
+        except ConfigError as exc:
+            if not (getattr(exc, "type_mismatch", False) and exc.path == path):
+                specific.append(exc)
+    if len(specific) == 1:
+        raise specific[0]
+    expected = " or ".join([_describe(a) for a in alternatives] + ["None"] * accepts_none)
+    hint = " (use null in JSON, None in Python)" if accepts_none and isinstance(value, str) \
+        and value.strip().lower() in _NONE_WORDS else ""
+    raise _mismatch(path, f"wrong type: expected {expected}, got {type(value).__name__} "
+                          f"{_show(value)}{hint}")
+
+
+def _optional(tp: Any) -> Any:
+    """`tp | None` (a field whose default is None accepts None: implicit Optional)."""
+    if tp is Any or tp is object or tp is inspect.Parameter.empty:
+        return tp
+    try:
+        return typing.Optional[tp]
+    except TypeError:  # not a type typing can combine (a user's odd annotation): as is
+        return tp
+
+
+def _describe(tp: Any) -> str:
+    """One accepted alternative, as an error message names it."""
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    if _is_configurable(tp):
+        return f"a {tp.__name__} (dict with 'className')"
+    return _type_name(tp)
+
+
+def _mismatch(path: str, problem: str) -> ConfigError:
+    """A ConfigError saying the value is not of the expected kind at all (a union then
+    tries its other alternatives and names them all)."""
+    exc = ConfigError(path, problem)
+    exc.type_mismatch = True  # type: ignore[attr-defined]
+    return exc
+
+
 def _wrong_type(path: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(path, f"wrong type: expected {expected}, got {type(value).__name__} {value!r}")
+    return _mismatch(path, f"wrong type: expected {expected}, got {type(value).__name__} "
+                           f"{_show(value)}")
 
 
-def json_like(value: Any, path: str) -> Any:
-    """Configs are stored in MongoDB and compared across runs: JSON-like values only."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(path, f"dict keys must be strings, got {k!r}")
-            out[k] = json_like(v, _join(path, k))
-        return out
-    if isinstance(value, (list, tuple)):
-        return [json_like(v, _join(path, i)) for i, v in enumerate(value)]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_like(value.item(), path)
-    raise ConfigError(path, f"values must be JSON-like (dict, list, str, number, bool, None); "
-                            f"got {type(value).__name__}")
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 80, 80, 3
+
+
+def _show(value: Any) -> str:
+    """repr() bounded in length and depth, for messages about arbitrary user values."""
+    return _REPR.repr(value)
+
+
+MAX_CONFIG_DEPTH = 32
+"""Deepest nesting of dicts and lists in a run config (the config dict itself is level 1).
+
+MongoDB refuses documents nested more than 100 levels, and Sacred and pymongo walk
+configs recursively (a config 200 levels deep made Sacred fail with "maximum recursion
+depth exceeded" after the queue had called the run COMPLETED). 32 levels is far more
+than any hyper-parameter structure needs and leaves the queue document and Sacred
+record that wrap the config well inside every limit."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest run config, in bytes of BSON (about its size as JSON): 1 MiB.
+
+A run's queue document holds its config twice (as given and completed) next to the task,
+metrics and error, and so does its Sacred record, each under MongoDB's 16 MB document
+limit. Data sets and large arrays belong in files (or the Task), named by the config."""
+
+_RESERVED_KEY_PREFIXES = ("py/", "json://")  # jsonpickle's tags: Sacred refuses them
+
+
+def _key_problem(key: Any) -> str | None:
+    """Why `key` cannot be a config key (MongoDB field names, Sacred config keys), or None."""
+    if not isinstance(key, str):
+        return f"keys must be strings, got {type(key).__name__} {_show(key)}"
+    if key == "":
+        return "empty key '': config keys must be non-empty strings (Sacred cannot store one)"
+    if "." in key:
+        return (f"key {key!r} contains '.', which MongoDB field names cannot contain "
+                f"(nest a dict instead, or use another character such as '_')")
+    if key.startswith("$"):
+        return f"key {key!r} starts with '$', which MongoDB field names cannot (rename it)"
+    if "\0" in key:
+        return f"key {key!r} contains a NUL character, which MongoDB field names cannot"
+    if "=" in key:
+        return f"key {key!r} contains '=', which Sacred refuses in config keys"
+    for prefix in _RESERVED_KEY_PREFIXES:
+        if key.startswith(prefix):
+            return (f"key {key!r} starts with {prefix!r}, reserved for jsonpickle tags in "
+                    f"Sacred records (rename it)")
+    return None
+
+
+def _key_path(path: str, key: Any) -> str:
+    """Path of a key that is itself the problem: quoted, since it may contain '.'."""
+    return f"{path}[{key!r}]"
+
+
+def json_like(value: Any, path: str = "") -> Any:
+    """A plain copy of `value` (dicts, lists, str, int, float, bool, None; tuples become
+    lists, numpy scalars Python numbers), or a ConfigError naming the dotted path of the
+    first part MongoDB or Sacred could not store: a value of another type, a bad key (not
+    a string, empty, with '.', '=' or NUL, starting with '$', or a jsonpickle tag), an
+    int outside 64 bits, text that is not valid Unicode, or nesting deeper than
+    MAX_CONFIG_DEPTH levels (counted from `value`). Iterative: any depth gives a clean
+    ConfigError, never RecursionError. Use `validate_config` for a whole run config."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, str, int, Any, Any]] = [(value, path, 1, root, 0)]
+    while stack:
+        item, where, level, parent, slot = stack.pop()
+        if item is None or isinstance(item, (bool, float)):
+            parent[slot] = item
+        elif isinstance(item, int):
+            if not -(1 << 63) <= item < (1 << 63):
+                raise ConfigError(where, f"integer {_show(item)} does not fit in 64 bits "
+                                         f"(the largest MongoDB stores); use a float or a string")
+            parent[slot] = item
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(where, f"text is not valid Unicode ({exc.reason} at "
+                                         f"character {exc.start})") from None
+            parent[slot] = item
+        elif isinstance(item, (Mapping, list, tuple)):
+            if level > MAX_CONFIG_DEPTH:
+                raise ConfigError(where, f"nested deeper than {MAX_CONFIG_DEPTH} levels of "
+                                         f"dicts/lists, the limit for a config (MongoDB and "
+                                         f"Sacred cannot store much deeper ones); flatten it")
+            if isinstance(item, Mapping):
+                keys = list(item.keys())
+                for key in keys:
+                    problem = _key_problem(key)
+                    if problem is not None:
+                        raise ConfigError(_key_path(where, key) if isinstance(key, str)
+                                          else where, problem)
+                node: Any = dict.fromkeys(keys)  # keeps the order; filled below
+                children = [(item[k], _join(where, k), k) for k in keys]
+            else:
+                node = [None] * len(item)
+                children = [(v, _join(where, i), i) for i, v in enumerate(item)]
+            parent[slot] = node
+            for child, child_path, child_slot in reversed(children):  # first key first
+                stack.append((child, child_path, level + 1, node, child_slot))
+        elif hasattr(item, "item") and callable(item.item):  # numpy / torch scalars
+            try:
+                plain = item.item()
+            except Exception:  # noqa: BLE001 - e.g. an array of several values
+                plain = item
+            if plain is not None and not isinstance(plain, (bool, int, float, str)):
+                raise ConfigError(where, f"values must be JSON-like (dict, list, str, number, "
+                                         f"bool, None); got {type(item).__name__} (convert "
+                                         f"arrays with .tolist())")
+            stack.append((plain, where, level, parent, slot))
+        else:
+            raise ConfigError(where, f"values must be JSON-like (dict, list, str, number, "
+                                     f"bool, None); got {type(item).__name__}")
+    return root[0]
+
+
+def validate_config(conf: Any, path: str = "") -> dict[str, Any]:
+    """Check that `conf` is a run config MongoDB and Sacred can store; return a plain copy.
+
+    The one check of a whole run config, made by `RunQueue.submit` before anything is
+    queued and by `Scenario.complete_run_config` (so workers make it on documents that
+    other clients wrote). Raises ConfigError naming the dotted path (under `path`) and
+    the limit when:
+
+    - `conf` is not a dict (a list, string or number given as the whole config);
+    - a value is not JSON-like, or a key is not storable: keys must be non-empty strings
+      without '.', '=' or NUL that do not start with '$' or a jsonpickle tag ('py/'),
+      anywhere in the config (see `json_like`);
+    - dicts and lists nest deeper than MAX_CONFIG_DEPTH (32) levels, the config being
+      level 1 (a config of any depth gets this error, never RecursionError);
+    - the config takes more than MAX_CONFIG_BYTES (1 MiB) as BSON.
+
+    It checks storability only; `Scenario.complete_run_config` also checks the config
+    against the Scenario's `config_class`.
+    """
+    if not isinstance(conf, Mapping):
+        raise ConfigError(path, f"a run config must be a dict of parameters, got "
+                                f"{type(conf).__name__} {_show(conf)}")
+    plain = json_like(conf, path)
+    size = _bson_size(plain)
+    if size > MAX_CONFIG_BYTES:
+        largest = max(plain, key=lambda k: _bson_size({k: plain[k]}))
+        raise ConfigError(path, f"too large to store: {_mib(size)} ({size:,} bytes) as BSON, "
+                                f"over the limit of 1 MiB ({MAX_CONFIG_BYTES:,} bytes) per "
+                                f"run config (largest part: {_where(_join(path, largest))}, "
+                                f"{_mib(_bson_size({largest: plain[largest]}))}); keep "
+                                f"data and large arrays in files and put their path in the "
+                                f"config")
+    return plain
+
+
+def _bson_size(doc: Mapping[str, Any]) -> int:
+    import bson  # pymongo's; imported here so configs can be validated without a store
+
+    return len(bson.encode(doc))
+
+
+def _where(path: str) -> str:
+    return str(ConfigError(path, "")).rsplit(":", 1)[0]  # "config.a.b", as errors write it
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _build(cls: type, full: Mapping[str, Any]) -> Any:
@@ -421,13 +655,8 @@ def set_dotted(conf: dict[str, Any], path: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def is_finite_number(value: Any) -> bool:
-    """True for real numbers that are not NaN/inf (metrics must be comparable)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 __all__ = [
     "Configurable", "complete", "flatten", "set_dotted", "registered_classes",
-    "resolve_class", "is_finite_number",
+    "resolve_class", "validate_config", "json_like", "MAX_CONFIG_DEPTH", "MAX_CONFIG_BYTES",
 ]
 

@@ -14,13 +14,16 @@ class ConfigError(HSEError, ValueError):
     """A run or task config does not match the Configurable classes it must fill.
 
     `path` is the dotted path of the offending value ("" for the config root), so the
-    message can point at the exact key in a deeply nested config.
+    message can point at the exact key in a deeply nested config; a key that is itself
+    the problem is quoted in brackets (`options['a.b']`).
     """
 
     def __init__(self, path: str, problem: str):
         self.path = path
         self.problem = problem
-        where = f"config.{path}" if path else "config"
+        # "a.b", "a[0]", "a['odd.key']"; a quoted key at the top: "config['odd.key']"
+        where = f"config{path}" if path.startswith("[") else f"config.{path}" if path \
+            else "config"
         super().__init__(f"{where}: {problem}")
 
 

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .configurable import json_like, registered_classes, resolve_class, set_dotted
+from .configurable import (json_like, registered_classes, resolve_class, set_dotted,
+                           validate_config)
 from .errors import ConfigError, HSEError, StudyError, TaskError
 from .scenario import Scenario
 from .status import ACTIVE, FINAL, Status
@@ -73,7 +74,7 @@ class RunQueue:
         `seeds=n` runs the config under n seeds (the task's seed, +1, ... +n-1), so
         re-submitting gives the same seeds; a list gives them explicitly.
         """
-        return self._enqueue(task_name, [dict(conf or {})], seeds=seeds, priority=priority,
+        return self._enqueue(task_name, [{} if conf is None else conf], seeds=seeds, priority=priority,
                              max_attempts=max_attempts, max_runtime=max_runtime)
 
     def submit_grid(self, task_name: str, base_conf: Mapping[str, Any] | None,
@@ -85,11 +86,12 @@ class RunQueue:
         for path, values in grid.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
                 raise ConfigError(path, f"grid values must be a non-empty list, got {values!r}")
+        base = validate_config({} if base_conf is None else base_conf)  # before copying it
         confs = []
         for combo in itertools.product(*grid.values()):
-            conf = copy.deepcopy(dict(base_conf or {}))
+            conf = copy.deepcopy(base)
             for path, value in zip(grid, combo):
-                set_dotted(conf, path, copy.deepcopy(value))
+                set_dotted(conf, path, json_like(value, path))  # a checked copy, any depth
             confs.append(conf)
         return self._enqueue(task_name, confs, **kwargs)
 
@@ -117,7 +119,9 @@ class RunQueue:
         docs = []
         now, host = now_ts(), socket.gethostname()
         for conf in confs:
-            conf = json_like(conf, "")
+            # storable (keys, nesting, size, a dict at all), then valid for the Scenario;
+            # every config is checked before any is queued
+            conf = validate_config(conf)
             if scenario_cls is not None:
                 scenario_cls.complete_run_config(conf)  # raises ConfigError naming the path
             for seed in seed_list:

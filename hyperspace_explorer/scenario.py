@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from .configurable import Configurable, complete, json_like
+from .configurable import Configurable, complete, validate_config
 from .errors import ConfigError, MetricError
 
 
@@ -32,14 +32,18 @@ class Scenario(Configurable):
 
     @classmethod
     def complete_run_config(cls, conf: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Validate a run config and fill every default from `config_class`."""
-        conf = dict(conf or {})
+        """Validate a run config and fill every default from `config_class`.
+
+        First `validate_config` (a dict MongoDB and Sacred can store: keys, nesting,
+        size), then the checks of `config_class`; the completed config is checked for
+        storability too (defaults can make it larger). None means {}."""
+        conf = validate_config({} if conf is None else conf)
         if "seed" in conf:
             raise ConfigError("seed", "'seed' is set per run (submit(..., seeds=...)), "
                                       "not inside the config")
         if cls.config_class is None:
-            return json_like(conf, "")  # any JSON-like dict; errors name the user's key
-        return complete(cls.config_class, conf)
+            return conf  # any storable dict; errors name the user's key
+        return validate_config(complete(cls.config_class, conf))
 
     def single_run(self, params: dict[str, Any]) -> float | dict[str, float]:
         """Build data and model from `params`, train, evaluate; return the metric(s)."""

@@ -165,3 +165,100 @@ def test_malformed_mongo_uri_is_a_clear_error():
     with pytest.raises(StoreError, match="invalid MongoDB URI") as err:
         connect("http://user:pw-secret@localhost", "db")
     assert "pw-secret" not in str(err.value)
+
+
+# ------------------------------------------------------------------ configs nothing could store
+def nested(levels: int) -> dict:
+    """`levels` dicts deep (the run config is level 1), built without recursion."""
+    conf: dict = {}
+    node = conf
+    for _ in range(levels - 1):
+        node["a"] = {}
+        node = node["a"]
+    return conf
+
+
+DEEP = "config.options" + ".a" * 31 + ": nested deeper than 32 levels of dicts/lists, the limit"
+UNSTORABLE = [
+    pytest.param(conf(options=nested(200)), DEEP, id="200-levels"),
+    pytest.param(conf(options=nested(10_000)), DEEP, id="10000-levels"),
+    pytest.param(conf(options={"data": "y" * (15 << 20)}),
+                 "config: too large to store: 15.0 MiB (15,728,", id="15MB"),
+    pytest.param(conf(options={"lr.decay": 0.5}), "config.options['lr.decay']: key 'lr.decay' "
+                 "contains '.', which MongoDB field names cannot contain", id="dot-key"),
+    pytest.param(conf(options={"deep": [{"$where": 1}]}), "config.options.deep[0]['$where']: "
+                 "key '$where' starts with '$'", id="dollar-key"),
+    pytest.param(conf(options={"": 1}), "config.options['']: empty key ''", id="empty-key"),
+]
+
+
+def queued(raw) -> int:
+    return raw["hse_queue"].count_documents({})
+
+
+@pytest.mark.parametrize("bad, message", UNSTORABLE)
+def test_unstorable_config_is_refused_at_submit_and_nothing_is_queued(q, raw, bad, message):
+    (good,) = q.submit("toy", conf())
+    before = everything(q)
+    with pytest.raises(ConfigError) as err:
+        q.submit("toy", bad, seeds=2)
+    assert str(err.value).startswith(message)
+    if "too large" in message:
+        assert "over the limit of 1 MiB (1,048,576 bytes) per run config" in str(err.value)
+        assert "largest part: config.options" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # one bad config among good ones: none queued
+        q.submit_grid("toy", bad, {"epochs": [1, 2, 3]})
+    assert str(err.value).startswith(message)
+    assert queued(raw) == 1 and everything(q) == before
+    assert q.get(good)["status"] == "QUEUED"
+
+
+def test_one_unstorable_grid_value_queues_nothing(q, raw):
+    with pytest.raises(ConfigError) as err:
+        q.submit_grid("toy", conf(), {"options": [{"ok": 1}, {"a.b": 1}], "epochs": [1, 2]})
+    assert str(err.value).startswith("config.options['a.b']: key 'a.b' contains '.'")
+    with pytest.raises(ConfigError, match="nested deeper than 32 levels"):
+        q.submit_grid("toy", conf(), {"options": [{"ok": 1}, nested(10_000)]})
+    assert queued(raw) == 0
+
+
+@pytest.mark.parametrize("whole", [[{"model": {"className": "Linear"}}], "Linear", 3])
+def test_a_whole_config_that_is_not_a_dict_is_refused_naming_config(q, raw, whole):
+    shown = {list: "list [{'model': {'className': 'Linear'}}]", str: "str 'Linear'", int: "int 3"}[type(whole)]
+    for submit in (lambda: q.submit("toy", whole), lambda: q.submit("noop", whole),
+                   lambda: q.submit_grid("toy", whole, {"epochs": [1, 2]})):
+        with pytest.raises(ConfigError) as err:
+            submit()
+        assert str(err.value) == f"config: a run config must be a dict of parameters, got {shown}"
+    assert queued(raw) == 0
+
+
+def test_none_like_string_for_an_optional_field_names_none(q, raw):
+    with pytest.raises(ConfigError) as err:
+        q.submit("toy", {"model": {"className": "Forest", "depth": "none"}})
+    assert str(err.value) == ("config.model.depth: wrong type: expected int or None, got str "
+                              "'none' (use null in JSON, None in Python)")
+    assert queued(raw) == 0
+    (ok,) = q.submit("toy", {"model": {"className": "Forest", "depth": None}})
+    assert raw["hse_queue"].find_one({"_id": ok})["config"]["model"]["depth"] is None
+
+
+def test_unstorable_config_in_a_stored_document_fails_as_invalid_on_the_worker(
+        queue, mongo_uri, db_name):
+    """Documents written by other clients skip submit: the worker refuses them the same way."""
+    (good,) = queue.submit("toy", conf())
+    template = {k: v for k, v in queue.get(good).items() if k not in ("_id", "order")}
+    bad_configs = {"list": [1, 2], "deep": conf(options=nested(40)),
+                   "dollar": conf(options={"$x": 1})}
+    ids = {name: queue.store.enqueue([{**template, "config": config}])[0]
+           for name, config in bad_configs.items()}
+    run_all(queue, mongo_uri, db_name)
+    errors = {}
+    for name, run_id in ids.items():
+        doc = queue.get(run_id)
+        assert (doc["status"], doc["reason"]) == ("FAILED", "invalid")
+        errors[name] = doc["error"]
+    assert errors["list"] == "config: a run config must be a dict of parameters, got list [1, 2]"
+    assert errors["deep"].startswith(DEEP)
+    assert errors["dollar"].startswith("config.options['$x']: key '$x' starts with '$'")
+    assert queue.get(good)["status"] == "COMPLETED"

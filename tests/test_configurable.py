@@ -12,9 +12,11 @@ from typing import Optional
 
 import pytest
 
+import hyperspace_explorer.configurable as configurable
 from hyperspace_explorer import Configurable, Scenario
-from hyperspace_explorer.configurable import (complete, flatten, registered_classes,
-                                              resolve_class, set_dotted)
+from hyperspace_explorer.configurable import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, complete,
+                                              flatten, json_like, registered_classes,
+                                              resolve_class, set_dotted, validate_config)
 from hyperspace_explorer.errors import ConfigError, HSEError
 from hyperspace_explorer.study import load_scenarios
 
@@ -358,3 +360,163 @@ def test_non_finite_float_is_refused(value):
     """NaN never equals itself: runs with it could not be grouped over seeds."""
     with pytest.raises(ConfigError, match="config.model.lr: must be a finite number"):
         ToyScenario.complete_run_config({"model": {"className": "Linear", "lr": value}})
+
+
+# ------------------------------------------------------------------ storable configs
+def nested(levels: int, key: str = "a") -> dict:
+    """A config `levels` dicts deep (the config itself is level 1), built without recursion."""
+    conf: dict = {}
+    node = conf
+    for _ in range(levels - 1):
+        node[key] = {}
+        node = node[key]
+    return conf
+
+
+def test_limits_are_the_documented_ones():
+    assert MAX_CONFIG_DEPTH == 32 and MAX_CONFIG_BYTES == 1 << 20
+    assert "validate_config" in configurable.__all__
+    assert not hasattr(configurable, "is_finite_number")  # unused: removed
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_deeper_is_refused_with_path_and_limit():
+    assert validate_config(nested(MAX_CONFIG_DEPTH)) == nested(MAX_CONFIG_DEPTH)
+    err = error_of(validate_config, nested(MAX_CONFIG_DEPTH + 1))
+    assert err.path == ".".join(["a"] * MAX_CONFIG_DEPTH)
+    assert str(err) == (f"config.{err.path}: nested deeper than 32 levels of dicts/lists, the "
+                        f"limit for a config (MongoDB and Sacred cannot store much deeper "
+                        f"ones); flatten it")
+    # lists count as levels too, and the path says where
+    deep_list: object = 1
+    for _ in range(MAX_CONFIG_DEPTH):  # the config dict and 32 lists: 33 levels
+        deep_list = [deep_list]
+    err = error_of(validate_config, {"x": deep_list})
+    assert err.path == "x" + "[0]" * 31 and "deeper than 32 levels" in str(err)
+
+
+@pytest.mark.parametrize("levels", [200, 10_000])
+def test_any_depth_gets_a_config_error_never_recursion_error(levels):
+    for check in (validate_config, ToyScenario.complete_run_config,
+                  NoopScenario.complete_run_config):
+        err = error_of(check, {"model": {"className": "Linear"}, "options": nested(levels)})
+        assert err.path == "options" + ".a" * (MAX_CONFIG_DEPTH - 1)
+        assert "nested deeper than 32 levels" in str(err)
+    loop: dict = {}
+    loop["self"] = loop  # a cycle is infinitely deep
+    assert "nested deeper than 32 levels" in str(error_of(validate_config, loop))
+
+
+def test_a_config_over_one_mebibyte_is_refused_naming_size_limit_and_largest_part():
+    small = {"model": {"className": "Linear"}, "notes": "x" * 1000}
+    assert validate_config(small) == small
+    big = {"model": {"className": "Linear"}, "notes": "x", "data": "y" * (15 << 20)}
+    for check in (validate_config, ToyScenario.complete_run_config,
+                  NoopScenario.complete_run_config):
+        err = error_of(check, big)
+        assert err.path == ""
+        assert str(err).startswith("config: too large to store: 15.0 MiB (15,728,")
+        assert "over the limit of 1 MiB (1,048,576 bytes) per run config" in str(err)
+        assert "(largest part: config.data, 15.0 MiB)" in str(err)
+    # just over the limit counts the BSON bytes, not the characters of one value
+    err = error_of(validate_config, {"data": [0.5] * (MAX_CONFIG_BYTES // 8)})
+    assert "too large to store" in str(err)
+
+
+@pytest.mark.parametrize("conf, path, problem", [
+    ({"options": {"a.b": 1}}, "options['a.b']", "key 'a.b' contains '.', which MongoDB field "
+                                                 "names cannot contain"),
+    ({"a.b": 1}, "['a.b']", "key 'a.b' contains '.'"),
+    ({"options": {"$set": 1}}, "options['$set']", "key '$set' starts with '$', which MongoDB "
+                                                   "field names cannot"),
+    ({"options": {"": 1}}, "options['']", "empty key '': config keys must be non-empty"),
+    ({"grid": [{"ok": {"": 1}}]}, "grid[0].ok['']", "empty key"),
+    ({"options": {"a=b": 1}}, "options['a=b']", "contains '=', which Sacred refuses"),
+    ({"options": {"py/object": 1}}, "options['py/object']", "reserved for jsonpickle tags"),
+    ({"options": {"a\0b": 1}}, "options['a\\x00b']", "contains a NUL character"),
+    ({"options": {3: 1}}, "options", "keys must be strings, got int 3"),
+    ({"options": {"big": 2 ** 64}}, "options.big", "does not fit in 64 bits"),
+    ({"options": {"text": "\ud800"}}, "options.text", "text is not valid Unicode"),
+    ({"options": {"f": len}}, "options.f", "values must be JSON-like"),
+])
+def test_keys_and_values_mongodb_or_sacred_cannot_store_are_refused_with_the_full_path(
+        conf, path, problem):
+    full = {"model": {"className": "Linear"}, **conf}
+    for check in (validate_config, ToyScenario.complete_run_config,
+                  NoopScenario.complete_run_config):
+        err = error_of(check, full)
+        assert err.path == path and problem in str(err)
+        where = f"config{path}" if path.startswith("[") else f"config.{path}"
+        assert str(err).startswith(f"{where}: ")
+
+
+def test_validate_config_returns_a_plain_copy():
+    import numpy as np
+
+    given = {"a": (1, 2), "b": np.float32(0.5), "c": {"d": np.int64(3)}, "e": None}
+    plain = validate_config(given)
+    assert plain == {"a": [1, 2], "b": 0.5, "c": {"d": 3}, "e": None}
+    assert type(plain["b"]) is float and type(plain["c"]["d"]) is int
+    assert list(validate_config({"z": 1, "a": 2, "m": 3})) == ["z", "a", "m"]  # order kept
+    plain["c"]["d"] = 4
+    assert given["c"]["d"] == 3
+    err = error_of(validate_config, {"w": np.array([1.0, 2.0])})
+    assert err.path == "w" and "convert arrays with .tolist()" in str(err)
+    assert json_like([1, {"x": (2,)}], "p") == [1, {"x": [2]}]
+
+
+@pytest.mark.parametrize("whole, shown", [([1, 2], "list [1, 2]"), ("Linear", "str 'Linear'"),
+                                          (3, "int 3"), ([], "list []")])
+def test_a_whole_config_that_is_not_a_dict_says_config(whole, shown):
+    for check in (validate_config, ToyScenario.complete_run_config,
+                  NoopScenario.complete_run_config):
+        err = error_of(check, whole)
+        assert err.path == ""
+        assert str(err) == f"config: a run config must be a dict of parameters, got {shown}"
+    assert NoopScenario.complete_run_config(None) == {}  # None still means "no parameters"
+
+
+def test_optional_type_errors_name_every_alternative_including_none():
+    err = error_of(ToyScenario.complete_run_config,
+                   {"model": {"className": "Forest", "depth": "none"}})
+    assert err.path == "model.depth"
+    assert str(err) == ("config.model.depth: wrong type: expected int or None, got str 'none' "
+                        "(use null in JSON, None in Python)")
+    err = error_of(ToyScenario.complete_run_config,
+                   {"model": {"className": "Forest", "depth": 2.5}})
+    assert str(err) == "config.model.depth: wrong type: expected int or None, got float 2.5"
+    assert ToyScenario.complete_run_config(
+        {"model": {"className": "Forest", "depth": None}})["model"]["depth"] is None
+    base = {"className": "CfgPipeline", "model": {"className": "Linear"}}
+    err = error_of(CfgPipeline.complete_config, {**base, "extra": "null"})
+    assert err.path == "extra"
+    assert str(err) == ("config.extra: wrong type: expected a CfgOptimizer (dict with "
+                        "'className') or None, got str 'null' (use null in JSON, None in Python)")
+    # a value of the right shape for one alternative keeps that alternative's precise error
+    err = error_of(CfgPipeline.complete_config, {**base, "extra": {"className": "CfgSGD",
+                                                                   "lrr": 1}})
+    assert err.path == "extra.lrr" and "did you mean 'lr'?" in str(err)
+    err = error_of(CfgPipeline.complete_config, {**base, "extra": {"className": "CfgSGDD"}})
+    assert err.path == "extra.className" and "did you mean 'CfgSGD'?" in str(err)
+
+
+def test_a_none_default_makes_none_an_accepted_alternative():
+    err = error_of(CfgPlain.complete_config, {"className": "CfgPlain", "size": 1,
+                                              "optimizer": "None"})
+    assert err.path == "optimizer"
+    assert "expected a CfgOptimizer (dict with 'className') or None, got str 'None'" in str(err)
+    assert "(use null in JSON, None in Python)" in str(err)
+
+
+@dataclass
+class CfgUnresolved(Configurable):
+    size: int = 1
+    weights: NoSuchTensorType = None  # noqa: F821 - the point: it cannot be resolved
+
+
+def test_an_unresolvable_annotation_is_a_clear_error_not_unvalidated_configs():
+    with pytest.raises(HSEError) as info:
+        CfgUnresolved.complete_config({"className": "CfgUnresolved", "size": "three"})
+    message = str(info.value)
+    assert ".CfgUnresolved: cannot resolve the annotation of 'weights' ('NoSuchTensorType')" \
+        in message
+    assert "NameError" in message and "annotate the field as typing.Any" in message
