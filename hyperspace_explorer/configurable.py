@@ -183,8 +183,8 @@ def _unresolvable_annotation(cls: type) -> tuple[str | None, Any]:
         init = cls.__init__
         owners = [(init, getattr(init, "__annotations__", {}),
                    getattr(init, "__globals__", {}), None)]
-    for owner, annotations, globalns, localns in owners:
-        for name, annotation in annotations.items():
+    for owner, owned, globalns, localns in owners:
+        for name, annotation in owned.items():
             # one annotation at a time, resolved the way get_type_hints resolves `owner`'s
             probe: Any = type("_Probe", (), {"__annotations__": {name: annotation}}) \
                 if isinstance(owner, type) else _FunctionProbe(name, annotation)

@@ -258,7 +258,8 @@ def test_unstorable_config_in_a_stored_document_fails_as_invalid_on_the_worker(
         doc = queue.get(run_id)
         assert (doc["status"], doc["reason"]) == ("FAILED", "invalid")
         errors[name] = doc["error"]
-    assert errors["list"] == "config: a run config must be a dict of parameters, got list [1, 2]"
+    assert errors["list"] == ("malformed queue document: field 'config' must be an object "
+                              "(the run config), got list [1, 2]")
     assert errors["deep"].startswith(DEEP)
     assert errors["dollar"].startswith("config.options['$x']: key '$x' starts with '$'")
     assert queue.get(good)["status"] == "COMPLETED"
