@@ -57,8 +57,8 @@ class RunQueue:
         self.study = study or db_name
         self.study_dir = Path(study_dir) if study_dir is not None else None
         self._warned = False
-        #: Run ids of the existing runs that the last submit skipped as duplicates (one
-        #: per skipped run: the run it duplicates); empty after `force=True`.
+        #: Run ids of the existing runs that the last successful submit skipped as
+        #: duplicates (one per skipped run: the run it duplicates); empty after force=True.
         self.last_skipped: list[str] = []
 
     def close(self) -> None:
