@@ -7,51 +7,81 @@ tree had changes), `attempt`, `error`. The analysis functions (`analysis.py`) ta
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .configurable import flatten, registered_classes, resolve_class
-from .errors import HSEError
+from .errors import HSEError, StudyError
 from .scenario import Scenario
-from .storage import RunFilter, Storage
+from .storage import RunFilter, Storage, queue_document_problem
+from .study import find_study, study_candidates
 
 _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
 
-def results_frame(store: Storage, runs: RunFilter):
+def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | None = None,
+                  tasks_dir: str | Path | None = None):
     """Build the results DataFrame (see the module docstring) of the runs `runs` selects.
 
-    When the Study's code is imported, stored configs are completed with today's
-    defaults, so runs from before a parameter existed show its default, not NaN.
+    Stored configs are completed with today's defaults, so runs from before a parameter
+    existed show its default, not NaN. The Study's code for that is imported when a
+    run needs it (`study.find_study`: `study_dir`, else the tasks directory's parent,
+    then the current directory). Where it cannot be, one warning says so: those
+    configs are shown as stored, and identical configs stored by different code
+    versions may then appear as different rows.
+
+    A document whose `config` or `task_spec` is not an object (written by hand or by
+    another client) is left out: its config cannot be read or completed, and a row
+    without one would stand as a config of its own in summaries and rankings. One
+    warning names those runs and their problem (`storage.queue_document_problem`);
+    `RunQueue.get(run_id)` shows them as stored.
     """
     import pandas as pd
 
-    rows = []
-    completers: dict[str, Any] = {}
+    completers = _Completers(study_dir, tasks_dir)
+    rows, malformed = [], []
     for doc in store.find_runs(runs):
-        rows.append(_row(doc, completers))
+        if _unreadable(doc):
+            malformed.append(f"{doc['_id']} ({queue_document_problem(doc)})")
+        else:
+            rows.append(_row(doc, completers))
+    for message in (completers.warning(), _malformed_warning(malformed)):
+        if message:
+            warnings.warn(message, stacklevel=2)
     if not rows:
         return pd.DataFrame(columns=_FIXED)
     frame = pd.DataFrame.from_records(rows)
     for col in ("queued_at", "start_time", "stop_time"):
-        frame[col] = pd.to_datetime(pd.to_numeric(frame[col]), unit="s", utc=True)
+        frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s",
+                                    utc=True)
     fixed = [c for c in _FIXED if c in frame.columns]
     config_cols = sorted(c for c in frame.columns if c.startswith("config."))
     metric_cols = sorted(c for c in frame.columns if c.startswith("metrics."))
     return frame[fixed + config_cols + metric_cols].reset_index(drop=True)
 
 
-def _row(doc: dict[str, Any], completers: dict[str, Any]) -> dict[str, Any]:
+def _unreadable(doc: dict[str, Any]) -> bool:
+    """Whether a document's config cannot be read (so neither shown nor completed)."""
+    config = doc.get("config")
+    return not isinstance(doc.get("task_spec"), dict) or not (config is None
+                                                              or isinstance(config, dict))
+
+
+def _row(doc: dict[str, Any], completers: "_Completers") -> dict[str, Any]:
     config = doc.get("config") or {}
-    scenario = (doc.get("task_spec") or {}).get("scenario", {}).get("className")
-    complete = _completer(scenario, completers)
+    scenario = doc["task_spec"].get("scenario")
+    class_name = scenario.get("className") if isinstance(scenario, dict) else None
+    complete = completers(class_name) if isinstance(class_name, str) else None
     if complete is not None:
         try:
             config = complete(config)
         except HSEError:
             pass  # a config the current code rejects is shown as stored
-    version = doc.get("code_version") or {}
+    version = doc.get("code_version")
+    version = version if isinstance(version, dict) else {}
     commit = version.get("commit")
     row = {
         "run_id": doc["_id"], "sacred_id": doc.get("sacred_id"), "task": doc.get("task"),
@@ -62,30 +92,78 @@ def _row(doc: dict[str, Any], completers: dict[str, Any]) -> dict[str, Any]:
         "code_version": f"{commit}{'+dirty' if version.get('dirty') else ''}" if commit else None,
     }
     row.update({f"config.{k}": v for k, v in flatten(config).items()})
-    row.update({f"metrics.{k}": v for k, v in (doc.get("metrics") or {}).items()})
+    metrics = doc.get("metrics")
+    if isinstance(metrics, dict):
+        row.update({f"metrics.{k}": v for k, v in metrics.items()})
     return row
 
 
-def _completer(class_name: str | None, cache: dict[str, Any]):
-    if class_name is None:
+class _Completers:
+    """Each Scenario's `complete_run_config` by class name. The Study's code is imported
+    (once) when a run names a class not registered yet; what stays unknown is noted."""
+
+    def __init__(self, study_dir: str | Path | None, tasks_dir: str | Path | None):
+        self.study_dir, self.tasks_dir = study_dir, tasks_dir
+        self.cache: dict[str, Any] = {}
+        self.tried = False
+        self.import_problem: str | None = None
+        self.missing: dict[str, int] = {}  # class name -> runs shown as stored
+
+    def __call__(self, class_name: str):
+        if class_name not in self.cache:
+            if class_name not in registered_classes(Scenario) and not self.tried:
+                self.tried = True
+                self.import_problem = self._import_study()
+            self.cache[class_name] = (resolve_class(Scenario, class_name).complete_run_config
+                                      if class_name in registered_classes(Scenario) else None)
+        if self.cache[class_name] is None:
+            self.missing[class_name] = self.missing.get(class_name, 0) + 1
+        return self.cache[class_name]
+
+    def _import_study(self) -> str | None:
+        try:
+            if find_study(self.study_dir, self.tasks_dir) is None:
+                where = study_candidates(self.study_dir, self.tasks_dir)
+                return f"no scenarios.py in {', '.join(str(p.resolve()) for p in where)}"
+        except StudyError as exc:
+            lines = str(exc).strip().splitlines() or ["cannot import the Study"]
+            return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1].strip()}"
         return None
-    if class_name not in cache:
-        cache[class_name] = (resolve_class(Scenario, class_name).complete_run_config
-                             if class_name in registered_classes(Scenario) else None)
-    return cache[class_name]
+
+    def warning(self) -> str | None:
+        if not self.missing:
+            return None
+        names = ", ".join(sorted(self.missing))
+        why = self.import_problem or f"its scenarios module does not define {names}"
+        return (f"the Study's code is not importable here ({why}): {sum(self.missing.values())} "
+                f"run(s) of Scenario {names} show their configs as stored, without today's "
+                f"defaults, so identical configs run by different code versions may appear "
+                f"as different rows; pass study_dir= (hse: --study-dir) to point at the Study")
+
+
+def _malformed_warning(runs: list[str]) -> str | None:
+    if not runs:
+        return None
+    shown = "; ".join(runs[:10]) + (f"; and {len(runs) - 10} more" if len(runs) > 10 else "")
+    return (f"{len(runs)} run(s) left out of the results: their document cannot be read "
+            f"as a run: {shown}")
 
 
 def load_results(mongo_uri: str | None, db_name: str, task: str | None = None, *,
                  study: str | None = None, status: str | Sequence[str] | None = None,
-                 config: Mapping[str, Any] | None = None):
-    """Standalone form of `RunQueue.results`, without a tasks directory."""
+                 config: Mapping[str, Any] | None = None,
+                 study_dir: str | Path | None = None):
+    """Standalone form of `RunQueue.results`, without a tasks directory. The Study's
+    code (to complete old configs) is looked for in `study_dir`, else the current
+    directory."""
     from .server import resolve_uri
     from .storage import connect
 
     store = connect(resolve_uri(mongo_uri), db_name)
     try:
         return results_frame(store, RunFilter(study=study or db_name, task=task,
-                                              status=status, config=config or {}))
+                                              status=status, config=config or {}),
+                             study_dir=study_dir)
     finally:
         store.close()
 

@@ -57,6 +57,25 @@ def study_root(module: ModuleType) -> Path:
     return path.parent.parent if path.name == "__init__.py" else path.parent
 
 
+def study_candidates(study_dir: str | Path | None = None,
+                     tasks_dir: str | Path | None = None) -> list[Path]:
+    """Where a notebook or command looks for the Study: `study_dir` when given, else the
+    tasks directory's parent, then the current directory."""
+    if study_dir is not None:
+        return [Path(study_dir)]
+    return ([Path(tasks_dir).resolve().parent] if tasks_dir is not None else []) + [Path.cwd()]
+
+
+def find_study(study_dir: str | Path | None = None,
+               tasks_dir: str | Path | None = None) -> ModuleType | None:
+    """Import the scenarios module of the first of `study_candidates` that has one;
+    None when none has (StudyError when it fails to import)."""
+    for candidate in study_candidates(study_dir, tasks_dir):
+        if scenarios_file(candidate) is not None:
+            return load_scenarios(candidate)
+    return None
+
+
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "env"}
 
 

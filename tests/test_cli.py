@@ -305,7 +305,7 @@ def test_results_rank_configs_over_seeds(hse, executed):
 
 def test_cancel_queued_runs_by_id_task_or_all(hse, store, executed):
     first, second, third = submit(hse, "toy", "--set", "model.className=Linear",
-                                  "--seeds", "3")
+                                  "--set", "epochs=2", "--seeds", "3")  # not run yet
     result = hse("cancel", first, executed["ok"][0])
     assert result.code == 0
     assert f"run {executed['ok'][0]} already ended (COMPLETED)" in result.out

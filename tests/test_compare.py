@@ -11,6 +11,8 @@ import io
 import json
 import math
 import socket
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,98 @@ def test_stored_config_missing_a_defaulted_parameter_shows_the_default(grid: Gri
     assert row["config.noise"] == 0.0  # RunConfig.noise's default
     assert row["config.epochs"] == old["config"]["epochs"]
     assert not frame.filter(like="config.").isna().any(axis=None)
+
+
+_FRESH_PROCESS = """
+import json, sys, warnings
+from hyperspace_explorer.queue import RunQueue
+from hyperspace_explorer.results import load_results
+uri, db, tasks, study_dir, empty = sys.argv[1:]
+assert "scenarios" not in sys.modules
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if empty != "-":  # a Study directory without scenarios.py: configs as stored
+        frame = load_results(uri, db, "toy", study_dir=empty)
+        out["bare"] = {"noise": frame["config.noise"].tolist(),
+                       "warnings": [str(w.message) for w in caught]}
+        caught.clear()
+    if tasks != "-":  # no study_dir: the tasks directory's parent holds the Study
+        with RunQueue(uri, db, tasks) as q:
+            frame, summary = q.results("toy"), q.summary("toy")
+    else:
+        frame = load_results(uri, db, "toy", study_dir=study_dir)
+        summary = None
+    out["study"] = {"noise": frame["config.noise"].tolist(),
+                    "n": None if summary is None else summary["n"].tolist(),
+                    "warnings": [str(w.message) for w in caught]}
+print(json.dumps(out))
+"""
+
+
+def _fresh_process(*args) -> dict:
+    """Run `_FRESH_PROCESS` in a new interpreter: one that never imported the Study."""
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _old_and_new(grid: Grid, db_name: str) -> None:
+    """Two runs of one config in `db_name`: one stored before `noise` existed, one
+    stored by today's code with noise's default spelled out."""
+    old, new = (dict(grid.queue.get(i)) for i in grid.ids[:2])  # epochs=1, seeds 100, 101
+    del old["config"]["noise"], old["config_given"]["noise"]
+    new["config"]["noise"] = new["config_given"]["noise"] = 0.0
+    with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as queue:
+        raw_db(queue.store).hse_done.insert_many([{**old, "study": db_name},
+                                                  {**new, "study": db_name}])
+
+
+def test_old_configs_read_with_todays_defaults_without_importing_the_study(grid: Grid,
+                                                                         db_name, tmp_path):
+    _old_and_new(grid, db_name)
+    out = _fresh_process(grid.uri, db_name, TASKS, "-", tmp_path)
+    # not importable: said once, naming where it looked, and the two rows differ
+    (warning,) = out["bare"]["warnings"]
+    assert f"no scenarios.py in {tmp_path.resolve()}" in warning
+    assert "2 run(s) of Scenario ToyScenario" in warning and "different rows" in warning
+    assert sorted(out["bare"]["noise"], key=math.isnan)[0] == 0.0
+    assert math.isnan(sorted(out["bare"]["noise"], key=math.isnan)[1])
+    # RunQueue finds the Study next to its tasks directory: one config, two seeds
+    assert out["study"] == {"noise": [0.0, 0.0], "n": [2], "warnings": []}
+    # load_results imports it from study_dir=
+    out = _fresh_process(grid.uri, db_name, "-", STUDY, "-")
+    assert out["study"] == {"noise": [0.0, 0.0], "n": None, "warnings": []}
+
+
+def test_malformed_documents_are_left_out_with_one_warning(grid: Grid, db_name):
+    with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as queue:
+        raw = raw_db(queue.store)
+        good = [{**grid.queue.get(i), "study": db_name} for i in grid.ids]
+        raw.hse_done.insert_many(good)
+        best = max(good, key=lambda d: d["metrics"]["score"])
+        raw.hse_done.insert_many([
+            {**best, "_id": "bad-config", "config": "epochs=5", "metrics": {"score": 9.0}},
+            {**best, "_id": "bad-spec", "task_spec": ["toy"], "metrics": {"score": 9.0}},
+            {**best, "_id": "bad-list", "config": [1, 2], "status": "FAILED"}])
+        with pytest.warns(UserWarning) as caught:
+            frame = queue.results("toy")
+        (warning,) = [str(w.message) for w in caught]
+        assert warning.startswith("3 run(s) left out of the results")
+        assert "bad-config (malformed queue document: field 'config' must be an object " \
+               "(the run config), got str 'epochs=5')" in warning
+        assert "bad-spec (malformed queue document: field 'task_spec'" in warning
+        assert "bad-list (malformed queue document: field 'config'" in warning
+        assert sorted(frame["run_id"]) == sorted(grid.ids)
+        assert (frame["config.noise"] == NOISE).all() and frame["metrics.score"].max() < 1
+        # summary and best over the good runs, as if the malformed ones were not there
+        with pytest.warns(UserWarning, match="3 run\\(s\\) left out"):
+            summary = queue.summary("toy")
+        assert summary["epochs"].tolist() == [3, 1] and summary["n"].tolist() == [SEEDS, SEEDS]
+        assert summary["score_mean"].tolist() == grid.queue.summary("toy")["score_mean"].tolist()
+        with pytest.warns(UserWarning, match="left out"):
+            assert queue.best("toy")["run_id"] == best["_id"]
 
 
 # ------------------------------------------------------------------------ summary
@@ -334,6 +428,7 @@ def test_best_json_is_the_max_score_run_and_its_config_resubmits(hse, grid: Grid
     with RunQueue(grid.uri, db_name, TASKS, study_dir=STUDY) as queue:
         (again,) = queue.submit(best["task"], best["config"], seeds=[best["seed"]])
         queued = queue.get(again)
+        queue.cancel(again)  # else the CLI's resubmit below is skipped as its duplicate
     assert (queued["config"], queued["seed"], queued["status"]) == (
         best["config"], best["seed"], "QUEUED")
 

@@ -1,6 +1,7 @@
 """RunQueue against the session's real server: submitting, watching, cancelling, results."""
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 import helpers
 
-from hyperspace_explorer.errors import ConfigError, HSEError, TaskError
+from hyperspace_explorer.errors import ConfigError, HSEError, RunNotFound, TaskError
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.status import CANCELLED, COMPLETED, QUEUED, RUNNING
 
@@ -40,8 +41,9 @@ def test_submit_stores_one_doc_per_seed(q, raw):
         assert doc["config"] == LINEAR  # as given: defaults are filled by the worker
         assert doc["task_spec"]["scenario"] == {"className": "ToyScenario", "size": 20}
         assert doc["priority"] == 0 and doc["max_attempts"] == 3
-    # re-submitting the same thing gives the same seeds
-    again = q.submit("toy", LINEAR, seeds=3)
+    # re-submitting the same thing gives the same seeds (so it is skipped unless forced)
+    assert q.submit("toy", LINEAR, seeds=3) == [] and sorted(q.last_skipped) == sorted(ids)
+    again = q.submit("toy", LINEAR, seeds=3, force=True)
     assert sorted(q.get(i)["seed"] for i in again) == [100, 101, 102]
 
 
@@ -254,3 +256,175 @@ def test_results_after_a_real_worker(q, tmp_path, mongo_uri, db_name):
     only_ok = q.results(status=[COMPLETED])
     assert len(only_ok) == 3 and set(only_ok["status"]) == {COMPLETED}
     assert len(q.results("noop")) == 0 and "run_id" in q.results("noop").columns
+
+
+# ------------------------------------------------------------------ duplicates
+def test_duplicates_are_skipped_and_reported(q, raw):
+    ids = q.submit("toy", LINEAR, seeds=3)
+    assert q.last_skipped == []
+    # same task, complete config and seed: key order, 1 vs 1.0 and spelled-out
+    # defaults do not make a run new; a new seed does
+    more = q.submit("toy", {"epochs": 3, "model": {"lr": 0.1, "className": "Linear"}}, seeds=4)
+    assert len(more) == 1 and q.get(more[0])["seed"] == 103
+    assert q.last_skipped == ids
+    assert q.submit("toy", {"model": {"className": "Linear", "lr": 1}}) != []
+    assert q.submit("toy", {"model": {"lr": 1.0, "className": "Linear"}}) == []
+    assert len(q.last_skipped) == 1
+    assert q.submit("toy", LINEAR, seeds=[100], priority=5, max_attempts=1) == []
+    # a different task is a different run
+    assert len(q.submit("noop", {})) == 1
+    # duplicates inside one submit: the first is queued, the others point at it
+    grid = q.submit_grid("toy", LINEAR, {"model.lr": [0.5, 0.5, 2]}, seeds=2)
+    assert len(grid) == 4 and q.last_skipped == grid[:2]
+    # force=True queues anyway (and the next submit reports nothing stale)
+    forced = q.submit("toy", LINEAR, seeds=3, force=True)
+    assert len(forced) == 3 and q.last_skipped == []
+    assert raw.hse_queue.count_documents({}) == 3 + 1 + 1 + 1 + 4 + 3
+    # every run carries its fingerprint; forced copies share it
+    fingerprints = {d["_id"]: d["fingerprint"] for d in raw.hse_queue.find({})}
+    assert [fingerprints[i] for i in forced] == [fingerprints[i] for i in ids]
+    assert len(set(fingerprints.values())) == 3 + 1 + 1 + 1 + 4
+
+
+def test_only_queued_running_and_completed_runs_count_as_duplicates(q, raw, tmp_path,
+                                                                    mongo_uri, db_name):
+    done = q.submit("noop", {}, seeds=2)
+    cancelled = q.submit("toy", LINEAR, seeds=2)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    q.cancel(cancelled)
+    assert raw.hse_done.count_documents({"status": COMPLETED}) == 2  # archived by the worker
+    assert q.submit("noop", {}, seeds=3) != [] and q.last_skipped == done
+    again = q.submit("toy", LINEAR, seeds=2)
+    assert len(again) == 2 and q.last_skipped == []  # cancelled runs are not duplicates
+
+
+def test_a_large_grid_is_checked_in_a_few_round_trips(q, raw):
+    from pymongo import monitoring
+
+    class Finds(monitoring.CommandListener):
+        active, count = False, 0
+
+        def started(self, event):
+            if self.active and event.command_name == "find":
+                Finds.count += 1
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    listener = Finds()
+    monitoring.register(listener)  # for clients created from now on
+    with RunQueue(q.store.uri, q.store.db_name, TASKS, study_dir=STUDY) as queue:
+        grid = {"model.lr": [0.001 * i for i in range(1, 301)], "epochs": [1, 2, 3, 4]}
+        assert len(queue.submit_grid("toy", LINEAR, grid)) == 1200
+        listener.active = True
+        assert queue.submit_grid("toy", LINEAR, grid) == []
+        listener.active = False
+    assert len(queue.last_skipped) == 1200
+    # 2 fingerprints per run (as given, complete), 1000 per query, 2 collections
+    assert 0 < Finds.count <= 2 * 3
+    assert raw.hse_queue.count_documents({}) == 1200
+
+
+def test_fingerprints_are_canonical_and_stable():
+    from hyperspace_explorer.queue import run_fingerprint
+
+    base = run_fingerprint("toy", {"model": {"className": "Linear", "lr": 1.0}, "k": [1, 2]}, 3)
+    # pinned: the same in every Python version and on every machine
+    assert base == "d6a315c96137f2c630a77e4de9b14a5e"
+    canonical = '{"config":{"k":[1,2],"model":{"className":"Linear","lr":1}},"seed":3,' \
+                '"task":"toy","v":1}'
+    assert base == hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert run_fingerprint("toy", {"k": (1.0, 2), "model": {"lr": 1, "className": "Linear"}},
+                           3) == base
+    for other in (run_fingerprint("toy2", {"model": {"className": "Linear", "lr": 1.0},
+                                           "k": [1, 2]}, 3),
+                  run_fingerprint("toy", {"model": {"className": "Linear", "lr": 1.0},
+                                          "k": [1, 2]}, 4),
+                  run_fingerprint("toy", {"model": {"className": "Linear", "lr": 1.5},
+                                          "k": [1, 2]}, 3),
+                  run_fingerprint("toy", {"model": {"className": "Linear", "lr": True},
+                                          "k": [1, 2]}, 3),
+                  run_fingerprint("toy", {"model": {"className": "Linear", "lr": 1.0},
+                                          "k": [2, 1]}, 3)):
+        assert other != base
+
+
+# ------------------------------------------------------------------ requeue
+def test_requeue_failed_runs_keeps_their_earlier_attempt(q, raw, tmp_path, mongo_uri, db_name):
+    failing = q.submit("toy", {**LINEAR, "behaviour": "raise"}, seeds=2)
+    (ok,) = q.submit("toy", LINEAR)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    assert raw.hse_done.count_documents({}) == 3 and raw.hse_queue.count_documents({}) == 0
+    first = {i: q.get(i) for i in failing}
+    records = {i: raw.runs.find_one({"_id": first[i]["sacred_id"]}) for i in failing}
+    assert all(r["status"] == "FAILED" for r in records.values())
+
+    assert q.requeue(task="toy") == 2  # FAILED by default, not the COMPLETED one
+    assert q.status("toy") == {**q.status("toy"), QUEUED: 2, COMPLETED: 1, "FAILED": 0}
+    for run_id in failing:
+        doc = raw.hse_queue.find_one({"_id": run_id})
+        assert raw.hse_done.count_documents({"_id": run_id}) == 0
+        assert doc["status"] == QUEUED and doc["attempt"] == 0 and "sacred_id" not in doc
+        assert doc["config"] == {**LINEAR, "behaviour": "raise"}  # as submitted
+        (previous,) = doc["previous_attempts"]
+        old = first[run_id]
+        for key in ("status", "reason", "error", "metrics", "sacred_id", "ended_at",
+                    "attempt", "worker", "host", "started_at", "code_version", "duration"):
+            assert previous.get(key) == old.get(key), key
+        assert previous["status"] == "FAILED" and "boom from user code" in previous["error"]
+        assert raw.runs.find_one({"_id": old["sacred_id"]}) == records[run_id]  # untouched
+    assert q.get(ok)["status"] == COMPLETED and "previous_attempts" not in q.get(ok)
+
+    # they run again: a new Sacred record each, and a second requeue grows the list
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    second = {i: q.get(i) for i in failing}
+    assert all(d["status"] == "FAILED" and d["attempt"] == 1 for d in second.values())
+    assert {d["sacred_id"] for d in second.values()}.isdisjoint(
+        d["sacred_id"] for d in first.values())
+    assert raw.runs.count_documents({}) == 5
+    assert q.requeue(failing[0]) == 1
+    assert [p["sacred_id"] for p in q.get(failing[0])["previous_attempts"]] == [
+        first[failing[0]]["sacred_id"], second[failing[0]]["sacred_id"]]
+    frame = q.results("toy")
+    assert sorted(frame["run_id"]) == sorted(failing + [ok])  # nothing lost or duplicated
+
+
+def test_requeue_completed_runs_only_when_asked(q, raw, tmp_path, mongo_uri, db_name):
+    done = q.submit("noop", {}, seeds=3)
+    cancelled = q.submit("noop", {}, seeds=[50])
+    q.cancel(cancelled)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    assert q.requeue(task="noop") == 1  # the cancelled one: COMPLETED stays
+    assert q.get(cancelled[0])["status"] == QUEUED
+    assert q.get(cancelled[0])["previous_attempts"][0]["status"] == CANCELLED
+    assert q.requeue(task="noop", status="FAILED,TIMEOUT") == 0
+    assert q.requeue(done[0]) == 1  # by id: any finished status
+    assert q.requeue(task="noop", status="COMPLETED") == 2
+    assert q.status("noop")[QUEUED] == 4 and q.status("noop")[COMPLETED] == 0
+    # the cancelled run now really runs, and the requeued ones run again
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=4) == 4
+    assert q.wait(done + cancelled, timeout=10, poll=0.05, progress=False) == {COMPLETED: 4}
+    assert raw.hse_queue.count_documents({}) == 0 and raw.hse_done.count_documents({}) == 4
+
+
+def test_requeue_refuses_active_runs_and_unclear_requests(q, raw):
+    queued = q.submit("toy", LINEAR, seeds=2)
+    finished = q.submit("noop", {})
+    q.cancel(finished)
+    with pytest.raises(HSEError, match="cannot requeue active run") as info:
+        q.requeue(queued + finished)
+    assert queued[0] in str(info.value) and queued[1] in str(info.value)
+    assert finished[0] not in str(info.value)
+    assert q.get(finished[0])["status"] == CANCELLED, "nothing requeued after a refusal"
+    with pytest.raises(HSEError, match="cannot requeue QUEUED runs"):
+        q.requeue(task="toy", status="QUEUED")
+    with pytest.raises(HSEError, match="refusing to requeue every finished run"):
+        q.requeue()
+    with pytest.raises(RunNotFound, match="no run nope"):
+        q.requeue(["nope", finished[0]])
+    assert q.requeue(finished, task="toy") == 0  # every criterion must hold
+    assert q.requeue(finished) == 1
+    assert q.status()[QUEUED] == 3 and raw.hse_queue.count_documents({}) == 3

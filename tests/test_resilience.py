@@ -28,7 +28,7 @@ def workers():
 
 def submit(q, behaviour="ok", duration=0.0, **kwargs):
     conf = {"model": {"className": "Linear"}, "behaviour": behaviour, "duration": duration}
-    return q.submit("toy", conf, **kwargs)[0]
+    return q.submit("toy", conf, **{"force": True, **kwargs})[0]  # identical runs wanted
 
 
 def status_of(q, run_id):

@@ -195,6 +195,146 @@ def test_sweep_leaves_active_runs(store, raw):
     assert sorted(d["_id"] for d in raw.hse_queue.find({})) == sorted(ids)
 
 
+# ------------------------------------------------------------------ requeue of finished runs
+ATTEMPT_STATE = {"token", "lease_until", "heartbeat", "started_at", "ended_at", "worker",
+                 "host", "reason", "error", "metrics", "sacred_id", "cancel_requested",
+                 "config_given", "duration"}
+
+
+def _finish_one(store, status, sacred_id, **fields):
+    """One run of task 't' claimed and finished as a worker does (config completed,
+    the given one kept in config_given)."""
+    (run_id,) = store.enqueue([queued(config={"lr": 1}, seed=0, task_spec={})])
+    doc = store.claim("s", ["t"], "w1", 60, exclude=[])
+    assert doc["_id"] == run_id
+    store.renew_lease(run_id, doc["token"], 60, {"sacred_id": sacred_id})
+    assert store.finish(run_id, doc["token"], status, {
+        "reason": "error" if status == FAILED else None, "error": f"attempt {sacred_id}",
+        "metrics": {"score": float(sacred_id)}, "sacred_id": sacred_id, "host": "h1",
+        "config": {"lr": 1, "epochs": 3}, "config_given": {"lr": 1}, **fields})
+    return run_id
+
+
+def test_requeue_finished_keeps_the_earlier_attempt(store, raw):
+    run_id = _finish_one(store, FAILED, 11, cancel_requested=True)
+    before = raw.hse_queue.find_one({"_id": run_id})
+    assert store.requeue_finished(RunFilter(study="s", status=[FAILED])) == 1
+    doc = raw.hse_queue.find_one({"_id": run_id})
+    assert doc["status"] == QUEUED and doc["attempt"] == 0
+    assert not ATTEMPT_STATE & set(doc), "nothing of the finished attempt leaks into the next"
+    assert doc["config"] == {"lr": 1}, "the config as submitted, completed again by the worker"
+    assert doc["order"] > before["order"] and doc["queued_at"] >= before["ended_at"]
+    (previous,) = doc["previous_attempts"]
+    assert {k: previous[k] for k in ("status", "reason", "error", "metrics", "sacred_id",
+                                     "attempt", "worker", "host", "ended_at", "config")} == {
+        "status": FAILED, "reason": "error", "error": "attempt 11", "metrics": {"score": 11.0},
+        "sacred_id": 11, "attempt": 1, "worker": "w1", "host": "h1",
+        "ended_at": before["ended_at"], "config": {"lr": 1, "epochs": 3}}
+    # a second round: the list grows, the run is claimed with a fresh attempt count
+    again = store.claim("s", ["t"], "w2", 60)
+    assert again["_id"] == run_id and again["attempt"] == 1
+    store.finish(run_id, again["token"], COMPLETED, {"sacred_id": 12, "metrics": {"score": 1.0}})
+    assert store.requeue_finished(RunFilter(study="s", ids=[run_id])) == 1
+    doc = raw.hse_queue.find_one({"_id": run_id})
+    assert [(p["status"], p["sacred_id"]) for p in doc["previous_attempts"]] == [
+        (FAILED, 11), (COMPLETED, 12)]
+    assert store.requeue_finished(RunFilter(study="s")) == 0, "a queued run is not finished"
+
+
+def test_requeue_finished_takes_only_the_asked_statuses_and_never_active_runs(store, raw):
+    failed = _finish_one(store, FAILED, 1)
+    completed = _finish_one(store, COMPLETED, 2)
+    waiting, running = store.enqueue([queued(), queued()])
+    store.claim("s", ["t"], "w", 60, exclude=[waiting])
+    with pytest.raises(StoreError, match="final statuses"):
+        store.requeue_finished(RunFilter(study="s", status=[QUEUED]))
+    assert store.requeue_finished(RunFilter(study="s", status=[FAILED, CANCELLED])) == 1
+    assert store.requeue_finished(RunFilter(study="other")) == 0
+    statuses = {d["_id"]: d["status"] for d in raw.hse_queue.find({})}
+    assert statuses == {failed: QUEUED, completed: COMPLETED, waiting: QUEUED,
+                        running: RUNNING}
+    assert "previous_attempts" not in raw.hse_queue.find_one({"_id": waiting})
+
+
+def test_requeue_finished_moves_archived_runs_back_once(store, raw):
+    ids = [_finish_one(store, FAILED, i) for i in range(3)]
+    kept = _finish_one(store, COMPLETED, 9)
+    assert store.sweep_finished() == 4
+    assert store.requeue_finished(RunFilter(study="s", status=[FAILED])) == 3
+    assert sorted(d["_id"] for d in raw.hse_queue.find({})) == sorted(ids)
+    assert [d["_id"] for d in raw.hse_done.find({})] == [kept]
+    for doc in raw.hse_queue.find({}):
+        assert doc["status"] == QUEUED and doc["previous_attempts"][0]["status"] == FAILED
+    counts = store.count_by_status(RunFilter(study="s"))
+    assert (counts[QUEUED], counts[FAILED], counts[COMPLETED]) == (3, 0, 1)
+    claimed = claim_all(store)
+    assert sorted(d["_id"] for d in claimed) == sorted(ids)
+    assert all(d["attempt"] == 1 for d in claimed)
+
+
+def test_a_requeue_that_crashed_before_deleting_the_archived_copy(store, raw):
+    """Crash-safe order: the requeued run is inserted into the queue, then deleted from
+    the archive. A crash in between leaves it in both: readers see the queued one, a
+    later requeue or sweep removes the stale copy, and no outcome is lost."""
+    run_id = _finish_one(store, FAILED, 5)
+    store.sweep_finished()
+    archived = raw.hse_done.find_one({"_id": run_id})
+    from hyperspace_explorer.storage.base import requeued_document
+    raw.hse_queue.insert_one(requeued_document(archived, 1, time.time()))  # then crash
+    assert store.get_run(run_id)["status"] == QUEUED
+    assert [d["status"] for d in store.find_runs(RunFilter(study="s"))] == [QUEUED]
+    # requeued again (the user retries): nothing requeued twice, the stale copy goes
+    assert store.requeue_finished(RunFilter(study="s", status=[FAILED])) == 0
+    assert raw.hse_done.count_documents({}) == 0
+    assert raw.hse_queue.count_documents({}) == 1
+    # or the requeued run ran and finished again before anyone looked: the sweep keeps
+    # the new outcome, not the stale archived one
+    raw.hse_done.insert_one(archived)
+    doc = store.claim("s", ["t"], "w2", 60)
+    store.finish(run_id, doc["token"], COMPLETED, {"metrics": {"score": 2.0}})
+    assert store.sweep_finished() == 1
+    (done,) = list(raw.hse_done.find({}))
+    assert done["status"] == COMPLETED and done["metrics"] == {"score": 2.0}
+    assert done["previous_attempts"][0]["metrics"] == {"score": 5.0}
+    assert raw.hse_queue.count_documents({}) == 0
+
+
+def test_concurrent_requeues_requeue_each_run_once(mongo_uri, db_name, store, raw):
+    ids = [_finish_one(store, FAILED, i) for i in range(40)]
+    store.sweep_finished()
+    ids += [_finish_one(store, FAILED, 100 + i) for i in range(10)]  # 10 still in the queue
+
+    def requeue(_):
+        s = connect(mongo_uri, db_name)
+        try:
+            return s.requeue_finished(RunFilter(study="s", status=[FAILED]))
+        finally:
+            s.close()
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(requeue, range(4)))
+    assert sum(counts) == 50, counts
+    assert sorted(d["_id"] for d in raw.hse_queue.find({})) == sorted(ids)
+    assert raw.hse_done.count_documents({}) == 0
+    assert all(len(d["previous_attempts"]) == 1 for d in raw.hse_queue.find({}))
+
+
+# ------------------------------------------------------------------ fingerprints
+def test_find_fingerprints_in_batches_over_both_collections(store, raw, monkeypatch):
+    monkeypatch.setattr("hyperspace_explorer.storage.mongo.BATCH", 3)
+    ids = store.enqueue([queued(fingerprint=f"f{i}") for i in range(8)]
+                        + [queued(study="other", fingerprint="f8")])
+    for doc in claim_all(store)[:3]:  # f0, f1, f2 end COMPLETED, FAILED, CANCELLED
+        status = {0: COMPLETED, 1: FAILED, 2: CANCELLED}[int(doc["fingerprint"][1:])]
+        store.finish(doc["_id"], doc["token"], status, {})
+    assert store.requeue_finished(RunFilter(study="s", ids=ids[3:8])) == 0  # active ones
+    assert store.sweep_finished() == 3
+    wanted = [f"f{i}" for i in range(9)] + ["nope"]
+    found = store.find_fingerprints("s", wanted, [QUEUED, RUNNING, COMPLETED])
+    assert found == {"f0": ids[0], **{f"f{i}": ids[i] for i in range(3, 8)}}
+    assert store.find_fingerprints("s", wanted, [FAILED]) == {"f1": ids[1]}
+    assert store.find_fingerprints("s", [], [QUEUED]) == {}
+
+
 # ------------------------------------------------------------------ Sacred ids
 def test_reserve_sacred_ids_gives_consecutive_non_overlapping_ranges(store):
     ranges = [store.reserve_sacred_ids(n) for n in (1, 8, 3, 8, 1, 5)]
@@ -300,6 +440,8 @@ def test_connect_creates_the_claim_indexes(store, mongo_uri, db_name):
         assert ["study", "status", "priority", "order"] in keys("hse_queue")
         assert ["study", "task", "priority", "order"] in keys("hse_ready")
         assert ["lease_until"] in keys("hse_leases")
+        for coll in ("hse_queue", "hse_done"):
+            assert ["study", "fingerprint"] in keys(coll)
 
 
 def test_a_run_swept_during_a_read_is_reported_once(store):

@@ -134,7 +134,7 @@ def test_unusable_metrics_fail_with_a_clear_message(q, tmp_path, mongo_uri, db_n
 def test_timeout_and_cancelling_a_running_run(q, raw, tmp_path, mongo_uri, db_name):
     sleepy = {**LINEAR, "behaviour": "sleep", "duration": 60.0}
     (slow,) = q.submit("toy", sleepy, max_runtime=0.3)
-    (doomed,) = q.submit("toy", sleepy)
+    (doomed,) = q.submit("toy", sleepy, force=True)
     answers: list[dict] = []
 
     def cancel_once_running():
@@ -278,7 +278,7 @@ def test_a_worker_only_takes_runs_of_its_study(mongo_uri, db_name, tmp_path):
 # ------------------------------------------------------------------ seeds
 def test_same_seed_same_draw_different_seed_different_draw(q, tmp_path, mongo_uri, db_name):
     (a,) = q.submit("toy", LINEAR, seeds=[7])
-    (b,) = q.submit("toy", LINEAR, seeds=[7])
+    (b,) = q.submit("toy", LINEAR, seeds=[7], force=True)
     (c,) = q.submit("toy", LINEAR, seeds=[8])
     assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
     draw = {i: q.get(i)["metrics"]["draw"] for i in (a, b, c)}

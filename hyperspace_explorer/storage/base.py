@@ -12,7 +12,10 @@ Queue documents (one per run) carry: `_id` (run id), `study`, `task`, `task_spec
 `priority`, `order` (age tie-breaker), `status`, `attempt`, `max_attempts`,
 `max_runtime`, `queued_at`; while leased `token`, `worker`, `started_at`, `heartbeat`,
 `lease_until`; when finished `ended_at`, `reason`, `error`, `metrics`, `sacred_id`,
-`code_version`, `host`, `duration`. Times are UTC epoch seconds.
+`code_version`, `host`, `duration`. Times are UTC epoch seconds. `fingerprint`
+(set at submit) identifies the task + complete config + seed, to skip duplicates;
+`previous_attempts` (a list, after `requeue_finished`) keeps the outcome of each
+earlier round of attempts (see `attempt_record`).
 """
 from __future__ import annotations
 
@@ -151,6 +154,37 @@ def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: What `attempt_record` keeps of a finished round of attempts when it is requeued.
+ATTEMPT_FIELDS = ("status", "reason", "error", "metrics", "sacred_id", "attempt", "worker",
+                  "host", "queued_at", "started_at", "ended_at", "duration", "code_version",
+                  "config", "log_file")
+#: Fields of a finished attempt that a requeued run must not carry into its next one
+#: (`cancel_requested` would stop it at once, `config_given` restores `config`).
+_ATTEMPT_STATE = ATTEMPT_FIELDS + ("token", "lease_until", "heartbeat", "cancel_requested",
+                                   "last_rejection", "config_given")
+
+
+def attempt_record(doc: Mapping[str, Any], requeued_at: float) -> dict[str, Any]:
+    """The outcome of a finished run's last round of attempts, as kept in its
+    `previous_attempts` list when it is requeued (its Sacred record stays as it is)."""
+    record = {key: doc[key] for key in ATTEMPT_FIELDS if key in doc}
+    record["requeued_at"] = requeued_at
+    return record
+
+
+def requeued_document(doc: Mapping[str, Any], order: int, now: float) -> dict[str, Any]:
+    """A finished run document put back in the queue: QUEUED with a fresh attempt count
+    and the config as submitted, its earlier outcome appended to `previous_attempts`."""
+    out = {key: value for key, value in doc.items() if key not in _ATTEMPT_STATE}
+    given = doc.get("config_given")
+    out["config"] = given if isinstance(given, dict) else doc.get("config")
+    previous = doc.get("previous_attempts")
+    out["previous_attempts"] = [*(previous if isinstance(previous, list) else []),
+                                attempt_record(doc, now)]
+    out.update(status=Status.QUEUED.value, attempt=0, order=order, queued_at=now)
+    return out
+
+
 # ---------------------------------------------------------------------------- interface
 class Storage(abc.ABC):
     """One Study database: its run queue, its workers and its Sacred records.
@@ -254,6 +288,20 @@ class Storage(abc.ABC):
         """Archive up to `limit` finished runs out of the claim path (idempotent and
         crash-safe); how many were moved. By default the runs this process ended,
         found by id; `everything=True` looks for any finished run (a scan)."""
+
+    @abc.abstractmethod
+    def requeue_finished(self, runs: RunFilter) -> int:
+        """Put the matching finished runs (of `runs.status`, default every final
+        status) back in the queue (`requeued_document`), wherever they are (queue or
+        archive: archived runs are inserted in the queue before they are deleted from
+        the archive, so a crash leaves a run at most in both, never in neither, and
+        readers see it once); how many were requeued. Active runs are never touched."""
+
+    @abc.abstractmethod
+    def find_fingerprints(self, study: str, fingerprints: Iterable[str],
+                          statuses: Sequence[Status]) -> dict[str, str]:
+        """{fingerprint: run id} of runs of `study` in one of `statuses` whose
+        `fingerprint` is among `fingerprints` (one run id each), looked up in batches."""
 
     @abc.abstractmethod
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from pymongo import ReturnDocument
 from ..errors import DocumentTooLarge, RunNotFound, StoreError, StoreUnavailable
 from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
 from .base import (RunFilter, Storage, check_db_name, new_run_id, new_token, now_ts, now_utc,
-                   queue_document_problem, redact_uri)
+                   queue_document_problem, redact_uri, requeued_document)
 
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
@@ -52,6 +52,8 @@ _CLAIM_ORDER = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
 RUNS, METRICS = "runs", "metrics"
 #: Seconds a single operation may wait for an answer (HSE_STORE_TIMEOUT overrides).
 DEFAULT_SOCKET_TIMEOUT_S = 60.0
+#: Fingerprints per `$in` lookup, and runs per batch written by `requeue_finished`.
+BATCH = 1000
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("hyperspace_explorer.storage")
@@ -224,6 +226,8 @@ class MongoStorage(Storage):
         self._leases.create_index([("lease_until", 1)], name="expiry")
         self._done.create_index([("study", 1), ("task", 1)], name="by_task")
         self._done.create_index([("sacred_id", 1)], name="by_sacred_id")
+        for coll in (self._queue, self._done):  # duplicate detection at submit
+            coll.create_index([("study", 1), ("fingerprint", 1)], name="by_fingerprint")
         self._runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
         self._runs.create_index([("status", 1)], name="by_status")
 
@@ -479,9 +483,86 @@ class MongoStorage(Storage):
             self._finished.difference_update(ids)
         if not docs:
             return 0
-        _insert_ignoring_duplicates(self._done, docs)  # a crashed sweep copied some: fine
+        try:
+            self._done.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            # Duplicates are docs a crashed sweep had already copied (the same), or the
+            # earlier outcome of a requeued run whose archived copy a crashed requeue
+            # left behind (stale): the queue's copy is the newer one, so it wins.
+            errors = exc.details.get("writeErrors", [])
+            if any(err.get("code") != 11000 for err in errors):
+                raise
+            by_id = {d["_id"]: d for d in docs}
+            for err in errors:
+                run_id = (err.get("op") or {}).get("_id")
+                if run_id in by_id:
+                    self._done.replace_one({"_id": run_id}, by_id[run_id])
         self._queue.delete_many({"_id": {"$in": [d["_id"] for d in docs]}, "status": final})
         return len(docs)
+
+    @_translated
+    def requeue_finished(self, runs: RunFilter) -> int:
+        statuses = runs.status if runs.status is not None else FINAL
+        if any(s not in FINAL for s in statuses):
+            raise StoreError(f"requeue_finished() takes final statuses, got "
+                             f"{', '.join(map(str, statuses))}")
+        query = _match(runs.narrowed(status=statuses))
+        order = time.time_ns()
+        requeued = 0
+        offered: list[dict[str, Any]] = []  # pointers for the ready window (a hint)
+        # In the queue: replaced in place, fenced on the outcome that was read (a run
+        # requeued, run and finished again meanwhile is left alone). The queue is
+        # read first: a run swept to the archive meanwhile is then met there.
+        docs = list(self._queue.find(query))
+        for start in range(0, len(docs), BATCH):
+            ops = []
+            for doc in docs[start:start + BATCH]:
+                fence = {"_id": doc["_id"], "status": doc["status"],
+                         "ended_at": doc.get("ended_at"), "attempt": doc.get("attempt")}
+                fresh = requeued_document(doc, order, now_ts())
+                ops.append(pymongo.ReplaceOne(fence, fresh))
+                offered.append(fresh)
+                order += 1
+            requeued += self._queue.bulk_write(ops, ordered=False).matched_count
+        # In the archive: insert into the queue, then delete from the archive. A run
+        # already in the queue (a concurrent or crashed requeue, a crashed sweep) is
+        # not inserted again, and its archived copy, older or the same, goes.
+        archived = [d["_id"] for d in self._done.find(query, {"_id": 1})]
+        for start in range(0, len(archived), BATCH):
+            batch = list(self._done.find({**query, "_id": {"$in": archived[start:start + BATCH]}}))
+            if not batch:
+                continue
+            new = []
+            for doc in batch:
+                new.append(requeued_document(doc, order, now_ts()))
+                order += 1
+            offered += new
+            try:
+                self._queue.insert_many(new, ordered=False)
+                requeued += len(new)
+            except pymongo.errors.BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(err.get("code") != 11000 for err in errors):
+                    raise
+                requeued += len(new) - len(errors)
+            ids = [d["_id"] for d in batch]
+            in_queue = [d["_id"] for d in self._queue.find({"_id": {"$in": ids}}, {"_id": 1})]
+            self._done.delete_many({"_id": {"$in": in_queue}})
+        self._offer(offered)
+        return requeued
+
+    @_translated
+    def find_fingerprints(self, study: str, fingerprints: Iterable[str],
+                          statuses: Sequence[Status]) -> dict[str, str]:
+        wanted = sorted(set(fingerprints))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), BATCH):
+            query = {"study": study, "fingerprint": {"$in": wanted[start:start + BATCH]},
+                     "status": {"$in": [Status(s).value for s in statuses]}}
+            for coll in (self._queue, self._done):
+                for doc in coll.find(query, {"fingerprint": 1}):
+                    found.setdefault(doc["fingerprint"], doc["_id"])
+        return found
 
     @_translated
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
