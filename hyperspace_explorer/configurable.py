@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import re
 import reprlib
 import sys
 import types
@@ -58,7 +59,7 @@ class Configurable:
     def get_default_values(cls) -> dict[str, Any]:
         """Default value of every field that has one (as config values, not objects)."""
         return {
-            name: spec.default for name, spec in _field_specs(cls).items()
+            name: copy.deepcopy(spec.default) for name, spec in _field_specs(cls).items()
             if spec.default is not _MISSING
         }
 
@@ -127,8 +128,20 @@ class _FieldSpec(typing.NamedTuple):
     default: Any  # a config value (dict for Configurables), or _MISSING
 
 
+_SPECS: dict[type, dict[str, _FieldSpec]] = {}
+
+
 def _field_specs(cls: type) -> dict[str, _FieldSpec]:
-    """Name -> (type, default) for the constructor parameters of `cls`."""
+    """Name -> (type, default) for the constructor parameters of `cls`, worked out once
+    per class (resolving annotations is by far the slowest part of validating a config,
+    and a grid validates thousands). Callers never mutate the defaults they get."""
+    specs = _SPECS.get(cls)
+    if specs is None:
+        specs = _SPECS[cls] = _read_field_specs(cls)
+    return specs
+
+
+def _read_field_specs(cls: type) -> dict[str, _FieldSpec]:
     hints = _type_hints(cls)
     specs: dict[str, _FieldSpec] = {}
     if dataclasses.is_dataclass(cls):
@@ -444,8 +457,13 @@ limit. Data sets and large arrays belong in files (or the Task), named by the co
 _RESERVED_KEY_PREFIXES = ("py/", "json://")  # jsonpickle's tags: Sacred refuses them
 
 
+_SUSPECT_KEY = re.compile(r"\A(?:\$|py/|json://|\Z)|[.=\0]")  # what _key_problem refuses
+
+
 def _key_problem(key: Any) -> str | None:
     """Why `key` cannot be a config key (MongoDB field names, Sacred config keys), or None."""
+    if type(key) is str and not _SUSPECT_KEY.search(key):
+        return None  # the common case, in one regular-expression search
     if not isinstance(key, str):
         return f"keys must be strings, got {type(key).__name__} {_show(key)}"
     if key == "":
@@ -466,6 +484,17 @@ def _key_problem(key: Any) -> str | None:
     return None
 
 
+def _path_text(where: Any) -> str:
+    """The dotted path of a lazily built (parent path, key) pair (see json_like)."""
+    keys = []
+    while not isinstance(where, str):
+        where, key = where
+        keys.append(key)
+    for key in reversed(keys):
+        where = _join(where, key)
+    return where
+
+
 def _key_path(path: str, key: Any) -> str:
     """Path of a key that is itself the problem: quoted, since it may contain '.'."""
     return f"{path}[{key!r}]"
@@ -480,26 +509,29 @@ def json_like(value: Any, path: str = "") -> Any:
     MAX_CONFIG_DEPTH levels (counted from `value`). Iterative: any depth gives a clean
     ConfigError, never RecursionError. Use `validate_config` for a whole run config."""
     root: list[Any] = [None]
-    stack: list[tuple[Any, str, int, Any, Any]] = [(value, path, 1, root, 0)]
+    # (item, its path, depth, container to put its copy in, slot there). A path is a
+    # string, or (parent path, key) turned into a string only for an error message:
+    # building every path of a large grid up front would cost more than the checks.
+    stack: list[tuple[Any, Any, int, Any, Any]] = [(value, path, 1, root, 0)]
     while stack:
         item, where, level, parent, slot = stack.pop()
         if item is None or isinstance(item, (bool, float)):
             parent[slot] = item
         elif isinstance(item, int):
             if not -(1 << 63) <= item < (1 << 63):
-                raise ConfigError(where, f"integer {_show(item)} does not fit in 64 bits "
+                raise ConfigError(_path_text(where), f"integer {_show(item)} does not fit in 64 bits "
                                          f"(the largest MongoDB stores); use a float or a string")
             parent[slot] = item
         elif isinstance(item, str):
             try:
-                item.encode("utf-8")
+                item.isascii() or item.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise ConfigError(where, f"text is not valid Unicode ({exc.reason} at "
+                raise ConfigError(_path_text(where), f"text is not valid Unicode ({exc.reason} at "
                                          f"character {exc.start})") from None
             parent[slot] = item
         elif isinstance(item, (Mapping, list, tuple)):
             if level > MAX_CONFIG_DEPTH:
-                raise ConfigError(where, f"nested deeper than {MAX_CONFIG_DEPTH} levels of "
+                raise ConfigError(_path_text(where), f"nested deeper than {MAX_CONFIG_DEPTH} levels of "
                                          f"dicts/lists, the limit for a config (MongoDB and "
                                          f"Sacred cannot store much deeper ones); flatten it")
             if isinstance(item, Mapping):
@@ -507,28 +539,37 @@ def json_like(value: Any, path: str = "") -> Any:
                 for key in keys:
                     problem = _key_problem(key)
                     if problem is not None:
-                        raise ConfigError(_key_path(where, key) if isinstance(key, str)
-                                          else where, problem)
+                        raise ConfigError(_key_path(_path_text(where), key) if isinstance(key, str)
+                                          else _path_text(where), problem)
                 node: Any = dict.fromkeys(keys)  # keeps the order; filled below
-                children = [(item[k], _join(where, k), k) for k in keys]
+                children = [(item[k], k) for k in keys]
             else:
                 node = [None] * len(item)
-                children = [(v, _join(where, i), i) for i, v in enumerate(item)]
+                children = list(zip(item, range(len(item))))
             parent[slot] = node
-            for child, child_path, child_slot in reversed(children):  # first key first
-                stack.append((child, child_path, level + 1, node, child_slot))
+            for child, key in reversed(children):  # first key first
+                if child is None or type(child) in (bool, float, int, str):
+                    # scalars inline (the bulk of a config): their path is never needed
+                    # unless they are wrong, which only ints and strings can be
+                    if (type(child) is int and not -(1 << 63) <= child < (1 << 63)) or (
+                            type(child) is str and not child.isascii()):
+                        stack.append((child, (where, key), level + 1, node, key))
+                    else:
+                        node[key] = child
+                else:
+                    stack.append((child, (where, key), level + 1, node, key))
         elif hasattr(item, "item") and callable(item.item):  # numpy / torch scalars
             try:
                 plain = item.item()
             except Exception:  # noqa: BLE001 - e.g. an array of several values
                 plain = item
             if plain is not None and not isinstance(plain, (bool, int, float, str)):
-                raise ConfigError(where, f"values must be JSON-like (dict, list, str, number, "
+                raise ConfigError(_path_text(where), f"values must be JSON-like (dict, list, str, number, "
                                          f"bool, None); got {type(item).__name__} (convert "
                                          f"arrays with .tolist())")
             stack.append((plain, where, level, parent, slot))
         else:
-            raise ConfigError(where, f"values must be JSON-like (dict, list, str, number, "
+            raise ConfigError(_path_text(where), f"values must be JSON-like (dict, list, str, number, "
                                      f"bool, None); got {type(item).__name__}")
     return root[0]
 

@@ -133,37 +133,33 @@ class RunQueue:
         # differs and refuses a config leaves the run to another worker.
         validated_with = None if scenario_cls is None else \
             source_digest(study_root(sys.modules[scenario_cls.__module__]))
-        docs = []
-        now, host = now_ts(), socket.gethostname()
+        docs, completes = [], []
+        now, host, task_doc = now_ts(), socket.gethostname(), task.to_doc()
         for conf in confs:
             # storable (keys, nesting, size, a dict at all), then valid for the Scenario;
             # every config is checked before any is queued
-            conf = validate_config(conf)
-            if scenario_cls is not None:
-                scenario_cls.complete_run_config(conf)  # raises ConfigError naming the path
+            # a fresh copy of the given config (documents may share it), and complete
+            given, complete = (validate_config(conf),) * 2 if scenario_cls is None else \
+                scenario_cls.check_run_config(conf)  # raises ConfigError naming the path
             for seed in seed_list:
-                docs.append({"study": self.study, "task": task.name, "task_spec": task.to_doc(),
-                             "config": copy.deepcopy(conf), "seed": seed, "priority": priority,
+                docs.append({"study": self.study, "task": task.name, "task_spec": task_doc,
+                             "config": given, "seed": seed, "priority": priority,
                              "max_attempts": max_attempts, "max_runtime": max_runtime,
                              "queued_at": now, "submitted_from": host,
                              "validated_with": validated_with})
-        return self.store.enqueue(self._skip_duplicates(docs, scenario_cls, force))
+                completes.append(complete)
+        return self.store.enqueue(self._skip_duplicates(docs, completes, force))
 
-    def _skip_duplicates(self, docs: list[dict[str, Any]], scenario_cls: type[Scenario] | None,
+    def _skip_duplicates(self, docs: list[dict[str, Any]], completes: list[dict[str, Any]],
                          force: bool) -> list[dict[str, Any]]:
         """Give each new run its `fingerprint` (task, complete config, seed) and, unless
         `force`, leave out those already queued, running or completed in the Study or
         earlier in `docs`, noting the runs they duplicate in `last_skipped`. Looked up
         with batched `$in` reads on an index: one round trip per thousand runs."""
-        completed: dict[str, dict[str, Any]] = {}
         keys: list[tuple[str, ...]] = []
-        for doc in docs:
-            given = json.dumps(doc["config"], sort_keys=True)
-            if given not in completed:
-                completed[given] = (scenario_cls.complete_run_config(doc["config"])
-                                    if scenario_cls is not None else doc["config"])
+        for doc, complete in zip(docs, completes):
             doc["_id"] = new_run_id()
-            doc["fingerprint"] = run_fingerprint(doc["task"], completed[given], doc["seed"])
+            doc["fingerprint"] = run_fingerprint(doc["task"], complete, doc["seed"])
             # Also the config as given: a run submitted without the Study's code
             # carries that fingerprint.
             keys.append(tuple(dict.fromkeys(
@@ -386,10 +382,11 @@ def run_fingerprint(task: str, config: Mapping[str, Any], seed: int) -> str:
 
 
 def _canonical(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         return [_canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return value

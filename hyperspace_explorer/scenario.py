@@ -37,13 +37,20 @@ class Scenario(Configurable):
         First `validate_config` (a dict MongoDB and Sacred can store: keys, nesting,
         size), then the checks of `config_class`; the completed config is checked for
         storability too (defaults can make it larger). None means {}."""
-        conf = validate_config({} if conf is None else conf)
-        if "seed" in conf:
+        return cls.check_run_config(conf)[1]
+
+    @classmethod
+    def check_run_config(cls, conf: Mapping[str, Any] | None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`complete_run_config`, also returning the config as given (a plain copy):
+        what a submit stores, without checking it twice."""
+        given = validate_config({} if conf is None else conf)
+        if "seed" in given:
             raise ConfigError("seed", "'seed' is set per run (submit(..., seeds=...)), "
                                       "not inside the config")
         if cls.config_class is None:
-            return conf  # any storable dict; errors name the user's key
-        return validate_config(complete(cls.config_class, conf))
+            return given, given  # any storable dict; errors name the user's key
+        return given, validate_config(complete(cls.config_class, given))
 
     def single_run(self, params: dict[str, Any]) -> float | dict[str, float]:
         """Build data and model from `params`, train, evaluate; return the metric(s)."""

@@ -1,0 +1,163 @@
+"""What the queue costs as it grows, each figure beside its reference in the same run.
+
+On a private embedded server (nx-27017), prints:
+- claim + finish with 1k / 10k / 100k runs QUEUED, and with 1k / 100k runs finished,
+  as ratios to the 1k-queued figure (target <= 1.5x);
+- `submit_grid` of N configs vs a raw `insert_many` of the same documents (target
+  <= 1.5x);
+- `q.results()` + `q.summary()` over 10k and 100k finished runs (targets: < 1.5 s and
+  < 10 s).
+
+    python benchmarks/scale.py [--sizes 1000,10000,100000] [--grid 100000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "tests" / "study"
+TASKS = STUDY / "tasks"
+sys.path.insert(0, str(ROOT))
+
+from pymongo import MongoClient  # noqa: E402
+
+from hyperspace_explorer.queue import RunQueue  # noqa: E402
+from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
+from hyperspace_explorer.status import COMPLETED  # noqa: E402
+from hyperspace_explorer.storage import connect, new_run_id  # noqa: E402
+
+CLAIMS = 200  # claim+finish cycles timed per figure
+
+
+def _raw(uri: str, db: str):
+    return MongoClient(uri)[db]
+
+
+def _queue_docs(study: str, n: int, status: str = "QUEUED") -> list[dict]:
+    base = {"study": study, "task": "noop", "task_spec": {"name": "noop"}, "config": {},
+            "seed": 0, "priority": 0, "max_attempts": 3, "max_runtime": None,
+            "status": status, "attempt": 0}
+    return [{**base, "_id": new_run_id(), "order": i, "priority": random.choice([0, 0, 1])}
+            for i in range(n)]
+
+
+def claim_finish(uri: str, queued: int, finished: int) -> float:
+    """Seconds per claim+finish with `queued` runs waiting and `finished` archived."""
+    db = f"bench_scale_{queued}_{finished}_{os.getpid()}"
+    store = connect(uri, db)
+    raw = _raw(uri, db)
+    try:
+        for docs, coll in ((_queue_docs(db, queued), raw.hse_queue),
+                           (_queue_docs(db, finished, COMPLETED), raw.hse_done)):
+            for i in range(0, len(docs), 5000):
+                coll.insert_many(docs[i:i + 5000])
+        store.enqueue(_queue_docs(db, CLAIMS + 1))  # the runs claimed below
+        store.claim(db, ["noop"], "bench", 60)  # builds the ready window once
+        t = time.perf_counter()
+        for _ in range(CLAIMS):
+            doc = store.claim(db, ["noop"], "bench", 60)
+            store.finish(doc["_id"], doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+            if _ % 50 == 49:
+                store.sweep_finished()
+        return (time.perf_counter() - t) / CLAIMS
+    finally:
+        store.drop_database()
+        store.close()
+
+
+def submit_vs_insert(uri: str, n: int) -> tuple[float, float]:
+    """Seconds for `submit_grid` of n configs, and for inserting the same documents."""
+    db = f"bench_submit_{os.getpid()}"
+    q = RunQueue(uri, db, TASKS, study_dir=STUDY)
+    try:
+        grid = {"model.lr": [i / n for i in range(n)]}
+        t = time.perf_counter()
+        ids = q.submit_grid("toy", {"model": {"className": "Linear"}}, grid)
+        submit = time.perf_counter() - t
+        assert len(ids) == n
+        docs = list(_raw(uri, db).hse_queue.find({}))
+        q.store.drop_database()
+        raw = _raw(uri, db)
+        t = time.perf_counter()
+        for i in range(0, n, 5000):  # the same documents, already built
+            raw.hse_queue.insert_many(docs[i:i + 5000])
+        insert = time.perf_counter() - t
+        return submit, insert
+    finally:
+        q.store.drop_database()
+        q.close()
+
+
+def results_summary(uri: str, n: int) -> float:
+    """Seconds for q.results() + q.summary() over n finished runs of a task."""
+    db = f"bench_results_{n}_{os.getpid()}"
+    q = RunQueue(uri, db, TASKS, study_dir=STUDY)
+    try:
+        spec = q.task("toy").to_doc()
+        rng = random.Random(0)
+        docs = []
+        for i in range(n):
+            config = {"model": {"className": "Linear", "lr": [0.01, 0.1, 1.0][i % 3],
+                                "layers": [8]}, "epochs": 3 + i % 5, "noise": 0.0,
+                      "options": {"verbose": False}, "behaviour": "ok", "duration": 0.0}
+            docs.append({"_id": new_run_id(), "study": db, "task": "toy", "task_spec": spec,
+                         "config": config, "seed": i // 15, "status": COMPLETED,
+                         "metrics": {"score": rng.random(), "draw": rng.random()},
+                         "queued_at": 1.7e9 + i, "started_at": 1.7e9 + i,
+                         "ended_at": 1.7e9 + i + 1, "duration": 1.0, "attempt": 1,
+                         "order": i, "sacred_id": i + 1, "host": "bench",
+                         "code_version": {"commit": "0" * 40, "dirty": False}})
+        raw = _raw(uri, db)
+        for i in range(0, n, 5000):
+            raw.hse_done.insert_many(docs[i:i + 5000])
+        t = time.perf_counter()
+        frame = q.results("toy")
+        q.summary("toy")
+        assert len(frame) == n
+        return time.perf_counter() - t
+    finally:
+        q.store.drop_database()
+        q.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--grid", type=int, default=100_000)
+    parser.add_argument("--results", default="10000,100000")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp)) as server:
+        uri = server.uri
+        base = claim_finish(uri, sizes[0], 0)
+        print(f"claim+finish with {sizes[0]:>7,} queued: {base * 1000:6.2f} ms (reference)")
+        for n in sizes[1:]:
+            cost = claim_finish(uri, n, 0)
+            print(f"claim+finish with {n:>7,} queued: {cost * 1000:6.2f} ms "
+                  f"({cost / base:.2f}x; target <= 1.5x)")
+        for n in (sizes[0], sizes[-1]):
+            cost = claim_finish(uri, 0, n)
+            print(f"claim+finish with {n:>7,} finished: {cost * 1000:6.2f} ms "
+                  f"({cost / base:.2f}x; target <= 1.5x)")
+        if args.grid:
+            submit, insert = submit_vs_insert(uri, args.grid)
+            print(f"submit_grid of {args.grid:,} configs: {submit:.1f} s; raw insert_many "
+                  f"of the same documents: {insert:.1f} s ({submit / insert:.2f}x; "
+                  f"target <= 1.5x)")
+        for n in (int(x) for x in args.results.split(",") if x):
+            took = results_summary(uri, n)
+            target = 1.5 if n <= 10_000 else 10.0
+            print(f"results() + summary() over {n:,} finished runs: {took:.2f} s "
+                  f"(target < {target:g} s)")
+
+
+if __name__ == "__main__":
+    main()
