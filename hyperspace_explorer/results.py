@@ -7,6 +7,8 @@ tree had changes), `attempt`, `error`. The analysis functions (`analysis.py`) ta
 """
 from __future__ import annotations
 
+import json
+
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,10 @@ from .scenario import Scenario
 from .storage import RunFilter, Storage, queue_document_problem
 from .study import find_study, study_candidates
 
+# What a results frame reads of each run (not its logs, given config or history).
+_FIELDS = ["sacred_id", "task", "status", "reason", "seed", "queued_at", "started_at",
+           "ended_at", "duration", "host", "attempt", "error", "code_version", "config",
+           "metrics", "task_spec"]
 _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
@@ -43,9 +49,10 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
 
     completers = _Completers(study_dir, tasks_dir)
     rows, malformed = [], []
-    for doc in store.find_runs(runs):
+    for doc in store.find_runs(runs, fields=_FIELDS):
         if _unreadable(doc):
-            malformed.append(f"{doc['_id']} ({queue_document_problem(doc)})")
+            whole = store.get_run(doc["_id"])  # rare: read it all to name the problem
+            malformed.append(f"{doc['_id']} ({queue_document_problem(whole)})")
         else:
             rows.append(_row(doc, completers))
     for message in (completers.warning(), _malformed_warning(malformed)):
@@ -71,15 +78,8 @@ def _unreadable(doc: dict[str, Any]) -> bool:
 
 
 def _row(doc: dict[str, Any], completers: "_Completers") -> dict[str, Any]:
-    config = doc.get("config") or {}
     scenario = doc["task_spec"].get("scenario")
     class_name = scenario.get("className") if isinstance(scenario, dict) else None
-    complete = completers(class_name) if isinstance(class_name, str) else None
-    if complete is not None:
-        try:
-            config = complete(config)
-        except HSEError:
-            pass  # a config the current code rejects is shown as stored
     version = doc.get("code_version")
     version = version if isinstance(version, dict) else {}
     commit = version.get("commit")
@@ -91,7 +91,7 @@ def _row(doc: dict[str, Any], completers: "_Completers") -> dict[str, Any]:
         "host": doc.get("host"), "attempt": doc.get("attempt"), "error": doc.get("error"),
         "code_version": f"{commit}{'+dirty' if version.get('dirty') else ''}" if commit else None,
     }
-    row.update({f"config.{k}": v for k, v in flatten(config).items()})
+    row.update(completers.columns(class_name, doc.get("config") or {}))
     metrics = doc.get("metrics")
     if isinstance(metrics, dict):
         row.update({f"metrics.{k}": v for k, v in metrics.items()})
@@ -108,6 +108,25 @@ class _Completers:
         self.tried = False
         self.import_problem: str | None = None
         self.missing: dict[str, int] = {}  # class name -> runs shown as stored
+        self.seen: dict[tuple[Any, str], dict[str, Any]] = {}  # config -> its columns
+
+    def columns(self, class_name: Any, config: dict[str, Any]) -> dict[str, Any]:
+        """The `config.*` columns of a stored config, completed with today's defaults:
+        worked out once per distinct config (a task has thousands of runs and a few
+        dozen configs)."""
+        key = (class_name, json.dumps(config, sort_keys=True, default=repr))
+        columns = self.seen.get(key)
+        if columns is None:
+            complete = self(class_name) if isinstance(class_name, str) else None
+            if complete is not None:
+                try:
+                    config = complete(config)
+                except HSEError:
+                    pass  # a config the current code rejects is shown as stored
+            columns = self.seen[key] = {f"config.{k}": v for k, v in flatten(config).items()}
+        elif isinstance(class_name, str) and self.cache.get(class_name, True) is None:
+            self.missing[class_name] += 1
+        return columns
 
     def __call__(self, class_name: str):
         if class_name not in self.cache:
