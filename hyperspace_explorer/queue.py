@@ -77,11 +77,16 @@ class RunQueue:
     def submit(self, task_name: str, conf: Mapping[str, Any] | None = None, *,
                seeds: int | Sequence[int] | None = None, priority: int = 0,
                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-               max_runtime: float | None = None, force: bool = False) -> list[str]:
+               max_runtime: float | None = None, force: bool = False,
+               gpus: int | None = None, tags: Sequence[str] | None = None) -> list[str]:
         """Queue `conf` for `task_name`; returns the new run ids (one per seed).
 
         `seeds=n` runs the config under n seeds (the task's seed, +1, ... +n-1), so
         re-submitting gives the same seeds; a list gives them explicitly.
+
+        `gpus` (how many GPUs a run needs) and `tags` (what a worker must offer, e.g.
+        ["big-mem"]) default to the task file's; only workers started with that many
+        `--gpus` and those `--tags` claim such runs.
 
         A run whose task, complete config (defaults filled when the Study's code is
         importable) and seed are already QUEUED, RUNNING or COMPLETED in the Study, or
@@ -91,7 +96,7 @@ class RunQueue:
         """
         return self._enqueue(task_name, [{} if conf is None else conf], seeds=seeds,
                              priority=priority, max_attempts=max_attempts,
-                             max_runtime=max_runtime, force=force)
+                             max_runtime=max_runtime, force=force, gpus=gpus, tags=tags)
 
     def submit_grid(self, task_name: str, base_conf: Mapping[str, Any] | None,
                     grid: Mapping[str, Sequence[Any]], **kwargs: Any) -> list[str]:
@@ -115,7 +120,8 @@ class RunQueue:
     def _enqueue(self, task_name: str, confs: list[dict[str, Any]], *,
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 max_runtime: float | None = None, force: bool = False) -> list[str]:
+                 max_runtime: float | None = None, force: bool = False,
+                 gpus: int | None = None, tags: Sequence[str] | None = None) -> list[str]:
         if self.tasks_dir is None:
             raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
         task = load_task(self.tasks_dir, task_name)
@@ -128,6 +134,13 @@ class RunQueue:
                                         or not isinstance(max_runtime, (int, float))
                                         or max_runtime <= 0):
             raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
+        gpus = task.gpus if gpus is None else gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise HSEError(f"gpus must be a non-negative int, got {gpus!r}")
+        tags = sorted(set(task.tags if tags is None else
+                          ([tags] if isinstance(tags, str) else tags)))
+        if not all(isinstance(t, str) and t and "," not in t for t in tags):
+            raise HSEError(f"tags must be non-empty names without ',', got {tags!r}")
         scenario_cls = self.scenario_class(task)
         # The Study code the configs were validated against: a worker whose code
         # differs and refuses a config leaves the run to another worker.
@@ -146,7 +159,8 @@ class RunQueue:
                              "config": given, "seed": seed, "priority": priority,
                              "max_attempts": max_attempts, "max_runtime": max_runtime,
                              "queued_at": now, "submitted_from": host,
-                             "validated_with": validated_with})
+                             "validated_with": validated_with, "gpus": gpus,
+                             "tags": tags})
                 completes.append(complete)
         return self.store.enqueue(self._skip_duplicates(docs, completes, force))
 
@@ -216,6 +230,18 @@ class RunQueue:
         return RunFilter(study=self.study, task=task, status=status, config=config or {},
                          ids=None if ids is None else
                          ((ids,) if isinstance(ids, str) else tuple(ids)))
+
+    def unclaimable(self) -> list[dict[str, Any]]:
+        """Queued runs that no live worker of the Study can ever take (they need more
+        GPUs or tags than any live worker offers): `task`, `gpus`, `tags`, `queued`.
+        Without this a run waits silently for a worker that does not exist."""
+        now = time.time()
+        live = [w for w in self.store.list_workers()
+                if w.get("study") == self.study and isinstance(w.get("heartbeat"), (int, float))
+                and now - w["heartbeat"] <= (w.get("lease_s") or 60)]
+        return [group for group in self.store.queued_groups(self.study)
+                if not any(len(w.get("gpus") or ()) >= group["gpus"]
+                           and set(group["tags"]) <= set(w.get("tags") or ()) for w in live)]
 
     def get(self, run_id: str | int) -> dict[str, Any]:
         """The queue document of one run (by run id or Sacred id)."""

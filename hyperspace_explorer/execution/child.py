@@ -41,6 +41,7 @@ class RunSpec:
     token: str              # the attempt's fencing token, kept in the record's meta
     max_runtime: float | None
     log_path: Path
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. the run's GPUs
 
 
 class PipeObserver(RunObserver):
@@ -107,6 +108,7 @@ def child_main(conn: multiprocessing.connection.Connection,
         spec: RunSpec = conn.recv()
     except (EOFError, OSError):
         os._exit(0)  # the worker discarded this spare child
+    os.environ.update(spec.env)  # before user code can initialise CUDA
     ex = experiments[spec.task.name]
     try:
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -17,6 +17,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,7 @@ class Outcome:
         return out
 
 
+_BUILDING = threading.Lock()  # one Sacred Experiment built at a time (slots share them)
 _LOST = Outcome(status=FAILED, fenced=True, error="lease lost to another attempt")
 
 
@@ -71,7 +73,8 @@ class Executor:
 
     def __init__(self, store: Storage, study_module: Any, log_dir: Path,
                  heartbeat_s: float, lease_s: float, *,
-                 interrupt: Callable[[], str | None], on_beat: Callable[[], None]):
+                 interrupt: Callable[[], str | None], on_beat: Callable[[], None],
+                 experiments: dict[str, Experiment] | None = None):
         self.store = store
         self.study_module = study_module
         self.log_dir = log_dir
@@ -79,13 +82,18 @@ class Executor:
         self.lease_s = lease_s
         self.interrupt = interrupt
         self.on_beat = on_beat
-        self._experiments: dict[str, Experiment] = {}
+        # Shared by the executors of a worker's slots (building one is slow).
+        self._experiments: dict[str, Experiment] = {} if experiments is None else experiments
         self._source_cache: dict[tuple[str, str], Any] = {}
         self._code_versions: dict[str, dict[str, Any] | None] = {}
         self._host_facts = host_facts()
         self._spare: _Child | None = None
 
     def experiment_for(self, task: Task) -> Experiment:
+        with _BUILDING:
+            return self._experiment_for(task)
+
+    def _experiment_for(self, task: Task) -> Experiment:
         ex = self._experiments.get(task.name)
         if ex is None:
             module_dir = os.path.dirname(os.path.abspath(self.study_module.__file__))

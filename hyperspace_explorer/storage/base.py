@@ -118,6 +118,12 @@ def check_db_name(db_name: str) -> str:
     return db_name
 
 
+def requirement(gpus: int, tags: Iterable[str]) -> str:
+    """What a run needs of a worker, as one comparable string ("gpus=2;tags=big-mem"):
+    runs with the same requirement form one group in the claim path."""
+    return f"gpus={gpus};tags={','.join(sorted(tags))}"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -142,6 +148,10 @@ def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
         ("max_attempts", lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
         ("max_runtime", lambda v: v is None or (_is_number(v) and v > 0),
          "a positive number of seconds or null"),
+        ("gpus", lambda v: v is None or (_is_int(v) and v >= 0), "a non-negative integer"),
+        ("tags", lambda v: v is None or (isinstance(v, list)
+                                         and all(isinstance(t, str) and t for t in v)),
+         "a list of tag names"),
     )
     for name, ok, expected in checks:
         if name not in doc and name in ("study", "task", "task_spec", "seed"):
@@ -238,10 +248,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
-              exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+              exclude: Iterable[str] = (), gpus: int = 0,
+              tags: Iterable[str] = ()) -> dict[str, Any] | None:
         """Atomically lease the next QUEUED run of `study` among `tasks` (highest
-        priority, then oldest), other than the run ids in `exclude`, to `worker_id`;
-        None when there is none.
+        priority, then oldest) that needs at most `gpus` GPUs and only `tags` this
+        worker has, other than the run ids in `exclude`, to `worker_id`; None when
+        there is none.
 
         The returned document carries a fresh `token`: every later write of this
         attempt is conditioned on it (fencing). Malformed documents met on the way are
@@ -311,6 +323,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def reserve_sacred_ids(self, n: int = 1) -> range:
         """`n` consecutive, never reused Sacred run ids."""
+
+    @abc.abstractmethod
+    def queued_groups(self, study: str) -> list[dict[str, Any]]:
+        """The requirement groups of a Study with runs waiting: `task`, `gpus`, `tags`
+        and `queued` (how many), so that runs no worker can take can be reported."""
 
     # -------------------------------------------------------------- reads
     @abc.abstractmethod
