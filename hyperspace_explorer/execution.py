@@ -32,10 +32,14 @@ from typing import Any
 
 import gridfs
 import pymongo.errors
-from sacred import Experiment, SETTINGS
-from sacred.host_info import get_host_info
-from sacred.observers import MongoObserver, RunObserver
-from sacred.utils import apply_backspaces_and_linefeeds
+
+from .sacred_compat import import_sacred
+
+import_sacred()  # before any `from sacred import`: works without pkg_resources too
+from sacred import Experiment, SETTINGS  # noqa: E402
+from sacred.host_info import get_host_info  # noqa: E402
+from sacred.observers import MongoObserver, RunObserver  # noqa: E402
+from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
 
 from .configurable import resolve_class
 from .scenario import Scenario, _SACRED_RUN, normalize_metrics, seed_everything

@@ -27,6 +27,7 @@ import bson
 from .configurable import resolve_class
 from .errors import HSEError, StoreError
 from .scenario import Scenario
+from .sacred_compat import check_worker_imports
 from .store import (DEFAULT_MAX_ATTEMPTS, FAILED, REASON_ERROR, REASON_INVALID, REASON_WORKER_LOST, Store, TRANSIENT, now_ts,
                     redact_uri)
 from .study import load_scenarios
@@ -76,6 +77,7 @@ class Worker:
                  idle_exit: float | None = None, log_dir: str | Path | None = None):
         from .server import home_dir, resolve_uri
 
+        check_worker_imports()  # Sacred & co. importable, or one clear line, before any claim
         if lease <= 2 * heartbeat:
             raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
                            f"({heartbeat}s), or live runs would look dead")
