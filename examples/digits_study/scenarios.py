@@ -1,0 +1,1 @@
+../../hyperspace_explorer/examples/digits/scenarios.py
