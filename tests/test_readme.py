@@ -67,3 +67,6 @@ def test_setup_commands_are_the_documented_ones(line):
     if "pytest" in line:
         ci = (ROOT / ".ci" / "run").read_text()
         assert '.venv/bin/pip install --quiet -e ".[test]" && .venv/bin/python -m pytest -q' in ci
+        assert "-p no:cacheprovider" in ci and '-e ".[torch]"' in ci  # tests with torch
+        assert "find_python 3.11" in ci and "find_python 3.13" in ci and "hse\" demo" in ci
+        assert "collected no tests" in ci  # pytest's exit status 5 is a failure
