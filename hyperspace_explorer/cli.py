@@ -971,8 +971,7 @@ def _config_value(value: Any) -> str:
 
 def cmd_plot(session: Session) -> int:
     from .analysis import config_paths, group_runs
-    from .plots import (SAVE_FORMATS, plot_curves, plot_metric_by_config,
-                        plot_param_vs_metric)
+    from .plots import SAVE_FORMATS, plot_curves, plot_metric_by_config, plot_param_vs_metric
     from .results import curves_frame, results_frame
 
     args = session.args

@@ -22,9 +22,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .analysis import (CONFIG_PREFIX, DIRECTIONS, _factorize, config_label, config_paths,
-                       format_value, group_runs, metric_values, resolve_config,
-                       resolve_metric)
+from .analysis import (
+    CONFIG_PREFIX,
+    DIRECTIONS,
+    _factorize,
+    config_label,
+    config_paths,
+    format_value,
+    group_runs,
+    metric_values,
+    resolve_config,
+    resolve_metric,
+)
 from .errors import AnalysisError
 
 __all__ = ["plot_metric_by_config", "plot_curves", "plot_param_vs_metric", "SAVE_FORMATS"]

@@ -27,12 +27,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .configurable import (json_like, registered_classes, resolve_class, set_dotted,
-                           validate_config)
+from .configurable import json_like, registered_classes, resolve_class, set_dotted, validate_config
 from .errors import ConfigError, HSEError, RunNotFound, StudyError, TaskError
 from .scenario import Scenario
-from .status import (ACTIVE, CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, TIMEOUT,
-                     Status, parse_statuses)
+from .status import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    TIMEOUT,
+    Status,
+    parse_statuses,
+)
 from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, connect, new_run_id, now_ts
 from .study import find_study, source_digest, study_root
 from .task import Task, load_task, task_names
@@ -67,7 +76,7 @@ class RunQueue:
         """Close the database connection (also done when the object is collected)."""
         self.store.close()
 
-    def __enter__(self) -> "RunQueue":
+    def __enter__(self) -> RunQueue:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -117,7 +126,7 @@ class RunQueue:
             confs.append(conf)
         return self._enqueue(task_name, confs, **kwargs)
 
-    def _enqueue(self, task_name: str, confs: list[dict[str, Any]], *,
+    def _enqueue(self, task_name: str, confs: Sequence[Any], *,
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None, force: bool = False,

@@ -8,7 +8,6 @@ tree had changes), `attempt`, `error`. The analysis functions (`analysis.py`) ta
 from __future__ import annotations
 
 import json
-
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,7 +76,7 @@ def _unreadable(doc: dict[str, Any]) -> bool:
                                                               or isinstance(config, dict))
 
 
-def _row(doc: dict[str, Any], completers: "_Completers") -> dict[str, Any]:
+def _row(doc: dict[str, Any], completers: _Completers) -> dict[str, Any]:
     scenario = doc["task_spec"].get("scenario")
     class_name = scenario.get("className") if isinstance(scenario, dict) else None
     version = doc.get("code_version")

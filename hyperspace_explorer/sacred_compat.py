@@ -101,10 +101,8 @@ def make_stand_in() -> types.ModuleType:
     """A module object offering what Sacred uses of `pkg_resources`."""
     module = types.ModuleType("pkg_resources", "hyperspace_explorer's stand-in for the "
                                                "parts of pkg_resources that Sacred uses")
-    module.working_set = WorkingSet()
-    module.resource_filename = resource_filename
-    module.Distribution = Distribution
-    module.WorkingSet = WorkingSet
+    vars(module).update(working_set=WorkingSet(), resource_filename=resource_filename,
+                        Distribution=Distribution, WorkingSet=WorkingSet)
     return module
 
 

@@ -28,7 +28,7 @@ class Scenario(Configurable):
 
     __abstract_config__ = True  # the base itself is not a selectable className
     config_class: ClassVar[type | None] = None
-    run_seed: ClassVar[int | None] = None  # set on the instance by the worker per run
+    run_seed: int | None = None  # the run's seed, set on the instance by the worker
 
     @classmethod
     def complete_run_config(cls, conf: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -34,9 +34,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hyperspace_explorer.errors import ServerError
 
@@ -299,8 +300,11 @@ def ensure_server(home: Path | str | None = None) -> str:
             return server.uri
 
         server = _start_preferring(data_dir, DEFAULT_PORT)
-        _write_state(home, server, server.pid)
-        pid = server.pid
+        started_pid = server.pid
+        if started_pid is None:
+            raise ServerError("the embedded MongoDB server exited right after starting")
+        pid = started_pid
+        _write_state(home, server, pid)
         server._detach()
         print(
             f"hyperspace_explorer: started the embedded MongoDB-compatible server "
@@ -330,7 +334,7 @@ def stop_server(home: Path | str | None = None, timeout: float = 10.0) -> bool:
         # Without server.json (deleted by hand?), the server's own pid file still finds it.
         pid = state.get("pid") if state else _read_pid(data_dir / _PID_NAME)
         running = isinstance(pid, int) and _pid_alive(pid) and _is_our_server(pid, data_dir)
-        if running:
+        if running and isinstance(pid, int):
             _terminate(pid, timeout)
             with contextlib.suppress(FileNotFoundError):
                 (data_dir / _PID_NAME).unlink()

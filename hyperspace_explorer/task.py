@@ -43,11 +43,11 @@ class Task:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Task":
+    def from_doc(cls, doc: dict[str, Any]) -> Task:
         return cls(**{**doc, "tags": tuple(doc.get("tags") or ())})
 
     @classmethod
-    def from_dict(cls, name: str, data: Any, source: str) -> "Task":
+    def from_dict(cls, name: str, data: Any, source: str) -> Task:
         """Validate the parsed JSON of a task; `source` names the file in errors."""
         if not isinstance(data, dict):
             raise TaskError(f"{source}: a task must be a JSON object, got {type(data).__name__}")

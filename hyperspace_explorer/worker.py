@@ -20,19 +20,25 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import bson
 
 from .configurable import resolve_class
 from .errors import HSEError, StoreUnavailable
-from .scenario import Scenario
 from .sacred_compat import check_worker_imports
+from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
-from .storage import (DEFAULT_MAX_ATTEMPTS, Storage, connect, now_ts, queue_document_problem,
-                      redact_uri)
+from .storage import (
+    DEFAULT_MAX_ATTEMPTS,
+    Storage,
+    connect,
+    now_ts,
+    queue_document_problem,
+    redact_uri,
+)
 from .study import load_scenarios, source_digest, source_stamp, study_root
 from .task import Task, task_names
 
@@ -194,7 +200,7 @@ class Worker:
             self._quietly(lambda: self.store.remove_worker(self.id))
         return self.executed
 
-    def _serve(self, slot: "_Slot") -> None:
+    def _serve(self, slot: _Slot) -> None:
         """One slot's loop: claim, execute, record; until asked to stop, idle too long,
         --max-runs reached or the Study's code changed."""
         idle_since = time.monotonic()
@@ -245,7 +251,7 @@ class Worker:
         self.reload_requested = True
         return True
 
-    def _claim(self, slot: "_Slot") -> dict[str, Any] | None:
+    def _claim(self, slot: _Slot) -> dict[str, Any] | None:
         try:
             names = task_names(self.tasks_dir)
         except HSEError as exc:
@@ -271,7 +277,7 @@ class Worker:
                 slot.current = doc["_id"]
             return doc
 
-    def _release(self, slot: "_Slot") -> None:
+    def _release(self, slot: _Slot) -> None:
         with self._lock:
             self._free_gpus += slot.gpus
             slot.gpus, slot.current = [], None
@@ -305,7 +311,7 @@ class Worker:
         except StoreUnavailable as exc:
             log.warning("database unreachable during maintenance: %s", str(exc)[:200])
 
-    def _process(self, slot: "_Slot", doc: dict[str, Any]) -> None:
+    def _process(self, slot: _Slot, doc: dict[str, Any]) -> None:
         run_id, token = doc["_id"], doc["token"]
         started = time.time()
         problem = queue_document_problem(doc)

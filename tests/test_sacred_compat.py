@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import raw_db
 from hyperspace_explorer.sacred_compat import make_stand_in
-from hyperspace_explorer.store import QUEUED, Store
+from hyperspace_explorer.status import QUEUED
+from hyperspace_explorer.storage import connect
 
 STUDY = Path(__file__).resolve().parent / "study"
 
@@ -79,16 +81,16 @@ def test_sacred_runs_without_pkg_resources(tmp_path, mongo_uri, db_name):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "COMPAT OK 1.5" in out.stdout
-    store = Store.connect(mongo_uri, db_name)
+    store = connect(mongo_uri, db_name)
     try:
-        (record,) = store.db["runs"].find({})
+        (record,) = raw_db(store).runs.find({})
         assert record["status"] == "COMPLETED" and record["result"] == 1.5
     finally:
         store.close()
 
 
 def test_worker_without_sacred_says_why_and_touches_nothing(tmp_path, mongo_uri, db_name):
-    store = Store.connect(mongo_uri, db_name)
+    store = connect(mongo_uri, db_name)
     try:
         (run_id,) = store.enqueue([{"study": db_name, "task": "toy", "config": {}, "seed": 0}])
         proc = subprocess.run(

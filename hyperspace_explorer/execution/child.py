@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configurable import resolve_class
-from ..scenario import Scenario, _SACRED_RUN, normalize_metrics, seed_everything
+from ..scenario import _SACRED_RUN, Scenario, normalize_metrics, seed_everything
 from ..task import Task
 from .sacred_settings import Experiment, RunObserver
 
@@ -141,7 +141,7 @@ def child_main(conn: multiprocessing.connection.Connection,
         run = ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
                                         "attempt": spec.attempt, "token": spec.token,
                                         "scenario": spec.task.scenario}})
-        conn.send(("done", dict(run.result)))
+        conn.send(("done", dict(run.result or {})))
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:

@@ -50,7 +50,8 @@ class RunFilter:
 
     study: str | None = None
     task: str | None = None
-    status: tuple[Status, ...] | None = None
+    # given as "FAILED", "failed,TIMEOUT" or a sequence; stored as a tuple of Status
+    status: str | Sequence[str] | tuple[Status, ...] | None = None
     ids: tuple[str, ...] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class RunFilter:
                 raise QueryError(f"config filter path {path!r}: use a dotted path of "
                                  f"config keys, e.g. 'model.className'")
 
-    def narrowed(self, **criteria: Any) -> "RunFilter":
+    def narrowed(self, **criteria: Any) -> RunFilter:
         """This filter with more criteria (None values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in criteria.items() if v is not None})
 

@@ -39,8 +39,19 @@ from pymongo import ReturnDocument
 
 from ..errors import DocumentTooLarge, RunNotFound, StoreError, StoreUnavailable
 from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
-from .base import (RunFilter, Storage, check_db_name, new_run_id, new_token, now_ts, now_utc,
-                   queue_document_problem, redact_uri, requeued_document, requirement)
+from .base import (
+    RunFilter,
+    Storage,
+    check_db_name,
+    new_run_id,
+    new_token,
+    now_ts,
+    now_utc,
+    queue_document_problem,
+    redact_uri,
+    requeued_document,
+    requirement,
+)
 
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
@@ -88,7 +99,7 @@ def translate_errors(uri: str, exc: BaseException) -> StoreError:
 
 def _translated(method: F) -> F:
     @functools.wraps(method)
-    def wrapper(self: "MongoStorage", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: MongoStorage, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except _DRIVER_ERRORS as exc:
@@ -154,7 +165,7 @@ def _match(runs: RunFilter) -> dict[str, Any]:
     if runs.task is not None:
         query["task"] = runs.task
     if runs.status is not None:
-        query["status"] = {"$in": [s.value for s in runs.status]}
+        query["status"] = {"$in": [str(s) for s in runs.status]}
     if runs.ids is not None:
         query["_id"] = {"$in": list(runs.ids)}
     for path, value in runs.config.items():
@@ -181,7 +192,7 @@ class MongoStorage(Storage):
         self._fs: gridfs.GridFS | None = None
 
     @classmethod
-    def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> "MongoStorage":
+    def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> MongoStorage:
         """A storage whose server answered a ping, with indexes in place."""
         storage = cls(uri, db_name, timeout_s=timeout_s)
         try:

@@ -125,7 +125,8 @@ class DigitsConfig:
     """The hyper-parameters explored by the runs of a digits task."""
 
     model: Model
-    preprocessing: Preprocessing = field(default_factory=lambda: {"className": "StandardScaling"})
+    preprocessing: Preprocessing = field(  # a config default: {"className": ...}
+        default_factory=lambda: {"className": "StandardScaling"})  # type: ignore[assignment]
     train_fraction: float = 1.0  # of the training split actually used (learning curves)
 
 
