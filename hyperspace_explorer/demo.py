@@ -26,6 +26,8 @@ from typing import Any
 import hyperspace_explorer
 
 from .errors import HSEError
+from .logs import tail
+from .processes import stop
 from .status import COMPLETED
 from .storage import RunFilter, connect, redact_uri
 
@@ -140,7 +142,7 @@ def run_demo(mongo_uri: str | None = None, db: str = DEMO_DB, *, workers: int = 
     try:
         counts = _wait(queue, run_ids, procs, progress, logs, early_exit)
     finally:
-        _stop(procs)
+        stop(procs, STOP_GRACE_S)
     if early_exit and counts.get(COMPLETED, 0) == 0:
         raise HSEError(f"every demo worker exited before running anything: {early_exit[0]} "
                        f"(worker logs: {logs[0].parent}/demo-worker-*.log)")
@@ -225,19 +227,6 @@ def _wait(queue: Any, run_ids: list[str], procs: list[subprocess.Popen],
         watchdog.join()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM the workers still idling (each finishes its current run), then reap."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _exit_reason(logs: list[Path], procs: list[subprocess.Popen]) -> str:
     """Why the workers stopped: the `hyperspace_worker: error:` line one of them printed,
     else the last line of the first log and the exit status."""
@@ -257,8 +246,4 @@ def _exit_reason(logs: list[Path], procs: list[subprocess.Popen]) -> str:
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"({path} unreadable: {exc})"
-    return f"{path}:\n{text[-chars:]}"
+    return f"{path}:\n{tail(path, chars) or '(empty or unreadable)'}"

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from hyperspace_explorer.errors import ServerError
+from hyperspace_explorer.logs import tail
+from hyperspace_explorer.processes import stop as stop_processes
 
 __all__ = [
     "DEFAULT_PORT",
@@ -228,7 +230,7 @@ class EmbeddedServer:
         was_running = proc.poll() is None
         if was_running:
             try:
-                _stop_popen(proc, timeout)
+                stop_processes([proc], timeout)
             except subprocess.TimeoutExpired as exc:
                 raise ServerError(f"the embedded MongoDB server (pid {proc.pid}) "
                                   f"survived SIGKILL") from exc
@@ -479,23 +481,11 @@ def _reap(pid: Any) -> None:
             _DETACHED[pid] = proc
 
 
-def _stop_popen(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, SIGKILL after `timeout`; raises TimeoutExpired if even that fails."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 def _terminate(pid: int, timeout: float) -> None:
     """SIGTERM `pid`, SIGKILL it after `timeout`, and wait until it is gone."""
     proc = _DETACHED.pop(pid, None)
     if proc is not None:  # our own child: Popen can wait for (and reap) it
-        _stop_popen(proc, timeout)
+        stop_processes([proc], timeout)
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
@@ -639,12 +629,4 @@ def _answering_pid(uri: str, timeout_ms: int) -> int | None:
 
 def _log_tail(path: Path, offset: int = 0, max_bytes: int = 4000) -> str:
     """The end of the server log written since `offset` (this start attempt), for error messages."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            fh.seek(max(offset, end - max_bytes))
-            text = fh.read().decode(errors="replace").strip()
-    except OSError as exc:
-        return f"(log unreadable: {exc})"
-    return text or "(log is empty)"
+    return tail(path, max_bytes, offset) or f"(log {path} is empty or unreadable)"

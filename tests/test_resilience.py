@@ -238,7 +238,7 @@ def test_chaos_rounds_with_a_store_restart(embedded_server, workers, tmp_path, r
     """SIGKILL one worker, SIGSTOP another past its lease and restart the store while
     runs execute, several rounds in a row: every run ends COMPLETED exactly once, in the
     queue and in Sacred, and no record is left RUNNING."""
-    uri, db = embedded_server.uri, f"hse_chaos_{round_}_{os.getpid()}"
+    uri, db = embedded_server.uri, f"hse_test_chaos_{round_}_{uuid.uuid4().hex[:8]}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     try:
         ids = q.submit("toy", {"model": {"className": "Linear"}, "behaviour": "sleep",

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import logs
 from ..errors import StoreUnavailable
 from ..status import CANCELLED, COMPLETED, FAILED, QUEUED, TIMEOUT, Reason, Status
 from ..storage import Storage, now_utc
 from ..task import Task
 from .child import RunSpec, child_main
-from .records import RecordWriter, output_filter, trim_log
+from .records import OUTPUT_LIMIT, RecordWriter, output_filter
 from .sacred_settings import Experiment, host_facts
 
 log = logging.getLogger("hyperspace_explorer.worker")
@@ -136,7 +137,7 @@ class Executor:
                 proc.kill()
             proc.join()
             kill_run_group(proc.pid)
-            trim_log(spec.log_path)
+            logs.trim(spec.log_path, OUTPUT_LIMIT)
 
     def _fork(self) -> _Child:
         parent_conn, child_conn = _FORK.Pipe()
@@ -227,7 +228,8 @@ class Executor:
                 " (out of memory?)" if -code == signal.SIGKILL else "")
         else:
             why = f"the run's process exited with code {code} before finishing"
-        why += _log_tail(spec.log_path)
+        last = logs.tail(spec.log_path)
+        why += f"\n--- last output ---\n{last}" if last else ""
         writer.close("FAILED", why, now_utc())
         return _LOST if writer.superseded else Outcome(status=FAILED, reason=Reason.KILLED,
                                                        error=why)
@@ -286,17 +288,6 @@ def _terminate(proc: Any, grace_s: float = 2.0) -> None:
         proc.join(grace_s)
     if proc.is_alive():
         proc.kill()
-
-
-def _log_tail(path: Path, chars: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            tail = f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-    return f"\n--- last output ---\n{tail}" if tail else ""
 
 
 def _quiet_logger() -> logging.Logger:
