@@ -621,16 +621,22 @@ class MongoStorage(Storage):
     @_translated
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
         base = _match(runs)
-        queued = self._queue.update_many(
-            {**base, "status": QUEUED.value},
-            {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
-                      "error": "cancelled before it started", "ended_at": now_ts()}})
+        # By id, so that the cancelled runs are archived by id too (one read of the
+        # queue, however many runs a cancel ends).
+        ids = [d["_id"] for d in self._queue.find({**base, "status": QUEUED.value}, {"_id": 1})]
+        cancelled = 0
+        for start in range(0, len(ids), BATCH):
+            cancelled += self._queue.update_many(
+                {"_id": {"$in": ids[start:start + BATCH]}, "status": QUEUED.value},
+                {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
+                          "error": "cancelled before it started",
+                          "ended_at": now_ts()}}).modified_count
         running = self._queue.update_many({**base, "status": RUNNING.value},
                                           {"$set": {"cancel_requested": True}})
-        if queued.modified_count:
-            while self.sweep_finished(everything=True):
-                pass
-        return queued.modified_count, running.modified_count
+        self._finished.update(ids)
+        while self.sweep_finished():
+            pass
+        return cancelled, running.modified_count
 
     @_translated
     def reserve_sacred_ids(self, n: int = 1) -> range:
