@@ -43,12 +43,31 @@ def results_frame(store: Store, *, study: str | None = None, task: str | None = 
     if not rows:
         return pd.DataFrame(columns=_FIXED)
     frame = pd.DataFrame.from_records(rows)
+    _keep_stored_config_values(frame, rows)
     for col in ("queued_at", "start_time", "stop_time"):
         frame[col] = pd.to_datetime(pd.to_numeric(frame[col]), unit="s", utc=True)
     fixed = [c for c in _FIXED if c in frame.columns]
     config_cols = sorted(c for c in frame.columns if c.startswith("config."))
     metric_cols = sorted(c for c in frame.columns if c.startswith("metrics."))
     return frame[fixed + config_cols + metric_cols].reset_index(drop=True)
+
+
+def _keep_stored_config_values(frame, rows: list[dict[str, Any]]) -> None:
+    """Config columns hold the values as stored. pandas turns an explicit None into NaN
+    (the mark of a parameter the config does not have) and ints next to missing values
+    into floats (20 -> 20.0); such columns are rebuilt as object columns: None stays
+    None, ints stay ints, NaN only where the config lacks the key."""
+    import numpy as np
+    import pandas as pd
+
+    for col in [c for c in frame.columns if c.startswith("config.")]:
+        present = [r[col] for r in rows if col in r]
+        has_none = any(v is None for v in present)
+        has_int = frame[col].dtype.kind == "f" and any(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present)
+        if has_none or has_int:
+            frame[col] = pd.Series([r.get(col, np.nan) for r in rows], index=frame.index,
+                                   dtype=object)
 
 
 def _row(doc: dict[str, Any], completers: dict[str, Any]) -> dict[str, Any]:
