@@ -117,13 +117,17 @@ def load_results(mongo_uri: str | None, db_name: str, task: str | None = None,
         store.close()
 
 
-def curves_frame(store: Store, runs, name: str):
+def curves_frame(store: Store, runs, name: str, statuses: Sequence[str] | None = ("COMPLETED",)):
     """A logged metric over steps in long format (for `plots.plot_curves`): one row
     per (run, step) with `run_id`, `seed`, `name`, `step`, `value` and the run's
-    `config.*` columns to group by. `runs` is a results frame."""
+    `config.*` columns to group by. `runs` is a results frame; only its runs with a
+    status in `statuses` count (COMPLETED by default, as in summaries and plots: a
+    cancelled or failed run's partial curve is left out; None keeps every run)."""
     import pandas as pd
 
-    known = runs.dropna(subset=["sacred_id"])
+    from .analysis import runs_with_status
+
+    known = runs_with_status(runs, statuses).dropna(subset=["sacred_id"])
     by_sacred = {int(s): i for i, s in zip(known.index, known["sacred_id"])}
     records = store.metric_series(list(by_sacred), name)
     if not records:

@@ -180,3 +180,36 @@ def test_draw_into_given_axes(results, tmp_path):
     png = fig._repr_png_() if hasattr(fig, "_repr_png_") else None
     new = plot_metric_by_config(results, "accuracy")
     assert png is None and new._repr_png_().startswith(b"\x89PNG")  # inline in notebooks
+
+
+def test_queue_curves_and_hse_plot_curve_use_the_same_completed_runs(q, raw, mongo_uri,
+                                                                       db_name, tmp_path):
+    """`q.curves` and `hse plot TASK curve` read the curves through one function
+    (`curves_frame`) and both leave out a cancelled run's partial curve."""
+    from helpers import TASKS, run_worker
+    from hyperspace_explorer.analysis import group_runs
+    from hyperspace_explorer.cli import main
+    from hyperspace_explorer.results import curves_frame
+    from hyperspace_explorer.store import CANCELLED, DONE
+
+    ids = q.submit("toy", {"model": {"className": "Linear"}, "epochs": 3}, seeds=3)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3, idle_exit=60) == 3
+    # A run cancelled while it was logging keeps the steps it logged; cancelling a run
+    # at that moment takes timing, so one finished run's status is set to CANCELLED.
+    assert raw[DONE].update_one({"_id": ids[0]},
+                                {"$set": {"status": CANCELLED,
+                                          "reason": "cancelled"}}).modified_count == 1
+
+    everything = q.curves("toy", "loss", statuses=None)
+    assert set(everything["run_id"]) == set(ids)  # the cancelled run did log a curve
+    curves = q.curves("toy", "loss")
+    assert set(curves["run_id"]) == set(ids[1:])
+    assert len(curves) == 2 * 3 and sorted(set(curves["step"])) == [0, 1, 2]
+    # what the CLI computes: group_runs' runs (COMPLETED) through curves_frame
+    frame = q.results("toy")
+    cli_curves = curves_frame(q.store, group_runs(frame).data, "loss")
+    pd.testing.assert_frame_equal(cli_curves, curves)
+    out = tmp_path / "loss.png"
+    assert main(["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir", str(TASKS),
+                 "plot", "toy", "curve", "--curve", "loss", "-o", str(out)]) == 0
+    assert_written(out, "png")
