@@ -20,15 +20,17 @@ drawn horizontally, one row per group, so every label reads left to right.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import hsv_to_rgb, to_rgba
 from matplotlib.figure import Figure
 from scipy import stats
 
@@ -42,6 +44,8 @@ __all__ = ["plot_metric_by_config", "plot_curves", "plot_param_vs_metric", "SAVE
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 BANDS = ("std", "sem", "ci", "none")
 LINESTYLES = ("-", "--", ":", "-.")
+# matplotlib >= 3.10 says boxplot(orientation=...); older versions only know vert=.
+_BOXPLOT_ORIENTATION = "orientation" in inspect.signature(Axes.boxplot).parameters
 # Rough text widths (inches per character) at the default 10 pt font and at the
 # legend's "small" size, used to size figures; generous so that nothing is cut.
 _CHAR_IN = 0.075
@@ -52,9 +56,10 @@ _LABEL_WRAP = 60    # characters per tick label line (horizontal box plots)
 
 def colors(n: int) -> list[tuple[float, float, float, float]]:
     """`n` distinct RGBA colours: tab10 (n <= 10), tab20 with its dark half first
-    (n <= 20), tab20 + tab20b + tab20c (n <= 60), else `n` evenly spaced hues."""
+    (n <= 20), tab20 + tab20b + tab20c (n <= 60), else hues a golden ratio of the
+    circle apart (neighbouring groups far apart in hue, darker every other one)."""
     def table(name: str) -> list[tuple[float, ...]]:
-        return [matplotlib.colors.to_rgba(c) for c in matplotlib.colormaps[name].colors]
+        return [to_rgba(c) for c in colormaps[name].colors]
 
     if n <= 10:
         palette = table("tab10")
@@ -62,7 +67,10 @@ def colors(n: int) -> list[tuple[float, float, float, float]]:
         tab20 = table("tab20")
         palette = tab20[0::2] + tab20[1::2] + table("tab20b") + table("tab20c")
     else:
-        palette = [tuple(c) for c in matplotlib.colormaps["hsv"](np.arange(n) / n * 0.92)]
+        i = np.arange(n)
+        hsv = np.column_stack([(i * 0.6180339887498949) % 1.0, np.full(n, 0.85),
+                               np.where(i % 2, 0.6, 0.9)])
+        palette = [(*map(float, rgb), 1.0) for rgb in hsv_to_rgb(hsv)]
     return palette[:n]  # type: ignore[return-value]
 
 
@@ -103,10 +111,14 @@ def _text_size(labels: Sequence[str], char_in: float) -> tuple[float, int]:
     return longest * char_in, sum(label.count("\n") + 1 for label in labels)
 
 
+def _legend_columns(labels: Sequence[str]) -> int:
+    """One legend column per 45 lines of (wrapped) labels."""
+    return max(1, math.ceil(_text_size(labels, _SMALL_CHAR_IN)[1] / 45))
+
+
 def _legend(ax: Axes, handles: list, labels: list[str], title: str | None = None) -> None:
     """A legend outside the axes, to their right, top-aligned (columns if very long)."""
-    _, lines = _text_size(labels, _SMALL_CHAR_IN)
-    ncols = max(1, math.ceil(lines / 45))
+    ncols = _legend_columns(labels)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
               borderaxespad=0.0, fontsize="small", ncols=ncols, title=title,
               title_fontsize="small", alignment="left")
@@ -115,7 +127,7 @@ def _legend(ax: Axes, handles: list, labels: list[str], title: str | None = None
 def _legend_figsize(labels: Sequence[str], title: str = "") -> tuple[float, float]:
     """A figure size leaving 6.5 x 4.5 inches for the axes next to a legend of `labels`."""
     width, lines = _text_size([*labels, title], _SMALL_CHAR_IN)
-    ncols = max(1, math.ceil(lines / 45))
+    ncols = _legend_columns(labels)
     rows = math.ceil(lines / ncols)
     legend_w = ncols * (width + 0.7)
     legend_h = rows * 0.19 + len(labels) / ncols * 0.06 + 0.3
@@ -226,7 +238,8 @@ def plot_metric_by_config(df: pd.DataFrame, metric: str, by: list[str] | None = 
     positions = np.arange(1, len(samples) + 1)
     ax.boxplot([s if s.size else [np.nan] for s in samples], positions=positions,
                widths=0.6, showfliers=False, medianprops={"color": "black"},
-               orientation="vertical" if upright else "horizontal")
+               **({"orientation": "vertical" if upright else "horizontal"}
+                  if _BOXPLOT_ORIENTATION else {"vert": upright}))
     rng = np.random.default_rng(seed)
     for pos, s, color in zip(positions, samples, colors(len(samples))):
         spread = pos + rng.uniform(-jitter, jitter, s.size)
