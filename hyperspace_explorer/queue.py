@@ -377,11 +377,14 @@ class RunQueue:
                 "metrics": doc["metrics"], "config": doc["config"],
                 "resubmit": f"q.submit({task!r}, {config!r}, seeds=[{doc['seed']}])"}
 
-    def curves(self, task: str, name: str):
-        """A metric logged with `log_scalar`, long format, for `plots.plot_curves`."""
+    def curves(self, task: str, name: str, *,
+               statuses: Sequence[str] | None = ("COMPLETED",)):
+        """A metric logged with `log_scalar`, long format, for `plots.plot_curves`:
+        the COMPLETED runs' curves by default, as `hse plot TASK curve` draws them
+        (`statuses=None` adds cancelled and failed runs' partial curves)."""
         from .results import curves_frame
 
-        return curves_frame(self.store, self.results(task), name)
+        return curves_frame(self.store, self.results(task), name, statuses)
 
     def diff(self, run_a: str | int, run_b: str | int) -> dict[str, Any]:
         """Config and code-version differences between two runs."""
