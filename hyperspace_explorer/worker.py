@@ -330,6 +330,22 @@ class Worker:
                         run_id)
 
 
+def worker_state(doc: dict[str, Any], now: float) -> tuple[str, float, float | None]:
+    """What a worker document says about its worker at time `now` (epoch seconds):
+    (state, lease, heartbeat age). The state is "DEAD" when its last heartbeat is
+    older than its own `lease_s` (3x `DEFAULT_HEARTBEAT_S` for workers that did not
+    record one), else "stopping" when it was asked to stop, else "alive"."""
+    lease = doc.get("lease_s")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        lease = 3 * DEFAULT_HEARTBEAT_S
+    beat = doc.get("heartbeat")  # epoch seconds, as Storage writes it
+    beat = float(beat) if isinstance(beat, (int, float)) and not isinstance(beat, bool) else None
+    age = None if beat is None else max(0.0, now - beat)
+    if beat is None or now - beat > lease:
+        return "DEAD", float(lease), age
+    return ("stopping" if doc.get("stopping") else "alive"), float(lease), age
+
+
 # ------------------------------------------------------------------ command line
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Worker options, shared by `hyperspace_worker` and `hse worker`."""
