@@ -398,3 +398,61 @@ def test_server_start_status_stop(capsys):
     assert "embedded server stopped" in capsys.readouterr().out
     assert main(["server", "status"]) == 1
     assert capsys.readouterr().out.startswith("not running")
+
+
+# ------------------------------------------------------------------------ startup cost
+HEAVY = ("matplotlib", "scipy", "pandas", "sacred", "torch")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["ls"]])
+def test_fast_commands_import_no_heavy_module(mongo_uri, db_name, args):
+    """`hse --help`, `hse status` and `hse ls` answer without loading the analysis,
+    plotting or execution stack (a fresh interpreter, so nothing is imported already)."""
+    probe = ("import sys; from hyperspace_explorer.cli import main; code = main(sys.argv[1:]); "
+             f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}); "
+             "print('EXIT', code, 'HEAVY', heavy, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, "--mongo-uri", mongo_uri,
+                           "--db", db_name, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "EXIT 0 HEAVY []" in proc.stderr, proc.stderr
+    assert ("usage: hse" if args == ["--help"] else
+            "no runs in study" if args == ["status"] else "no matching runs") in proc.stdout
+
+
+def test_plot_help_names_the_formats_plots_can_write():
+    from hyperspace_explorer.cli.results import PLOT_FORMATS
+    from hyperspace_explorer.plots import SAVE_FORMATS
+
+    assert PLOT_FORMATS == SAVE_FORMATS
+
+
+@pytest.mark.parametrize("command", [["-m", "hyperspace_explorer.worker"],
+                                     [str(Path(__file__).resolve().parents[1] / "bin" /
+                                          "hyperspace_worker.py")]])
+def test_worker_entry_points_parse_the_worker_options(command):
+    proc = subprocess.run([sys.executable, *command, "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: hyperspace_worker") and "--idle-exit" in proc.stdout
+
+
+# ------------------------------------------------------------------------ the same answers
+def test_cli_and_run_queue_give_the_same_best_and_summary(hse, executed, mongo_uri, db_name):
+    """Reading commands need no tasks directory, and say what RunQueue says."""
+    from hyperspace_explorer.cli.render import json_ready
+    from hyperspace_explorer.queue import RunQueue
+
+    with RunQueue(mongo_uri, db_name) as q:  # no tasks_dir, as in a notebook
+        best = q.best("toy")
+        summary = q.summary("toy")
+        by_task = q.status_by_task()
+        assert best["config"] == q.get(best["run_id"])["config"]  # complete, with defaults
+    assert best["resubmit"] == (f"q.submit('toy', {best['config']!r}, force=True, "
+                                f"seeds=[{best['seed']}])")
+    assert json.loads(hse("best", "toy", "--json").out) == json_ready(best)
+    rows = json.loads(hse("results", "toy", "--format", "json").out)
+    assert [r["score_mean"] for r in rows] == pytest.approx(summary["score_mean"].tolist())
+    assert by_task == {"toy": {"COMPLETED": 4, "FAILED": 1}}
+    no_tasks_dir = main(["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir",
+                         "/nonexistent/tasks", "best", "toy", "--json"])
+    assert no_tasks_dir == 0

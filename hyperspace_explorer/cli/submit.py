@@ -1,0 +1,161 @@
+"""`hse submit`: queue runs of a task (`RunQueue.submit` / `submit_grid`), and the
+parsing of the PATH=VALUE values of --set and --grid."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, HSEError
+from ..storage import DEFAULT_MAX_ATTEMPTS
+from . import render
+from .common import Session, SubParsers, command
+
+
+def register(sub: SubParsers) -> None:
+    p = command(sub, "submit", cmd_submit, "queue runs of a task; prints their ids",
+                "examples:\n"
+                "  hse submit digits --set model.className=LogisticModel --set model.C=0.5\n"
+                "  hse submit digits --set model.className=ForestModel \\\n"
+                "        --grid model.n_estimators=20,50,100 --grid model.max_depth=null,8 "
+                "--seeds 5\n"
+                "  hse submit digits --config base.json --set train_fraction=0.5 "
+                "--priority 10\n\n"
+                "Values are JSON when they parse as JSON (0.5, true, null, [50,10], "
+                "{\"a\":1}),\nelse strings (Forest). Grid values are comma-separated; "
+                "commas inside [...] or\n{...} do not split (--grid model.layers=[50,10],[20]). "
+                "The config is validated\nagainst the Study's classes before anything is "
+                "queued.")
+    p.set_defaults(needs_tasks=True)
+    p.add_argument("task", help="task name (TASKS_DIR/<task>.json)")
+    p.add_argument("--set", dest="assignments", action="append", default=[],
+                   type=parse_assignment, metavar="PATH=VALUE",
+                   help="set a config value by dotted path (repeatable)")
+    p.add_argument("--grid", action="append", default=[], type=parse_grid,
+                   metavar="PATH=V1,V2,...",
+                   help="one axis of a grid; the cartesian product of all axes is queued")
+    p.add_argument("--config", metavar="FILE.json",
+                   help="base config (a JSON object); --set and --grid apply on top")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="run each config under N seeds: the task's seed, +1, ... "
+                            "(default: just the task's seed)")
+    seeds.add_argument("--seed", dest="seed_list", type=int, action="append", metavar="S",
+                       help="run each config under this seed (repeatable), e.g. to re-run "
+                            "a run found by `hse best`")
+    p.add_argument("--priority", type=int, default=0,
+                   help="higher runs first (default %(default)s)")
+    p.add_argument("--max-runtime", type=float, default=None, metavar="S",
+                   help="seconds after which a run is killed as TIMEOUT "
+                        "(default: the task's max_runtime)")
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+                   help="attempts before a run whose worker keeps dying is FAILED "
+                        "(default %(default)s)")
+    p.add_argument("--study-dir", metavar="DIR",
+                   help="directory of the Study's scenarios.py, to validate the config "
+                        "(default: the tasks directory's parent, then the current directory)")
+
+
+def cmd_submit(session: Session) -> int:
+    from ..configurable import set_dotted
+
+    args = session.args
+    conf = _read_config(args.config) if args.config else {}
+    for path, value in args.assignments:
+        set_dotted(conf, path, value)
+    _given_once("--grid", [path for path, _ in args.grid], "; list all its values in one "
+                                                           "--grid PATH=V1,V2")
+    grid = dict(args.grid)
+    queue = session.queue
+    options = dict(seeds=args.seed_list if args.seed_list else args.seeds,
+                   priority=args.priority, max_attempts=args.max_attempts,
+                   max_runtime=args.max_runtime)
+    ids = (queue.submit_grid(args.task, conf, grid, **options) if grid
+           else queue.submit(args.task, conf, **options))
+    for run_id in ids:
+        print(run_id)
+    render.console(stderr=True).print(render.text(
+        f"queued {len(ids)} run(s) of task '{args.task}' in study '{queue.study}'"))
+    return 0
+
+
+def _given_once(option: str, paths: list[str], hint: str) -> None:
+    """A ConfigError naming the first path given twice to `option`."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise ConfigError(path, f"given twice with {option}{hint}")
+        seen.add(path)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HSEError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise HSEError(f"--config {path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HSEError(f"--config {path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- values
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (0.5, true, null, [50,10]), else the
+    string itself, so `className=Forest` needs no quoting."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _split_path(text: str, option: str, example: str) -> tuple[str, str]:
+    path, sep, value = text.partition("=")
+    path = path.strip()
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE (e.g. {example}), got {text!r}")
+    if not all(path.split(".")):
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: empty key in dotted path {path!r}")
+    return path, value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`--set model.C=0.5` -> ("model.C", 0.5)."""
+    path, value = _split_path(text, "--set", "model.C=0.5")
+    return path, parse_value(value)
+
+
+def parse_grid(text: str) -> tuple[str, list[Any]]:
+    """`--grid model.C=0.1,1` -> ("model.C", [0.1, 1]); commas inside brackets, braces
+    or quotes do not split (`model.layers=[50,10],[20]` has two values)."""
+    path, value = _split_path(text, "--grid", "model.C=0.1,1,10")
+    items = split_top_level(value)
+    if any(not item.strip() for item in items):
+        raise argparse.ArgumentTypeError(f"--grid {text!r}: empty value in the list")
+    return path, [parse_value(item.strip()) for item in items]
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside [...], {...} or a double-quoted string."""
+    items, depth, start, quoted, escaped = [], 0, 0, False, False
+    for i, ch in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
