@@ -456,3 +456,25 @@ def test_cli_and_run_queue_give_the_same_best_and_summary(hse, executed, mongo_u
     no_tasks_dir = main(["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir",
                          "/nonexistent/tasks", "best", "toy", "--json"])
     assert no_tasks_dir == 0
+
+
+# ------------------------------------------------------------------------ defects
+def test_a_key_set_twice_is_an_error_naming_it(hse, store):
+    result = hse("submit", "toy", "--set", "model.className=Linear", "--set", "model.lr=0.1",
+                 "--set", "model.lr=0.5")
+    assert result.code == 2
+    assert result.err.startswith("hse: error: config.model.lr: given twice with --set")
+    both = hse("submit", "toy", "--set", "model.className=Linear", "--set", "epochs=2",
+               "--grid", "epochs=1,3")
+    assert both.code == 2 and "config.epochs: given with both --set and --grid" in both.err
+    assert sum(store.count_by_status(RunFilter()).values()) == 0
+
+
+def test_submit_says_which_runs_it_skipped_as_duplicates(hse, store):
+    (first,) = submit(hse, "toy", "--set", "model.className=Linear")
+    again = hse("submit", "toy", "--set", "model.className=Linear")
+    assert again.code == 0 and again.out.split() == []
+    assert "skipped 1 run(s) already queued, running or completed" in again.err
+    assert first in again.err and "--force" in again.err
+    forced = hse("submit", "toy", "--set", "model.className=Linear", "--force")
+    assert forced.code == 0 and len(forced.out.split()) == 1

@@ -26,12 +26,13 @@ def register(sub: SubParsers) -> None:
                 "{\"a\":1}),\nelse strings (Forest). Grid values are comma-separated; "
                 "commas inside [...] or\n{...} do not split (--grid model.layers=[50,10],[20]). "
                 "The config is validated\nagainst the Study's classes before anything is "
-                "queued.")
+                "queued. Runs already queued, running\nor completed (same task, config and "
+                "seed) are skipped unless --force.")
     p.set_defaults(needs_tasks=True)
     p.add_argument("task", help="task name (TASKS_DIR/<task>.json)")
     p.add_argument("--set", dest="assignments", action="append", default=[],
                    type=parse_assignment, metavar="PATH=VALUE",
-                   help="set a config value by dotted path (repeatable)")
+                   help="set a config value by dotted path (repeatable, once per path)")
     p.add_argument("--grid", action="append", default=[], type=parse_grid,
                    metavar="PATH=V1,V2,...",
                    help="one axis of a grid; the cartesian product of all axes is queued")
@@ -52,6 +53,9 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
                    help="attempts before a run whose worker keeps dying is FAILED "
                         "(default %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="queue runs even when the same task, config and seed is already "
+                        "queued, running or completed (e.g. to re-run the best run)")
     p.add_argument("--study-dir", metavar="DIR",
                    help="directory of the Study's scenarios.py, to validate the config "
                         "(default: the tasks directory's parent, then the current directory)")
@@ -62,30 +66,42 @@ def cmd_submit(session: Session) -> int:
 
     args = session.args
     conf = _read_config(args.config) if args.config else {}
+    _given_once("--set", [path for path, _ in args.assignments])
     for path, value in args.assignments:
         set_dotted(conf, path, value)
     _given_once("--grid", [path for path, _ in args.grid], "; list all its values in one "
                                                            "--grid PATH=V1,V2")
     grid = dict(args.grid)
+    both = sorted(set(grid) & {path for path, _ in args.assignments})
+    if both:
+        raise ConfigError(both[0], "given with both --set and --grid; use one of them")
     queue = session.queue
     options = dict(seeds=args.seed_list if args.seed_list else args.seeds,
                    priority=args.priority, max_attempts=args.max_attempts,
-                   max_runtime=args.max_runtime)
+                   max_runtime=args.max_runtime, force=args.force)
     ids = (queue.submit_grid(args.task, conf, grid, **options) if grid
            else queue.submit(args.task, conf, **options))
     for run_id in ids:
         print(run_id)
-    render.console(stderr=True).print(render.text(
+    console = render.console(stderr=True)
+    console.print(render.text(
         f"queued {len(ids)} run(s) of task '{args.task}' in study '{queue.study}'"))
+    if queue.last_skipped:
+        shown = ", ".join(queue.last_skipped[:5]) + (", ..." if len(queue.last_skipped) > 5
+                                                     else "")
+        console.print(render.text(
+            f"skipped {len(queue.last_skipped)} run(s) already queued, running or completed "
+            f"(the same task, config and seed: {shown}); --force queues them anyway",
+            "yellow"))
     return 0
 
 
-def _given_once(option: str, paths: list[str], hint: str) -> None:
+def _given_once(option: str, paths: list[str], hint: str = "") -> None:
     """A ConfigError naming the first path given twice to `option`."""
     seen: set[str] = set()
     for path in paths:
         if path in seen:
-            raise ConfigError(path, f"given twice with {option}{hint}")
+            raise ConfigError(path, f"given twice with {option}{hint or '; give each path once'}")
         seen.add(path)
 
 
