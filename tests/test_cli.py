@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -459,6 +460,49 @@ def test_cli_and_run_queue_give_the_same_best_and_summary(hse, executed, mongo_u
 
 
 # ------------------------------------------------------------------------ defects
+def test_best_prints_commands_that_work_as_printed(hse, executed, store, tmp_path: Path):
+    saved = tmp_path / "best.json"
+    result = hse("best", "toy", "--save", str(saved))
+    assert result.code == 0, result.err
+    best = json.loads(hse("best", "toy", "--json").out)
+    (line,) = [ln.strip() for ln in result.out.splitlines()
+               if ln.strip().startswith("hse submit")]
+    argv = shlex.split(line)
+    assert argv[argv.index("--db") + 1] == store.db_name
+    assert argv[argv.index("--mongo-uri") + 1] == store.uri
+    again = main(argv[1:])  # as printed: the run is COMPLETED, so --force is in it
+    assert again == 0
+    copies = [d for d in store.find_runs(RunFilter(study=store.db_name, status="QUEUED"))]
+    assert [(d["config"], d["seed"]) for d in copies] == [(best["config"], best["seed"])]
+
+    # The Python lines, run as printed, queue one more copy.
+    lines = [ln.strip() for ln in result.out.splitlines()]
+    setup = next(ln for ln in lines if ln.startswith("or in Python, with q = "))
+    call = lines[lines.index(setup) + 1]
+    namespace: dict = {}
+    exec("from hyperspace_explorer import RunQueue\n"
+         + setup.removeprefix("or in Python, with ").rstrip(":"), namespace)
+    try:
+        (copy_id,) = eval(call, namespace)
+    finally:
+        namespace["q"].close()
+    assert (store.get_run(copy_id)["config"], store.get_run(copy_id)["seed"]) == (
+        best["config"], best["seed"])
+
+    unsaved = hse("best", "toy")  # without --save: first save, then submit
+    assert f"hse best toy --save best.json --mongo-uri {store.uri} --db {store.db_name}" \
+        in unsaved.out
+
+
+def test_results_title_counts_only_the_runs_it_ranks(hse, executed):
+    (extra,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "epochs=9")
+    assert hse("cancel", extra).code == 0
+    table = hse("results", "toy")
+    assert table.code == 0, table.err
+    assert ("task 'toy': 4 completed run(s) (1 failed, 1 cancelled not shown), ranked by "
+            "score (maximize)") in " ".join(table.out.split())
+
+
 def test_a_key_set_twice_is_an_error_naming_it(hse, store):
     result = hse("submit", "toy", "--set", "model.className=Linear", "--set", "model.lr=0.1",
                  "--set", "model.lr=0.5")

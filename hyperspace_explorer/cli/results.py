@@ -3,13 +3,14 @@ the runs of a task (`RunQueue.summary`, `best`, `diff`, `results`, `curves`)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from ..errors import HSEError
-from ..status import COMPLETED
+from ..status import COMPLETED, STATUSES
 from . import render
-from .common import Session, SubParsers, command
+from .common import PROG, Session, SubParsers, command
 
 RESULT_FORMATS = ("table", "md", "latex", "csv", "html", "json")
 PLOT_KINDS = ("box", "curve", "param")
@@ -37,7 +38,7 @@ def register(sub: SubParsers) -> None:
                 "the best completed run of a task, its full config and how to run it again",
                 "examples:\n  hse best digits\n"
                 "  hse best digits --save best.json\n"
-                "  hse submit digits --config best.json --seed 3   # run it again (its seed)\n"
+                "  hse submit digits --config best.json --seed 3 --force   # run it again\n"
                 "  hse best digits --json | jq .config\n\n"
                 "Best by the task's metric and direction (a single run, not a mean over "
                 "seeds: see\n`hse results` for that). The config is the run's complete "
@@ -103,11 +104,19 @@ def cmd_results(session: Session) -> int:
     metric, direction = summary.attrs["metric"], summary.attrs["direction"]
     if args.format == "table":
         render.console().print(render.summary_table(
-            summary, title=f"task '{args.task}': {sum(queue.status(args.task).values())} "
-                           f"run(s), ranked by {metric} ({direction})"))
+            summary, title=f"task '{args.task}': {counted_runs(queue.status(args.task))}, "
+                           f"ranked by {metric} ({direction})"))
     else:
         print(export(summary, args.format, metric, direction))
     return 0
+
+
+def counted_runs(counts: dict[str, int]) -> str:
+    """What a results table summarises, its COMPLETED runs, and what it leaves out:
+    "12 completed run(s) (3 failed, 2 cancelled not shown)"."""
+    others = [f"{counts[s]} {s.lower()}" for s in STATUSES if s != COMPLETED and counts.get(s)]
+    left_out = f" ({', '.join(others)} not shown)" if others else ""
+    return f"{counts.get(COMPLETED, 0)} completed run(s){left_out}"
 
 
 # --------------------------------------------------------------------------- best
@@ -140,16 +149,30 @@ def cmd_best(session: Session) -> int:
     console.print(info)
     console.print(render.text("\nconfig", "bold"))
     console.print(JSON.from_data(best["config"], default=str))
-    config_file = args.save or "best.json"
+    config_file = shlex.quote(args.save or "best.json")
+    options = session.global_options()
     saved = (f"(config saved to {args.save})" if args.save
-             else f"(hse best {args.task} --save {config_file} writes the config above)")
-    console.print(render.text("\nto run it again", "bold"))
-    console.print(render.text(f"  hse submit {args.task} --config {config_file} --seed "
-                              f"{best['seed']}\n    {saved}"))
-    console.print(render.text(f"  or in Python, with q = RunQueue(None, {session.db!r}, "
-                              f"{str(args.tasks_dir)!r}):"))
-    console.print(render.text(f"  {best['resubmit']}"))
+             else f"(first: {PROG} best {args.task} --save {config_file} {options})")
+    # --force: the run itself is COMPLETED, so its copy would be skipped as a duplicate
+    console.print(render.text("\nto run it again (the complete config reproduces it)", "bold"))
+    for line in (f"  {PROG} submit {args.task} --config {config_file} --seed {best['seed']} "
+                 f"--force {options}", f"    {saved}", "  or in Python, with q = RunQueue("
+                 f"{_uri_literal(session)}, {session.db!r}, {_tasks_literal(session)}):",
+                 f"  {best['resubmit']}"):
+        console.print(render.text(line), soft_wrap=True)  # never wrapped: copied as is
     return 0
+
+
+def _uri_literal(session: Session) -> str:
+    from ..storage import redact_uri
+
+    uri = session.args.mongo_uri
+    return repr(None if uri is None else redact_uri(uri))
+
+
+def _tasks_literal(session: Session) -> str:
+    tasks = session.queue.tasks_dir
+    return repr(None if tasks is None else str(tasks))
 
 
 # --------------------------------------------------------------------------- diff
