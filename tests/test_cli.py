@@ -503,6 +503,45 @@ def test_results_title_counts_only_the_runs_it_ranks(hse, executed):
             "score (maximize)") in " ".join(table.out.split())
 
 
+def test_ls_and_show_give_the_host_of_a_running_run(hse, store):
+    (run_id,) = submit(hse, "toy", "--set", "model.className=Linear")
+    assert store.claim(store.db_name, ["toy"], "gpu-node-7:4242:a1b2c3", lease_s=600)
+    row = table_row(hse("ls").out, run_id)
+    assert (row[3], row[7]) == ("RUNNING", "gpu-node-7")
+    shown = hse("show", run_id).out
+    assert "host" in shown and "gpu-node-7" in shown and "gpu-node-7:4242:a1b2c3" in shown
+
+
+def test_show_explains_a_timeout(hse, store, mongo_uri, db_name, keep_signal_handlers):
+    (slow,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "behaviour=sleep",
+                     "--set", "duration=60", "--max-runtime", "0.3")
+    assert run_worker(mongo_uri, db_name, runs=1) == 1
+    assert store.get_run(slow)["status"] == "TIMEOUT"
+    shown = hse("show", slow).out
+    error = shown[shown.index("\nerror\n"):]
+    assert "ran longer than max_runtime=0.3s and was stopped" in error
+
+    # A run recorded without an error message still says why it ended.
+    (old,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "epochs=7")
+    doc = store.claim(store.db_name, ["toy"], "h:1:a", lease_s=600)
+    assert doc["_id"] == old and store.finish(old, doc["token"], "TIMEOUT",
+                                              {"reason": "timeout"})
+    shown = hse("show", old).out
+    assert "ran longer than its max_runtime and was stopped" in \
+        shown[shown.index("\nerror\n"):]
+
+
+def test_show_gives_the_last_rejection_of_a_run(hse, store):
+    (run_id,) = submit(hse, "toy", "--set", "model.className=Linear")
+    doc = store.claim(store.db_name, ["toy"], "old:9:ff", lease_s=600)
+    assert store.requeue(run_id, doc["token"], {"last_rejection": {
+        "worker": "old:9:ff", "host": "old", "code_digest": "c0ffee", "at": time.time(),
+        "error": "unknown Scenario class 'Toy2'"}})
+    shown = hse("show", run_id).out
+    line = next(ln for ln in shown.splitlines() if ln.startswith("last rejection"))
+    assert "unknown Scenario class 'Toy2'" in line and "old:9:ff" in line and "c0ffee" in line
+
+
 def test_a_key_set_twice_is_an_error_naming_it(hse, store):
     result = hse("submit", "toy", "--set", "model.className=Linear", "--set", "model.lr=0.1",
                  "--set", "model.lr=0.5")
@@ -522,3 +561,27 @@ def test_submit_says_which_runs_it_skipped_as_duplicates(hse, store):
     assert first in again.err and "--force" in again.err
     forced = hse("submit", "toy", "--set", "model.className=Linear", "--force")
     assert forced.code == 0 and len(forced.out.split()) == 1
+
+
+def test_workers_caption_only_what_applies_and_show_rejections(hse, store):
+    now = time.time()
+    store.register_worker({"_id": "h:1:a", "host": "h", "pid": 1, "study": "s",
+                           "heartbeat": now, "current_run": None, "executed": 2,
+                           "lease_s": 60.0})
+    alive = hse("workers")
+    assert alive.code == 0
+    assert "1 worker(s)" in alive.out and "DEAD" not in alive.out
+    assert "cannot run" not in alive.out
+    store.register_worker({"_id": "h:2:b", "host": "h", "pid": 2, "study": "s",
+                           "heartbeat": now, "current_run": None, "executed": 0,
+                           "lease_s": 60.0, "stopping": True, "cannot_run": 3,
+                           "last_rejection": "run 0123456789ab: unknown key 'lrr'"})
+    result = hse("workers")
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                          for line in result.out.splitlines()
+                                          if line.startswith("│ h "))}
+    assert (rows["1"][7], rows["1"][8]) == ("alive", "0")
+    assert (rows["2"][7], rows["2"][8]) == ("stopping", "3")
+    assert "stopping: finishes its current run, then exits" in result.out
+    assert "DEAD" not in result.out
+    assert "worker h:2 last refused run 0123456789ab: unknown key 'lrr'" in result.out

@@ -6,6 +6,8 @@ from . import render
 from .common import Session, SubParsers, command
 
 STATE_STYLE = {"DEAD": "red", "stopping": "yellow", "alive": "green"}
+STATE_MEANING = {"DEAD": "no heartbeat for longer than its lease",
+                 "stopping": "finishes its current run, then exits"}
 
 
 def register(sub: SubParsers) -> None:
@@ -19,7 +21,9 @@ def register(sub: SubParsers) -> None:
             "exits);\nDEAD (its last heartbeat is older than its own lease, --lease of "
             "hyperspace_worker,\nor 3x the default heartbeat interval for workers that "
             "did not record one: it was\nkilled without cleaning up, and its run is "
-            "requeued once the run's lease expires).")
+            "requeued once the run's lease expires).\n'cannot run': runs this worker's "
+            "Study code refused and left to other workers\n(the last one is shown under "
+            "the table).")
 
 
 def cmd_recover(session: Session) -> int:
@@ -41,18 +45,29 @@ def cmd_workers(session: Session) -> int:
         console.print(render.text(f"no workers registered in database "
                                   f"'{queue.store.db_name}'"))
         return 0
-    table = Table(title=f"{len(workers)} worker(s) (DEAD: no heartbeat for longer than its "
-                        f"lease)")
-    for name in ("host", "pid", "study", "current run", "executed", "last heartbeat", "lease",
-                 "state"):
+    states = [w["state"] for w in workers]
+    legend = "; ".join(f"{state}: {meaning}" for state, meaning in STATE_MEANING.items()
+                       if state in states)
+    table = Table(title=f"{len(workers)} worker(s)" + (f" ({legend})" if legend else ""))
+    rejecting = any(w.get("cannot_run") for w in workers)
+    columns = ["host", "pid", "study", "current run", "executed", "last heartbeat", "lease",
+               "state"] + (["cannot run"] if rejecting else [])
+    for name in columns:
         table.add_column(name, no_wrap=True)
     for w in workers:
         age = w["heartbeat_age"]
-        table.add_row(render.text(w.get("host")), render.text(w.get("pid")),
-                      render.text(w.get("study")), render.text(w.get("current_run")),
-                      render.text(w.get("executed", 0)),
-                      render.text("-" if age is None else f"{render.seconds(age)} ago"),
-                      render.text(render.seconds(w["lease"])),
-                      render.text(w["state"], STATE_STYLE.get(w["state"], "")))
+        cells = [render.text(w.get("host")), render.text(w.get("pid")),
+                 render.text(w.get("study")), render.text(w.get("current_run")),
+                 render.text(w.get("executed", 0)),
+                 render.text("-" if age is None else f"{render.seconds(age)} ago"),
+                 render.text(render.seconds(w["lease"])),
+                 render.text(w["state"], STATE_STYLE.get(w["state"], ""))]
+        if rejecting:
+            cells.append(render.text(w.get("cannot_run") or 0))
+        table.add_row(*cells)
     console.print(table)
+    for w in workers:
+        if w.get("last_rejection"):
+            console.print(render.text(f"worker {w.get('host')}:{w.get('pid')} last refused "
+                                      f"{w['last_rejection']}", "yellow"))
     return 0

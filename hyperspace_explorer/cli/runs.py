@@ -123,7 +123,8 @@ def cmd_show(session: Session) -> int:
              ("started", render.when(doc.get("started_at"))),
              ("ended", render.when(doc.get("ended_at"))),
              ("duration", render.duration(doc)), ("code version", _code_version(doc)),
-             ("worker log", doc.get("log_file"))]
+             ("worker log", doc.get("log_file")),
+             ("last rejection", _rejection(doc.get("last_rejection")))]
     info = Table.grid(padding=(0, 2))
     for key, value in facts:
         if value not in (None, "-"):
@@ -164,6 +165,14 @@ def _code_version(doc: Mapping[str, Any]) -> str | None:
     if not version.get("commit"):
         return None
     return f"{version['commit'][:12]}{' (dirty)' if version.get('dirty') else ''}"
+
+
+def _rejection(note: Any) -> str | None:
+    """A run's `last_rejection` (left to another worker whose Study code may run it)."""
+    if not isinstance(note, Mapping):
+        return None if note is None else str(note)
+    return (f"{note.get('error')} (worker {note.get('worker', '?')}, Study code "
+            f"{note.get('code_digest', '?')}, {render.when(note.get('at'))})")
 
 
 def cmd_cancel(session: Session) -> int:
