@@ -4,13 +4,14 @@ Started from a Study directory (the one holding `scenarios.py`)::
 
     hyperspace_worker TASKS_DIR DB_NAME [--mongo-uri URI] [--interval S]
 
+(its command line is in `cli/worker.py`; `python -m hyperspace_explorer.worker` runs it).
+
 Any number of workers on any number of machines can share a database: claims are
 atomic, each attempt holds a lease its worker renews, and runs whose worker died are
 requeued by whichever worker (or `hse recover`) notices the expired lease first.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -419,75 +420,23 @@ class _Slot:
     gpus: list[str] = dataclasses.field(default_factory=list)
 
 
-# ------------------------------------------------------------------ command line
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """Worker options, shared by `hyperspace_worker` and `hse worker`."""
-    parser.add_argument("tasks_dir", help="directory with the Study's task .json files")
-    parser.add_argument("db_name", help="MongoDB database of the Study (also the queue)")
-    parser.add_argument("--mongo-uri", help="MongoDB URI (default: $HSE_MONGO_URI, else the "
-                                            "embedded server on this machine)")
-    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
-                        help="seconds between polls of an empty queue (default %(default)s)")
-    parser.add_argument("--study-dir", default=None,
-                        help="directory containing scenarios.py (default: current directory)")
-    parser.add_argument("--study", default=None,
-                        help="Study name in the queue (default: the database name)")
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
-                        help="seconds between lease renewals (default %(default)s)")
-    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
-                        help="seconds without renewal after which a run is presumed lost "
-                             "(default %(default)s)")
-    parser.add_argument("--max-runs", type=int, default=None,
-                        help="exit after executing this many runs")
-    parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
-                        help="exit after the queue has been empty this long")
-    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="runs executed at once by this worker (default %(default)s)")
-    parser.add_argument("--gpus", type=_names, default=[], metavar="IDS",
-                        help="GPU ids this worker hands out, e.g. 0,1,2,3: a run needing k "
-                             "GPUs sees k free ones as CUDA_VISIBLE_DEVICES (default: none; "
-                             "runs that need GPUs are left to other workers)")
-    parser.add_argument("--tags", type=_names, default=[], metavar="TAGS",
-                        help="what this worker offers, e.g. gpu,big-mem: it also takes runs "
-                             "submitted with those tags (untagged runs go to any worker)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def worker_state(doc: dict[str, Any], now: float) -> tuple[str, float, float | None]:
+    """What a worker document says about its worker at time `now` (epoch seconds):
+    (state, lease, heartbeat age). The state is "DEAD" when its last heartbeat is
+    older than its own `lease_s` (3x `DEFAULT_HEARTBEAT_S` for workers that did not
+    record one), else "stopping" when it was asked to stop, else "alive"."""
+    lease = doc.get("lease_s")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        lease = 3 * DEFAULT_HEARTBEAT_S
+    beat = doc.get("heartbeat")  # epoch seconds, as Storage writes it
+    beat = float(beat) if isinstance(beat, (int, float)) and not isinstance(beat, bool) else None
+    age = None if beat is None else max(0.0, now - beat)
+    if beat is None or now - beat > lease:
+        return "DEAD", float(lease), age
+    return ("stopping" if doc.get("stopping") else "alive"), float(lease), age
 
 
-def _names(text: str) -> list[str]:
-    """A comma-separated list of names (GPU ids, tags)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+if __name__ == "__main__":  # `python -m hyperspace_explorer.worker`: the hyperspace_worker command
+    from hyperspace_explorer.cli.worker import main
 
-
-def run_worker_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
-                    study=args.study, interval=args.interval, heartbeat=args.heartbeat,
-                    lease=args.lease, max_runs=args.max_runs, idle_exit=args.idle_exit,
-                    concurrency=args.concurrency, gpus=args.gpus, tags=args.tags)
-    worker.run()
-    worker.store.close()
-    if worker.reload_requested:
-        # Start afresh on the edited Study code: same interpreter, same command line.
-        log.warning("re-executing the worker to load the edited Study code")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hyperspace_worker",
-        description="Execute queued runs of the Study in the current directory.")
-    add_worker_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_worker_from_args(args)
-    except HSEError as exc:
-        print(f"hyperspace_worker: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
     sys.exit(main())
