@@ -462,7 +462,8 @@ class RunQueue:
         from .analysis import summarize
 
         spec = self.task(task, require_runs=True)
-        return summarize(self.results(task), spec.metric, spec.direction,
+        statuses = kwargs.get("statuses", ("COMPLETED",))  # only those runs are read
+        return summarize(self.results(task, status=statuses), spec.metric, spec.direction,
                          by=list(by) if by else None, **kwargs)
 
     def best(self, task: str) -> dict[str, Any]:

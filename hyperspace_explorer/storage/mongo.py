@@ -59,6 +59,7 @@ READY, BOUNDS, LEASES = "hse_ready", "hse_ready_bounds", "hse_leases"
 #: Queued runs of a task the claim path points at (see "queue writes" below).
 READY_WINDOW = 256
 _INSERT_BATCH = 5000
+_READ_BATCH = 5000
 _DEFAULT_REQ = requirement(0, ())
 _CLAIM_ORDER = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
 RUNS, METRICS = "runs", "metrics"
@@ -668,7 +669,8 @@ class MongoStorage(Storage):
         seen: set[str] = set()
         try:
             for coll in (self._queue, self._done):
-                cursor = coll.find(query, projection)
+                # big batches: reading a Study's results is thousands of documents
+                cursor = coll.find(query, projection, batch_size=_READ_BATCH)
                 if newest_first:
                     cursor = cursor.sort("order", pymongo.DESCENDING)
                 if limit:
