@@ -6,6 +6,7 @@ the MongoDB named by HSE_TEST_MONGO_URI (to run the suite against a real mongod)
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 import warnings
@@ -70,6 +71,25 @@ def db_name(mongo_uri: str) -> Iterator[str]:
         warnings.warn(f"could not drop test database {name}: {exc}")
     finally:
         client.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list]:
+    """Processes (workers) a test starts: whatever is still running at the end is
+    woken (it may be SIGSTOPped) and killed, so no test leaves processes behind."""
+    started: list = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def workers(procs: list) -> list:
+    """The same as `procs`, under the name the resilience tests use."""
+    return procs
 
 
 @pytest.fixture

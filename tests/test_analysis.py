@@ -1,7 +1,6 @@
 """summarize / best_run / holm: statistics checked against numpy and scipy directly."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

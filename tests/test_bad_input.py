@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import STUDY, TASKS, raw_db, start_worker
+
 from hyperspace_explorer.errors import ConfigError, StoreError, TaskError
 from hyperspace_explorer.execution import TOO_LARGE
 from hyperspace_explorer.queue import RunQueue

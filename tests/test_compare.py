@@ -17,15 +17,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pandas as pd
 import pytest
-
-import helpers
+from helpers import STUDY, TASKS, raw_db
 from pymongo import MongoClient
 from scipy import stats
 
-from helpers import STUDY, TASKS, raw_db
 from hyperspace_explorer.cli import main
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.results import _FIXED

@@ -14,9 +14,17 @@ import pytest
 
 import hyperspace_explorer.configurable as configurable
 from hyperspace_explorer import Configurable, Scenario
-from hyperspace_explorer.configurable import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, complete,
-                                              flatten, json_like, registered_classes,
-                                              resolve_class, set_dotted, validate_config)
+from hyperspace_explorer.configurable import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    complete,
+    flatten,
+    json_like,
+    registered_classes,
+    resolve_class,
+    set_dotted,
+    validate_config,
+)
 from hyperspace_explorer.errors import ConfigError, HSEError
 from hyperspace_explorer.study import load_scenarios
 

@@ -18,13 +18,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import STUDY, TASKS, raw_db, wait_for
+from proxy import Proxy
 from pymongo.uri_parser import parse_uri
 
-from helpers import STUDY, TASKS, raw_db, wait_for
 from hyperspace_explorer.errors import StoreError, StoreUnavailable
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.storage import RunFilter, connect
-from proxy import Proxy
 
 FAST = ("--lease", "2", "--heartbeat", "0.4", "--interval", "0.1", "--idle-exit", "5")
 
@@ -72,17 +72,6 @@ def is_stopped(proc: subprocess.Popen) -> bool:
         return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
     except OSError:
         return False
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGCONT)
-            p.kill()
-        p.wait()
 
 
 @pytest.fixture

@@ -11,8 +11,16 @@ import pytest
 
 from hyperspace_explorer.analysis import summarize
 from hyperspace_explorer.errors import AnalysisError
-from hyperspace_explorer.export import (export, guess_direction, latex_escape, to_csv, to_html,
-                                        to_json, to_latex, to_markdown)
+from hyperspace_explorer.export import (
+    export,
+    guess_direction,
+    latex_escape,
+    to_csv,
+    to_html,
+    to_json,
+    to_latex,
+    to_markdown,
+)
 
 ACC = {
     "rbf_50%": [0.80, 0.82, 0.81, 0.79, 0.83],     # best accuracy

@@ -6,10 +6,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_written
 from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.figure import Figure
 
-from helpers import assert_written
 from hyperspace_explorer.errors import AnalysisError
 from hyperspace_explorer.plots import plot_curves, plot_metric_by_config, plot_param_vs_metric
 
@@ -191,6 +191,7 @@ def test_queue_curves_and_hse_plot_curve_use_the_same_completed_runs(q, raw, mon
     """`q.curves` and `hse plot TASK curve` read the curves through one function
     (`curves_frame`) and both leave out a cancelled run's partial curve."""
     from helpers import TASKS, run_worker
+
     from hyperspace_explorer.analysis import group_runs
     from hyperspace_explorer.cli import main
     from hyperspace_explorer.results import curves_frame

@@ -4,10 +4,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import helpers
 import pandas as pd
 import pytest
-
-import helpers
 
 from hyperspace_explorer.errors import ConfigError, HSEError, RunNotFound, TaskError
 from hyperspace_explorer.queue import RunQueue

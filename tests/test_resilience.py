@@ -7,23 +7,12 @@ import time
 import uuid
 
 import pytest
-
 from helpers import STUDY, TASKS, raw_db, start_worker, wait_for
+
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.worker import recover_expired
 
 FAST = ("--lease", "2", "--heartbeat", "0.4", "--interval", "0.1")
-
-
-@pytest.fixture
-def workers():
-    procs = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGCONT)
-            p.kill()
-        p.wait()
 
 
 def submit(q, behaviour="ok", duration=0.0, **kwargs):

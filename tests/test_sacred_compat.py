@@ -9,8 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import raw_db
+
 from hyperspace_explorer.sacred_compat import make_stand_in
 from hyperspace_explorer.status import QUEUED
 from hyperspace_explorer.storage import connect

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from helpers import wait_for
 from pymongo import MongoClient
 

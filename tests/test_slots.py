@@ -2,24 +2,10 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-
-import pytest
 
 from helpers import raw_db, start_worker, wait_for
 
 FAST = ("--interval", "0.05", "--heartbeat", "0.4", "--lease", "3")
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-        p.wait()
 
 
 def run(q, behaviour="ok", duration=0.0, **kwargs):

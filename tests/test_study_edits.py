@@ -6,14 +6,13 @@ Study per process: this one already imported tests/study) and runs real workers.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import STUDY, start_worker, wait_for
+
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.study import source_digest
 
@@ -34,16 +33,6 @@ class ExtendedConfig(RunConfig):
 
 ToyScenario.config_class = ExtendedConfig
 '''
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-        p.wait()
 
 
 def copy_study(where: Path) -> Path:

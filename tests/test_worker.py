@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import gridfs
+import helpers
 import numpy as np
 import pytest
-
-import helpers
 from helpers import wait_for
 
 from hyperspace_explorer.queue import RunQueue
