@@ -90,9 +90,9 @@ def throughput(uri: str, runs: int, workers: int) -> float:
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     procs = start_workers(uri, db, workers, "--idle-exit", "2")
     try:
-        warm = q.submit("noop", {}, seeds=workers * 2)
+        warm = q.submit("noop", {}, seeds=workers * 2, force=True)
         wait_done(q, warm)
-        ids = q.submit("noop", {}, seeds=runs)
+        ids = q.submit("noop", {}, seeds=runs, force=True)
         wait_done(q, ids, poll=1.0)  # light polling: the server has one global lock
         docs = [q.get(i) for i in ids]
         elapsed = max(d["ended_at"] for d in docs) - min(d["started_at"] for d in docs)
@@ -141,13 +141,13 @@ def idle_pickup(uri: str) -> tuple[float, float]:
 
 
 def _idle_pickup(q: RunQueue, proc: subprocess.Popen) -> tuple[float, float]:
-    wait_done(q, q.submit("noop", {}))  # worker is up and warm
+    wait_done(q, q.submit("noop", {}, force=True))  # worker is up and warm
     time.sleep(2)  # let it go idle: this is the state being measured
     rss = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     latencies = []
     for _ in range(8):
         t = time.time()
-        (run_id,) = q.submit("noop", {})
+        (run_id,) = q.submit("noop", {}, force=True)
         wait_done(q, [run_id])
         doc = q.get(run_id)
         latencies.append(doc["started_at"] - t)
