@@ -52,6 +52,7 @@ class RecordWriter(MongoObserver):
         self.run_entry: dict[str, Any] = {}  # filled by started_event
         self.overwrite = None
         self.superseded = False  # the record was closed by someone else: we lost the run
+        self._stored = False  # whether a write of the record has landed
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         return super().started_event(ex_info, command, {**host_info, **self._host_facts},
@@ -86,7 +87,8 @@ class RecordWriter(MongoObserver):
         if entry.get("captured_out"):
             entry["captured_out"] = cut_output(entry["captured_out"])
         try:
-            written = self.store.retry(lambda: self.store.save_sacred_run(entry))
+            written = self.store.retry(lambda: self.store.save_sacred_run(
+                entry, new=not self._stored))
         except DocumentTooLarge:
             # Keep the record (and the run's status) rather than lose it: drop what
             # made it too large and say so.
@@ -95,6 +97,7 @@ class RecordWriter(MongoObserver):
                          fail_trace=[TOO_LARGE])
             written = self.store.retry(lambda: self.store.save_sacred_run(entry))
         self.superseded = not written
+        self._stored = True
         self._last_write = time.monotonic()
 
     def insert(self):

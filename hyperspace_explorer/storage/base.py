@@ -368,10 +368,12 @@ class Storage(abc.ABC):
 
     # -------------------------------------------------------------- Sacred records
     @abc.abstractmethod
-    def save_sacred_run(self, entry: dict[str, Any]) -> bool:
+    def save_sacred_run(self, entry: dict[str, Any], *, new: bool = False) -> bool:
         """Insert a Sacred run record, or replace it while the stored one is still
         RUNNING (idempotent under retries). False when the stored record has already
-        ended: someone else (recovery) closed it, and it must not be resurrected."""
+        ended: someone else (recovery) closed it, and it must not be resurrected.
+        `new` says the record is probably not stored yet (its first write: one round
+        trip instead of two)."""
 
     @abc.abstractmethod
     def supersede_sacred_runs(self, run_id: str, token: str, reason: str) -> int:

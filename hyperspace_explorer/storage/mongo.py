@@ -725,13 +725,16 @@ class MongoStorage(Storage):
 
     # ------------------------------------------------------------------ Sacred records
     @_translated
-    def save_sacred_run(self, entry: dict[str, Any]) -> bool:
-        res = self._runs.replace_one({"_id": entry["_id"], "status": "RUNNING"}, entry)
-        if res.matched_count == 1:
-            return True
+    def save_sacred_run(self, entry: dict[str, Any], *, new: bool = False) -> bool:
+        if not new:
+            res = self._runs.replace_one({"_id": entry["_id"], "status": "RUNNING"}, entry)
+            if res.matched_count == 1:
+                return True
         try:
             self._runs.insert_one(entry)
         except pymongo.errors.DuplicateKeyError:
+            if new:  # it exists already (an earlier try of this insert landed)
+                return self.save_sacred_run(entry)
             # It has ended: by our own earlier try of this very write (a retry after a
             # dropped connection), or closed by someone else.
             stored = self._runs.find_one({"_id": entry["_id"]}, {"status": 1, "fail_trace": 1})
