@@ -258,7 +258,8 @@ class Worker:
 
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
-                       max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log")
+                       max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
+                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None)
         log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
                  doc["seed"], sacred_id)
         outcome = self.executor.execute(spec)

@@ -18,10 +18,10 @@ from typing import Any
 from sacred import SETTINGS, Experiment
 from sacred.host_info import get_host_info
 from sacred.observers import MongoObserver, RunObserver
-from sacred.utils import apply_backspaces_and_linefeeds
+from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
 
-__all__ = ["Experiment", "MongoObserver", "RunObserver", "apply_backspaces_and_linefeeds",
-           "host_facts"]
+__all__ = ["Experiment", "MongoObserver", "RunObserver", "SacredInterrupt",
+           "apply_backspaces_and_linefeeds", "host_facts"]
 
 SETTINGS.CAPTURE_MODE = "sys"
 _HOST_FACTS: dict[str, Any] = {
