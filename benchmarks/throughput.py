@@ -37,6 +37,8 @@ def bare_sacred(uri: str, n: int) -> float:
     """Seconds per run of a bare Sacred no-op run with MongoObserver."""
     code = f"""
 import time, pymongo
+from hyperspace_explorer.sacred_compat import import_sacred
+import_sacred()  # Sacred without pkg_resources (Python 3.12+, setuptools >= 82)
 from sacred import Experiment, SETTINGS
 from sacred.observers import MongoObserver
 SETTINGS.CAPTURE_MODE = "sys"

@@ -6,7 +6,7 @@ installed as `hyperspace_worker` and as `hse worker`.
 """
 import sys
 
-from hyperspace_explorer.worker import main
+from hyperspace_explorer.cli.worker import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,8 +16,10 @@ column                meaning
 ``rank``              1 = best group by the main metric's mean (ties share a rank)
 config columns        only the config values that vary between groups, named by their
                       dotted path without ``config.`` (``model.C``); with ``by=`` the
-                      requested paths, always. A value that does not apply to a group
-                      (e.g. ``model.C`` of a model class without C) is NaN/None.
+                      requested paths, always. A parameter the group's configuration
+                      does not have (e.g. ``model.C`` of a model class without C) is
+                      NaN; a parameter set to None (``max_depth=None``) is None. The
+                      two form different groups and print differently ("-" / "None").
 ``n``                 number of runs in the group
 ``<m>_mean``          mean over the group's runs, for every metric column
 ``<m>_std``           sample standard deviation (ddof=1); NaN when n < 2
@@ -43,7 +45,6 @@ exporters in `hyperspace_explorer.export` use them.
 from __future__ import annotations
 
 import difflib
-import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ from scipy import stats
 
 from .errors import AnalysisError
 
-__all__ = ["summarize", "best_run", "holm", "DIRECTIONS", "STAT_SUFFIXES", "TEST_COLUMNS"]
+__all__ = ["summarize", "best_run", "holm", "runs_with_status", "format_value", "DIRECTIONS",
+           "STAT_SUFFIXES", "TEST_COLUMNS", "DEFAULT_STATUSES"]
 
 DIRECTIONS = ("maximize", "minimize")
 STAT_SUFFIXES = ("mean", "std", "sem", "ci_low", "ci_high")
@@ -64,6 +66,10 @@ METRIC_PREFIX = "metrics."
 # `config.seed` (Sacred puts the run's seed into its config) never separates groups
 # unless it is asked for explicitly with `by=`.
 _SEED_COLUMN = "config.seed"
+# The runs that summaries, plots and curves use unless told otherwise.
+DEFAULT_STATUSES = ("COMPLETED",)
+# How a config value that the configuration does not have (NaN in the frame) prints.
+NOT_SET = "-"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,17 +145,25 @@ def resolve_config(df: pd.DataFrame, path: object, what: str = "config path") ->
     return CONFIG_PREFIX + name
 
 
-def _filter_status(df: pd.DataFrame, statuses: object) -> pd.DataFrame:
+def runs_with_status(df: pd.DataFrame,
+                     statuses: Sequence[str] | str | None = DEFAULT_STATUSES) -> pd.DataFrame:
+    """The rows of `df` whose status is in `statuses` (every row for None; COMPLETED by
+    default). The one status filter of summaries, plots and curves (may be empty)."""
     if statuses is None:
         return df
     if isinstance(statuses, str):
         statuses = (statuses,)
-    statuses = tuple(statuses)  # type: ignore[arg-type]
+    statuses = tuple(statuses)
     if "status" not in df.columns:
         raise AnalysisError(
             "the results frame has no 'status' column; pass statuses=None to use all rows")
-    kept = df[df["status"].isin(statuses)]
+    return df[df["status"].isin(statuses)]
+
+
+def _filter_status(df: pd.DataFrame, statuses: object) -> pd.DataFrame:
+    kept = runs_with_status(df, statuses)  # type: ignore[arg-type]
     if len(kept) == 0:
+        statuses = _status_list(statuses)
         counts = df["status"].value_counts(dropna=False)
         present = ", ".join(f"{s}: {c}" for s, c in counts.items())
         raise AnalysisError(
@@ -171,12 +185,27 @@ def _hashable(value: object) -> object:
     return value
 
 
+class _NoneKey:
+    """Stands for an explicit None while factorizing (pandas would merge it with NaN)."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+_NONE_KEY = _NoneKey()
+
+
+def _group_key(value: object) -> object:
+    return _NONE_KEY if value is None else _hashable(value)
+
+
 def _factorize(column: pd.Series) -> tuple[np.ndarray, int]:
-    """Integer codes (NaN/None is a value of its own) and the number of distinct values."""
-    try:
-        codes, uniques = pd.factorize(column, use_na_sentinel=False)
-    except TypeError:  # unhashable values (lists): compare them as tuples
-        codes, uniques = pd.factorize(column.map(_hashable), use_na_sentinel=False)
+    """Integer codes and the number of distinct values. A missing value (NaN: the
+    configuration has no such parameter) and an explicit None are values of their own,
+    distinct from each other; lists compare as tuples."""
+    if column.dtype == object:
+        column = column.map(_group_key)
+    codes, uniques = pd.factorize(column, use_na_sentinel=False)
     return np.asarray(codes, dtype=np.int64), len(uniques)
 
 
@@ -208,11 +237,21 @@ class Groups:
         return [config_label(zip(keys.columns, values), sep) for values in zip(*columns)]
 
 
+def is_not_set(value: object) -> bool:
+    """True for NaN/NA: the configuration does not have this parameter (not for None)."""
+    if value is None or isinstance(value, (tuple, list, Mapping, str)):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def config_label(pairs: Iterable[tuple[str, object]], sep: str = ", ") -> str:
-    """ "model.C=1, kernel=rbf": parameters a configuration does not have (another
-    model family's) are left out rather than shown as "-"."""
-    shown = [f"{name}={format_value(value)}" for name, value in pairs
-             if not (value is None or (isinstance(value, float) and math.isnan(value)))]
+    """ "model.C=1, kernel=rbf, max_depth=None": parameters a configuration does not
+    have (another model family's) are left out rather than shown as "-"; a parameter
+    set to None shows as "=None"."""
+    shown = [f"{name}={format_value(value)}" for name, value in pairs if not is_not_set(value)]
     return sep.join(shown) or "defaults"
 
 
@@ -227,15 +266,20 @@ def short_config_names(columns: Sequence[str], reserved: Iterable[str] = ()) -> 
 
 
 def format_value(value: object) -> str:
-    """A config value as text: floats with `g`, NaN/None as "-", tuples as written."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return "-"
+    """A config value as text: floats with `g`, ints as ints, an explicit None as "None",
+    a parameter the configuration does not have (NaN/NA) as "-", tuples as written."""
+    if value is None:
+        return "None"
+    if is_not_set(value):
+        return NOT_SET
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
+    if isinstance(value, np.generic):
+        value = value.item()
     return str(value)
 
 
-def group_runs(df: pd.DataFrame, by: object = None, statuses: object = ("COMPLETED",)) -> Groups:
+def group_runs(df: pd.DataFrame, by: object = None, statuses: object = DEFAULT_STATUSES) -> Groups:
     """Filter by status and group the runs that differ only by seed (see `summarize`)."""
     df = _check_frame(df)
     if by is not None:

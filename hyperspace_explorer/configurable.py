@@ -30,7 +30,7 @@ from .errors import ConfigError, HSEError
 
 C = TypeVar("C", bound="Configurable")
 
-_REGISTRY: dict[str, type["Configurable"]] = {}
+_REGISTRY: dict[str, type[Configurable]] = {}
 _AMBIGUOUS: dict[str, set[str]] = {}
 _MISSING = object()
 
@@ -44,6 +44,8 @@ class Configurable:
     Dataclass subclasses get `get_default_values()` from their field defaults. Plain
     classes get it from their `__init__` defaults, or override it.
     """
+
+    __abstract_config__: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,7 +103,7 @@ def registered_classes(base: type = Configurable) -> dict[str, type[Configurable
     }
 
 
-def resolve_class(base: type, class_name: Any, path: str = "") -> type[Configurable]:
+def resolve_class(base: type[C], class_name: Any, path: str = "") -> type[C]:
     """The registered subclass of `base` called `class_name`, or a ConfigError."""
     choices = registered_classes(base)
     where = _join(path, "className")
@@ -120,7 +122,7 @@ def resolve_class(base: type, class_name: Any, path: str = "") -> type[Configura
     if class_name in _AMBIGUOUS:
         raise ConfigError(where, f"className '{class_name}' is defined in several modules "
                                  f"({', '.join(sorted(_AMBIGUOUS[class_name]))}); rename one")
-    return cls
+    return typing.cast("type[C]", cls)
 
 
 class _FieldSpec(typing.NamedTuple):
@@ -156,7 +158,7 @@ def _read_field_specs(cls: type) -> dict[str, _FieldSpec]:
                 default = _MISSING
             specs[f.name] = _FieldSpec(hints.get(f.name, Any), default)
     else:
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        params = list(inspect.signature(_init_of(cls)).parameters.values())[1:]
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
@@ -164,7 +166,7 @@ def _read_field_specs(cls: type) -> dict[str, _FieldSpec]:
             specs[p.name] = _FieldSpec(hints.get(p.name, Any), default)
     overridden = cls.__dict__.get("get_default_values")
     if overridden is not None or _overrides_defaults(cls):
-        for name, value in cls.get_default_values().items():
+        for name, value in typing.cast(Any, cls).get_default_values().items():
             if name in specs:
                 specs[name] = _FieldSpec(specs[name].type, _as_config_value(value))
     return specs
@@ -173,7 +175,7 @@ def _read_field_specs(cls: type) -> dict[str, _FieldSpec]:
 def _type_hints(cls: type) -> dict[str, Any]:
     """The resolved annotations configs are validated against, or an HSEError naming the
     class and the annotation that cannot be resolved (never a silent "accept anything")."""
-    target = cls if dataclasses.is_dataclass(cls) else cls.__init__
+    target = cls if dataclasses.is_dataclass(cls) else _init_of(cls)
     try:
         return typing.get_type_hints(target)
     except (NameError, AttributeError, TypeError, SyntaxError) as exc:
@@ -186,14 +188,21 @@ def _type_hints(cls: type) -> dict[str, Any]:
             f"under TYPE_CHECKING), or annotate the field as typing.Any") from None
 
 
+def _init_of(cls: type) -> Any:
+    """The constructor a plain (non-dataclass) Configurable is configured through."""
+    plain: Any = cls
+    return plain.__init__
+
+
 def _unresolvable_annotation(cls: type) -> tuple[str | None, Any]:
     """(field name, annotation) of the first annotation of `cls` that does not resolve."""
+    owners: list[tuple[Any, Any, Any, Any]]
     if dataclasses.is_dataclass(cls):
         owners = [(k, k.__dict__.get("__annotations__", {}),
                    getattr(sys.modules.get(k.__module__), "__dict__", {}), dict(vars(k)))
                   for k in reversed(cls.__mro__)]
     else:
-        init = cls.__init__
+        init = _init_of(cls)
         owners = [(init, getattr(init, "__annotations__", {}),
                    getattr(init, "__globals__", {}), None)]
     for owner, owned, globalns, localns in owners:
@@ -271,7 +280,7 @@ def _complete_configurable(base: type, value: Any, path: str,
             raise ConfigError(path, f"'className' is required (a {base.__name__}: one of "
                                     f"{_listing(registered_classes(base))}), even when "
                                     f"all defaults are kept")
-        cls = resolve_class(base, value["className"], path)
+        cls: type = resolve_class(base, value["className"], path)
         out: dict[str, Any] = {"className": cls.__name__}
     else:
         cls, out = base, {}
@@ -402,7 +411,7 @@ def _optional(tp: Any) -> Any:
     if tp is Any or tp is object or tp is inspect.Parameter.empty:
         return tp
     try:
-        return typing.Optional[tp]
+        return typing.Optional[tp]  # noqa: UP045 - tp is a runtime object, not syntax
     except TypeError:  # not a type typing can combine (a user's odd annotation): as is
         return tp
 

@@ -2,12 +2,14 @@
 
 On a fresh machine it starts (or reuses) the embedded server, recreates the demo
 database, queues a small grid over the two model families of the bundled digits Study
-(`examples/digits_study`, task `tasks/digits.json`) under several seeds, starts local
-worker processes exactly as a user would (`python -m hyperspace_explorer.worker`),
-waits for the runs and summarises accuracy over seeds. The CLI renders the ranking.
+(`hyperspace_explorer/examples/digits`: `scenarios.py` and `tasks/digits.json`) under
+several seeds, starts local worker processes exactly as a user would
+(`python -m hyperspace_explorer.worker`), waits for the runs and summarises accuracy over
+seeds. The CLI renders the ranking.
 
-The example Study ships with the source repository, not inside the package: it is
-found next to the package directory, so the demo needs a checkout (`pip install -e .`).
+The example Study is package data, so the demo works from any install (`pip install .`,
+a wheel, `pip install -e .`). In a checkout, `examples/digits_study/scenarios.py` and
+`tasks/digits.json` are links to the same files.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from typing import Any
 import hyperspace_explorer
 
 from .errors import HSEError
+from .logs import tail
+from .processes import stop
 from .status import COMPLETED
 from .storage import RunFilter, connect, redact_uri
 
@@ -87,17 +91,18 @@ class DemoResult:
 
 
 def locate_example() -> ExampleStudy:
-    """The example Study next to the package (repo root / examples, repo root / tasks)."""
-    root = Path(hyperspace_explorer.__file__).resolve().parent.parent
-    example = ExampleStudy(root / "examples" / "digits_study", root / "tasks")
+    """The example Study shipped inside the package (examples/digits)."""
+    study_dir = Path(hyperspace_explorer.__file__).resolve().parent / "examples" / "digits"
+    example = ExampleStudy(study_dir, study_dir / "tasks")
     missing = [p for p in (example.study_dir / "scenarios.py",
                            example.tasks_dir / f"{TASK}.json") if not p.is_file()]
     if missing:
         raise HSEError(
-            f"the demo needs the example Study of the source repository, but "
-            f"{', '.join(map(str, missing))} does not exist (hyperspace_explorer seems to be "
-            f"installed without its repository). Clone the repository and install it with "
-            f"`pip install -e .`, then run `hse demo` again")
+            f"the demo's example Study is missing from this installation of "
+            f"hyperspace_explorer: {', '.join(map(str, missing))} does not exist (an "
+            f"incomplete install or package build?). Reinstall it "
+            f"(`pip install --force-reinstall hyperspace_explorer`, or `pip install -e .` "
+            f"in a checkout), then run `hse demo` again")
     return example
 
 
@@ -133,10 +138,14 @@ def run_demo(mongo_uri: str | None = None, db: str = DEMO_DB, *, workers: int = 
     logs = _log_paths(workers)
     say(f"starting {workers} worker processes (logs: {logs[0].parent}/demo-worker-*.log)")
     procs = [_start_worker(example, uri, db, log) for log in logs]
+    early_exit: list[str] = []
     try:
-        counts = _wait(queue, run_ids, procs, progress)
+        counts = _wait(queue, run_ids, procs, progress, logs, early_exit)
     finally:
-        _stop(procs)
+        stop(procs, STOP_GRACE_S)
+    if early_exit and counts.get(COMPLETED, 0) == 0:
+        raise HSEError(f"every demo worker exited before running anything: {early_exit[0]} "
+                       f"(worker logs: {logs[0].parent}/demo-worker-*.log)")
     if counts.get(COMPLETED, 0) == 0:
         raise HSEError(f"no demo run completed ({counts}); the worker logs say why: "
                        f"{_tail(logs[0])}")
@@ -193,15 +202,17 @@ def _start_worker(example: ExampleStudy, uri: str, db: str, log: Path) -> subpro
 
 
 def _wait(queue: Any, run_ids: list[str], procs: list[subprocess.Popen],
-          progress: bool) -> dict[str, int]:
+          progress: bool, logs: list[Path], early_exit: list[str]) -> dict[str, int]:
     """`RunQueue.wait` with a watchdog: if every worker exits while runs are left
     (a broken install, a crash at start-up), the leftovers are cancelled so the wait
-    ends at once instead of at the timeout."""
+    ends at once instead of at the timeout, and the workers' reason goes to
+    `early_exit`."""
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.5):
             if all(p.poll() is not None for p in procs):
+                early_exit.append(_exit_reason(logs, procs))
                 queue.cancel(run_ids)
                 return
 
@@ -216,22 +227,23 @@ def _wait(queue: Any, run_ids: list[str], procs: list[subprocess.Popen],
         watchdog.join()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM the workers still idling (each finishes its current run), then reap."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
+def _exit_reason(logs: list[Path], procs: list[subprocess.Popen]) -> str:
+    """Why the workers stopped: the `hyperspace_worker: error:` line one of them printed,
+    else the last line of the first log and the exit status."""
+    last = ""
+    for path in logs:
         try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("hyperspace_worker: error:"):
+                return line.strip()
+        last = last or next((line.strip() for line in reversed(lines) if line.strip()), "")
+    codes = sorted({p.returncode for p in procs})
+    return f"exit status {', '.join(map(str, codes))}" + (f"; last log line: {last}"
+                                                          if last else "")
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"({path} unreadable: {exc})"
-    return f"{path}:\n{text[-chars:]}"
+    return f"{path}:\n{tail(path, chars) or '(empty or unreadable)'}"

@@ -7,6 +7,18 @@ are for machines: every column of the summary at full precision.
 
 `export(summary, fmt, ...)` dispatches on the format name. Every function returns a
 string; write it wherever it is needed.
+
+Config values are written as they were given: integer parameters stay integers (``20``,
+not ``20.0``), and a parameter set to None differs from one the configuration does not
+have (another model class's parameter):
+
+=============  =====================  ==========================================
+format         explicit None          parameter not in the configuration (NaN)
+=============  =====================  ==========================================
+md/LaTeX/HTML  ``None``               ``-``
+CSV            ``None``               empty field
+JSON           ``null``               key left out of that row's object
+=============  =====================  ==========================================
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .analysis import DIRECTIONS, STAT_SUFFIXES, TEST_COLUMNS, format_value
+from .analysis import DIRECTIONS, STAT_SUFFIXES, TEST_COLUMNS, format_value, is_not_set
 from .errors import AnalysisError
 
 __all__ = ["to_markdown", "to_latex", "to_csv", "to_html", "to_json", "export", "FORMATS"]
@@ -136,6 +148,18 @@ def _latex_pvalue(p: object) -> str:
     return text
 
 
+def _is_numeric(values: pd.Series) -> bool:
+    """A config column of numbers (ints/floats, perhaps None or missing): right-aligned."""
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values):
+        return True
+    present = [v for v in values if v is not None and not is_not_set(v)]
+    return bool(present) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        for v in present)
+
+
 def _flag(value: object) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return _MISSING
@@ -170,7 +194,7 @@ def _display(summary: pd.DataFrame, pm: str = " ± ") -> tuple[list[str], list[l
         add("rank", [_MISSING if pd.isna(r) else str(int(r)) for r in summary["rank"]], True)
     for c in layout.config:
         values = summary[c]
-        add(str(c), [format_value(v) for v in values], pd.api.types.is_numeric_dtype(values))
+        add(str(c), [format_value(v) for v in values], _is_numeric(values))
     if "n" in summary.columns:
         add("n", [_MISSING if pd.isna(v) else str(int(v)) for v in summary["n"]], True)
     for m in layout.metrics:
@@ -256,7 +280,7 @@ def to_latex(summary: pd.DataFrame, metric: str | None = None, direction: str | 
     for c in layout.config:
         headers.append(latex_escape(c))
         columns.append([latex_escape(format_value(v)) for v in summary[c]])
-        align.append("r" if pd.api.types.is_numeric_dtype(summary[c]) else "l")
+        align.append("r" if _is_numeric(summary[c]) else "l")
     if "n" in summary.columns:
         headers.append("$n$")
         columns.append([str(int(v)) if pd.notna(v) else _MISSING for v in summary["n"]])
@@ -294,9 +318,16 @@ def to_latex(summary: pd.DataFrame, metric: str | None = None, direction: str | 
 
 
 def to_csv(summary: pd.DataFrame) -> str:
-    """Every column at full precision; missing values are empty fields."""
-    _layout(summary)
-    return summary.to_csv(index=False, lineterminator="\n")
+    """Every column at full precision; missing values are empty fields, a config value
+    set to None is written ``None`` (pandas' `read_csv` reads both back as NaN unless
+    given ``keep_default_na=False``); integer config values stay integers."""
+    layout = _layout(summary)
+    out = summary.copy()
+    for c in layout.config:
+        if out[c].dtype == object:
+            out[c] = pd.Series(["None" if v is None else v for v in out[c]],
+                               index=out.index, dtype=object)
+    return out.to_csv(index=False, lineterminator="\n")
 
 
 def to_html(summary: pd.DataFrame) -> str:
@@ -325,10 +356,16 @@ def _plain(value: object) -> object:
 
 
 def to_json(summary: pd.DataFrame) -> str:
-    """A JSON array of records (one object per row, every column); NaN/NA become null."""
-    _layout(summary)
+    """A JSON array of records (one object per row, every column); NaN/NA become null.
+
+    Config columns: a value set to None is null, and a parameter the row's
+    configuration does not have (NaN) is left out of that row's object.
+    """
+    layout = _layout(summary)
+    config = {str(c) for c in layout.config}
     names = [str(c) for c in summary.columns]
-    records = [{k: _plain(v) for k, v in zip(names, row)}
+    records = [{k: _plain(v) for k, v in zip(names, row)
+                if not (k in config and is_not_set(v))}
                for row in summary.itertuples(index=False, name=None)]
     return json.dumps(records, allow_nan=False, ensure_ascii=False, default=str)
 

@@ -10,27 +10,138 @@ Agg (PNG) or the SVG/PDF writers whatever backend is configured, nothing opens a
 or needs a display (tests, workers, servers), a notebook shows each figure once (pyplot
 would also show it at the end of the cell), and figures are freed like any other object.
 To show one in a GUI window, create the axes with pyplot and pass ``ax=``.
+
+Many groups stay readable: every group gets its own colour (tab10 up to 10 groups, then
+tab20, tab20b and tab20c, then evenly spaced hues; past 10 lines the line style changes
+too), legends sit outside the axes, on the right, long labels are wrapped at ", " (one
+parameter per line where needed), and a figure made here is sized by the number of
+groups and the length of their labels. Box plots of many groups or long labels are
+drawn horizontally, one row per group, so every label reads left to right.
 """
 from __future__ import annotations
 
+import inspect
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import hsv_to_rgb, to_rgba
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .analysis import (CONFIG_PREFIX, DIRECTIONS, _factorize, config_label, config_paths,
-                       format_value, group_runs, metric_values, resolve_config,
-                       resolve_metric)
+from .analysis import (
+    CONFIG_PREFIX,
+    DIRECTIONS,
+    _factorize,
+    config_label,
+    config_paths,
+    format_value,
+    group_runs,
+    is_not_set,
+    metric_values,
+    resolve_config,
+    resolve_metric,
+)
 from .errors import AnalysisError
 
 __all__ = ["plot_metric_by_config", "plot_curves", "plot_param_vs_metric", "SAVE_FORMATS"]
 
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 BANDS = ("std", "sem", "ci", "none")
+LINESTYLES = ("-", "--", ":", "-.")
+# matplotlib >= 3.10 says boxplot(orientation=...); older versions only know vert=.
+_BOXPLOT_ORIENTATION = "orientation" in inspect.signature(Axes.boxplot).parameters
+# Rough text widths (inches per character) at the default 10 pt font and at the
+# legend's "small" size, used to size figures; generous so that nothing is cut.
+_CHAR_IN = 0.075
+_SMALL_CHAR_IN = 0.064
+_LEGEND_WRAP = 60   # characters per legend line
+_LABEL_WRAP = 60    # characters per tick label line (horizontal box plots)
+
+
+def colors(n: int) -> list[tuple[float, float, float, float]]:
+    """`n` distinct RGBA colours: tab10 (n <= 10), tab20 with its dark half first
+    (n <= 20), tab20 + tab20b + tab20c (n <= 60), else hues a golden ratio of the
+    circle apart (neighbouring groups far apart in hue, darker every other one)."""
+    def table(name: str) -> list[tuple[float, ...]]:
+        return [to_rgba(c) for c in colormaps[name].colors]
+
+    if n <= 10:
+        palette = table("tab10")
+    elif n <= 60:
+        tab20 = table("tab20")
+        palette = tab20[0::2] + tab20[1::2] + table("tab20b") + table("tab20c")
+    else:
+        i = np.arange(n)
+        hsv = np.column_stack([(i * 0.6180339887498949) % 1.0, np.full(n, 0.85),
+                               np.where(i % 2, 0.6, 0.9)])
+        palette = [(*map(float, rgb), 1.0) for rgb in hsv_to_rgb(hsv)]
+    return palette[:n]  # type: ignore[return-value]
+
+
+def linestyle(i: int) -> str:
+    """Solid for the first 10 lines, then dashed, dotted, dash-dotted, ..."""
+    return LINESTYLES[(i // 10) % len(LINESTYLES)]
+
+
+def wrap_label(label: str, width: int) -> str:
+    """`label` ("a=1, b=2, ...") broken into lines of about `width` characters: at ", "
+    first, then after a long part's "=", and only then inside a very long value."""
+    lines: list[str] = []
+    for part in label.split(", "):
+        if len(part) > width and "=" in part:
+            name, value = part.split("=", 1)
+            pieces = [name + "=", *(textwrap.wrap(value, width, break_on_hyphens=False)
+                                    or [value])]
+        else:
+            pieces = [part]
+        if lines and len(pieces) == 1 and len(lines[-1]) + 2 + len(pieces[0]) <= width:
+            lines[-1] += ", " + pieces[0]
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.extend(pieces)
+    return "\n".join(lines)
+
+
+def _value_text(value: object) -> str:
+    """A config value as a legend entry under the parameter's name (the title)."""
+    text = "(not set)" if is_not_set(value) else format_value(value)
+    return "\n".join(textwrap.wrap(text, _LEGEND_WRAP, break_on_hyphens=False) or [text])
+
+
+def _text_size(labels: Sequence[str], char_in: float) -> tuple[float, int]:
+    """(width in inches of the longest line, number of lines) of wrapped labels."""
+    longest = max((len(line) for label in labels for line in label.split("\n")), default=0)
+    return longest * char_in, sum(label.count("\n") + 1 for label in labels)
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    """One legend column per 45 lines of (wrapped) labels."""
+    return max(1, math.ceil(_text_size(labels, _SMALL_CHAR_IN)[1] / 45))
+
+
+def _legend(ax: Axes, handles: list, labels: list[str], title: str | None = None) -> None:
+    """A legend outside the axes, to their right, top-aligned (columns if very long)."""
+    ncols = _legend_columns(labels)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0.0, fontsize="small", ncols=ncols, title=title,
+              title_fontsize="small", alignment="left")
+
+
+def _legend_figsize(labels: Sequence[str], title: str = "") -> tuple[float, float]:
+    """A figure size leaving 6.5 x 4.5 inches for the axes next to a legend of `labels`."""
+    width, lines = _text_size([*labels, title], _SMALL_CHAR_IN)
+    ncols = _legend_columns(labels)
+    rows = math.ceil(lines / ncols)
+    legend_w = ncols * (width + 0.7)
+    legend_h = rows * 0.19 + len(labels) / ncols * 0.06 + 0.3
+    return 6.5 + legend_w, max(4.8, legend_h + 1.0)
 
 
 class _NotebookFigure(Figure):
@@ -93,16 +204,21 @@ def plot_metric_by_config(df: pd.DataFrame, metric: str, by: list[str] | None = 
     """Box plot plus jittered points of `metric` per configuration group, across seeds.
 
     Groups are formed as in `summarize` (runs differing only by seed, or by the config
-    paths in `by`) and labelled by the config values that vary between them. With a
-    `direction` the groups are ordered best mean first, otherwise in order of first
-    appearance. `seed` fixes the jitter so figures are reproducible.
+    paths in `by`) and labelled by the config values that vary between them (a
+    parameter set to None shows as "=None"; one a group's configuration does not have
+    is left out of its label). With a `direction` the groups are ordered best mean
+    first, otherwise in order of first appearance. Boxes stand upright, one label line
+    per parameter, while the labels fit side by side in a figure up to 10 inches wide;
+    otherwise each group is a row (the first on top) with its label wrapped on the left.
+    Each group's points have their own colour. `seed` fixes the jitter so figures are
+    reproducible.
     """
     _check_direction(direction)
     col = resolve_metric(df, metric)
     groups = group_runs(df, by, statuses)
     values = metric_values(groups.data, col)
     samples = _split(values, groups.codes, groups.count)
-    labels = groups.labels(sep="\n" if groups.count <= 8 else ", ")
+    labels = groups.labels()
     order = list(range(groups.count))
     if direction is not None:
         means = np.array([s.mean() if s.size else np.nan for s in samples])
@@ -113,22 +229,45 @@ def plot_metric_by_config(df: pd.DataFrame, metric: str, by: list[str] | None = 
     if not any(s.size for s in samples):
         raise AnalysisError(f"no run has a value for {col!r}; nothing to plot")
 
-    fig, ax = _axes(ax, figsize or (max(6.0, 0.6 * len(samples) + 2), 5.0))
+    # Upright boxes while the labels, one parameter per line, fit side by side in a
+    # figure up to 10 inches wide; otherwise one row per group, labels on the left.
+    stacked = [label.replace(", ", "\n") for label in labels]
+    line_w, _ = _text_size(stacked, _CHAR_IN)
+    slot = max(0.6, line_w + 0.25)
+    upright = (len(samples) * slot + 1.2 <= 10.0
+               and max(label.count("\n") for label in stacked) < 4)
+    if upright:
+        labels = stacked
+        size = (max(4.0, len(samples) * slot + 1.2), 5.0)
+    else:
+        labels = [wrap_label(label, _LABEL_WRAP) for label in labels]
+        label_w, _ = _text_size(labels, _CHAR_IN)
+        height = sum(max(0.32, 0.17 * (label.count("\n") + 1) + 0.12) for label in labels)
+        size = (5.5 + label_w, max(3.5, height + 1.3))
+    fig, ax = _axes(ax, figsize or size)
     positions = np.arange(1, len(samples) + 1)
     ax.boxplot([s if s.size else [np.nan] for s in samples], positions=positions,
-               widths=0.6, showfliers=False, medianprops={"color": "black"})
-    ax.set_xticks(positions, labels)
+               widths=0.6, showfliers=False, medianprops={"color": "black"},
+               **({"orientation": "vertical" if upright else "horizontal"}
+                  if _BOXPLOT_ORIENTATION else {"vert": upright}))
     rng = np.random.default_rng(seed)
-    for pos, s in zip(positions, samples):
-        ax.scatter(pos + rng.uniform(-jitter, jitter, s.size), s, s=14, alpha=0.6, zorder=3,
-                   color="tab:blue", edgecolors="none")
-    if len(samples) > 8 or max(len(part) for label in labels for part in label.split("\n")) > 28:
-        ax.tick_params(axis="x", labelrotation=90)
+    for pos, s, color in zip(positions, samples, colors(len(samples))):
+        spread = pos + rng.uniform(-jitter, jitter, s.size)
+        x, y = (spread, s) if upright else (s, spread)
+        ax.scatter(x, y, s=16, alpha=0.85, zorder=3, color=color, edgecolors="none")
     name = col[len("metrics."):]
     arrow = {"maximize": " (higher is better)", "minimize": " (lower is better)"}
-    ax.set_ylabel(name + (arrow[direction] if direction else ""))
+    value_label = name + (arrow[direction] if direction else "")
+    if upright:
+        ax.set_xticks(positions, labels)
+        ax.set_ylabel(value_label)
+        ax.grid(axis="y", alpha=0.3)
+    else:
+        ax.set_yticks(positions, labels)
+        ax.set_ylim(len(samples) + 0.6, 0.4)  # first group (the best, by direction) on top
+        ax.set_xlabel(value_label)
+        ax.grid(axis="x", alpha=0.3)
     ax.set_title(title if title is not None else f"{name} per configuration across seeds")
-    ax.grid(axis="y", alpha=0.3)
     return _finish(fig, path, dpi)
 
 
@@ -190,19 +329,22 @@ def plot_curves(curves_df: pd.DataFrame, name: str, group_cols: Sequence[str] | 
                           "value": pd.to_numeric(data["value"]).to_numpy(dtype=float)})
     agg = frame.groupby(["group", "step"], sort=True)["value"].agg(["mean", "std", "count"])
 
-    fig, ax = _axes(ax, figsize)
-    for g in range(len(first)):
+    if cols:
+        labels = [config_label((c.removeprefix(CONFIG_PREFIX), data.iloc[f][c]) for c in cols)
+                  for f in first]
+    else:
+        labels = [name]
+    shown = [wrap_label(label, _LEGEND_WRAP) for label in labels]
+    fig, ax = _axes(ax, figsize or (_legend_figsize(shown) if cols else None))
+    handles = []
+    for g, color in zip(range(len(first)), colors(len(first))):
         part = agg.loc[g]
         steps = part.index.to_numpy()
         mean, std, n = (part[c].to_numpy(dtype=float) for c in ("mean", "std", "count"))
-        if cols:
-            row = data.iloc[first[g]]
-            label = config_label((c.removeprefix(CONFIG_PREFIX), row[c]) for c in cols)
-        else:
-            label = name
         # A series of one step is a point: give it a marker or it would not show.
-        (line,) = ax.plot(steps, mean, label=label, linewidth=1.6,
-                          marker="o" if len(steps) < 2 else None)
+        (line,) = ax.plot(steps, mean, label=labels[g], linewidth=1.6, color=color,
+                          linestyle=linestyle(g), marker="o" if len(steps) < 2 else None)
+        handles.append(line)
         if band != "none":
             with np.errstate(divide="ignore", invalid="ignore"):
                 if band == "std":
@@ -223,7 +365,7 @@ def plot_curves(curves_df: pd.DataFrame, name: str, group_cols: Sequence[str] | 
     default_title = f"{name}: mean over seeds" + (f" ({spread[band]})" if spread[band] else "")
     ax.set_title(title if title is not None else default_title)
     if cols:
-        ax.legend(fontsize="small")
+        _legend(ax, handles, shown)
     ax.grid(alpha=0.3)
     return _finish(fig, path, dpi)
 
@@ -283,13 +425,25 @@ def plot_param_vs_metric(df: pd.DataFrame, param: str, metric: str, *, hue: str 
     frame = pd.DataFrame({"hue": hue_codes[keep], "x": x[keep], "y": y[keep]})
     hue_values = data[hue_col].to_numpy()[keep] if hue_col is not None else None
 
-    fig, ax = _axes(ax, figsize)
-    for h, part in frame.groupby("hue", sort=True):
-        label = (f"{hue_col.removeprefix(CONFIG_PREFIX)}="
-                 f"{format_value(hue_values[np.flatnonzero(frame['hue'].to_numpy() == h)[0]])}"
-                 if hue_col is not None else "mean ± std")
+    parts = list(frame.groupby("hue", sort=True))
+    hue_name = hue_col.removeprefix(CONFIG_PREFIX) if hue_col is not None else None
+    labels, shown = [], []
+    for h, _ in parts:
+        if hue_col is None:
+            labels.append("mean ± std")
+            shown.append("mean ± std")
+            continue
+        value = hue_values[np.flatnonzero(frame["hue"].to_numpy() == h)[0]]
+        labels.append(f"no {hue_name}" if is_not_set(value)
+                      else f"{hue_name}={format_value(value)}")
+        shown.append(_value_text(value))
+    fig, ax = _axes(ax, figsize or _legend_figsize(shown, hue_name or ""))
+    handles = []
+    for i, ((_, part), label, color) in enumerate(zip(parts, labels, colors(len(parts)))):
         stats_ = part.groupby("x", sort=True)["y"].agg(["mean", "std"])
-        (line,) = ax.plot(stats_.index, stats_["mean"], marker="o", linewidth=1.6, label=label)
+        (line,) = ax.plot(stats_.index, stats_["mean"], marker="o", linewidth=1.6, label=label,
+                          color=color, linestyle=linestyle(i))
+        handles.append(line)
         ax.errorbar(stats_.index, stats_["mean"], yerr=stats_["std"].fillna(0.0), fmt="none",
                     ecolor=line.get_color(), capsize=3, linewidth=1)
         ax.scatter(part["x"], part["y"], s=12, alpha=0.3, color=line.get_color(),
@@ -301,6 +455,6 @@ def plot_param_vs_metric(df: pd.DataFrame, param: str, metric: str, *, hue: str 
     ax.set_xlabel(pname)
     ax.set_ylabel(mname)
     ax.set_title(title if title is not None else f"{mname} vs {pname} (points: runs)")
-    ax.legend(fontsize="small")
+    _legend(ax, handles, shown, hue_name)
     ax.grid(alpha=0.3)
     return _finish(fig, path, dpi)

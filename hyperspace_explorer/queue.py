@@ -27,12 +27,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .configurable import (json_like, registered_classes, resolve_class, set_dotted,
-                           validate_config)
+from .configurable import json_like, registered_classes, resolve_class, set_dotted, validate_config
 from .errors import ConfigError, HSEError, RunNotFound, StudyError, TaskError
 from .scenario import Scenario
-from .status import (ACTIVE, CANCELLED, COMPLETED, FAILED, FINAL, QUEUED, RUNNING, TIMEOUT,
-                     Status, parse_statuses)
+from .status import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    TIMEOUT,
+    Reason,
+    Status,
+    parse_statuses,
+)
 from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, connect, new_run_id, now_ts
 from .study import find_study, source_digest, study_root
 from .task import Task, load_task, task_names
@@ -67,7 +77,7 @@ class RunQueue:
         """Close the database connection (also done when the object is collected)."""
         self.store.close()
 
-    def __enter__(self) -> "RunQueue":
+    def __enter__(self) -> RunQueue:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -78,11 +88,16 @@ class RunQueue:
                seeds: int | Sequence[int] | None = None, priority: int = 0,
                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                max_runtime: float | None = None, force: bool = False,
+               gpus: int | None = None, tags: Sequence[str] | None = None,
                tuning: Mapping[str, Any] | None = None) -> list[str]:
         """Queue `conf` for `task_name`; returns the new run ids (one per seed).
 
         `seeds=n` runs the config under n seeds (the task's seed, +1, ... +n-1), so
         re-submitting gives the same seeds; a list gives them explicitly.
+
+        `gpus` (how many GPUs a run needs) and `tags` (what a worker must offer, e.g.
+        ["big-mem"]) default to the task file's; only workers started with that many
+        `--gpus` and those `--tags` claim such runs.
 
         A run whose task, complete config (defaults filled when the Study's code is
         importable) and seed are already QUEUED, RUNNING or COMPLETED in the Study, or
@@ -96,7 +111,8 @@ class RunQueue:
         """
         return self._enqueue(task_name, [{} if conf is None else conf], seeds=seeds,
                              priority=priority, max_attempts=max_attempts,
-                             max_runtime=max_runtime, force=force, tuning=tuning)
+                             max_runtime=max_runtime, force=force, gpus=gpus, tags=tags,
+                             tuning=tuning)
 
     def submit_grid(self, task_name: str, base_conf: Mapping[str, Any] | None,
                     grid: Mapping[str, Sequence[Any]], **kwargs: Any) -> list[str]:
@@ -117,10 +133,11 @@ class RunQueue:
             confs.append(conf)
         return self._enqueue(task_name, confs, **kwargs)
 
-    def _enqueue(self, task_name: str, confs: list[dict[str, Any]], *,
+    def _enqueue(self, task_name: str, confs: Sequence[Any], *,
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None, force: bool = False,
+                 gpus: int | None = None, tags: Sequence[str] | None = None,
                  tuning: Mapping[str, Any] | None = None) -> list[str]:
         if self.tasks_dir is None:
             raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
@@ -134,6 +151,13 @@ class RunQueue:
                                         or not isinstance(max_runtime, (int, float))
                                         or max_runtime <= 0):
             raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
+        gpus = task.gpus if gpus is None else gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise HSEError(f"gpus must be a non-negative int, got {gpus!r}")
+        tags = sorted(set(task.tags if tags is None else
+                          ([tags] if isinstance(tags, str) else tags)))
+        if not all(isinstance(t, str) and t and "," not in t for t in tags):
+            raise HSEError(f"tags must be non-empty names without ',', got {tags!r}")
         if tuning is not None:
             tuning = dict(tuning)
             if not isinstance(tuning.get("study"), str) or isinstance(tuning.get("trial"), bool) \
@@ -157,7 +181,8 @@ class RunQueue:
                              "config": given, "seed": seed, "priority": priority,
                              "max_attempts": max_attempts, "max_runtime": max_runtime,
                              "queued_at": now, "submitted_from": host,
-                             "validated_with": validated_with})
+                             "validated_with": validated_with, "gpus": gpus,
+                             "tags": tags})
                 if tuning is not None:
                     docs[-1]["tuning"] = dict(tuning)
                 completes.append(complete)
@@ -230,6 +255,18 @@ class RunQueue:
                          ids=None if ids is None else
                          ((ids,) if isinstance(ids, str) else tuple(ids)))
 
+    def unclaimable(self) -> list[dict[str, Any]]:
+        """Queued runs that no live worker of the Study can ever take (they need more
+        GPUs or tags than any live worker offers): `task`, `gpus`, `tags`, `queued`.
+        Without this a run waits silently for a worker that does not exist."""
+        now = time.time()
+        live = [w for w in self.store.list_workers()
+                if w.get("study") == self.study and isinstance(w.get("heartbeat"), (int, float))
+                and now - w["heartbeat"] <= (w.get("lease_s") or 60)]
+        return [group for group in self.store.queued_groups(self.study)
+                if not any(len(w.get("gpus") or ()) >= group["gpus"]
+                           and set(group["tags"]) <= set(w.get("tags") or ()) for w in live)]
+
     def get(self, run_id: str | int) -> dict[str, Any]:
         """The queue document of one run (by run id or Sacred id)."""
         return self.store.get_run(run_id)
@@ -284,6 +321,98 @@ class RunQueue:
                                f"still queued or running (wait, or cancel them first)")
         return self.store.requeue_finished(runs)
 
+    def status_by_task(self) -> dict[str, dict[Status, int]]:
+        """Number of runs of this Study per task and status, counted by the server:
+        {task: {status: n}}, statuses without runs left out."""
+        counts: dict[str, dict[Status, int]] = {}
+        for (task, status), n in self.store.count_by_task_status(self.runs()).items():
+            per_task = counts.setdefault(task or "?", {})
+            per_task[status] = per_task.get(status, 0) + n
+        return counts
+
+    def recent(self, task: str | None = None, *, status: str | Sequence[str] | None = None,
+               limit: int = 20) -> list[dict[str, Any]]:
+        """The `limit` most recently queued runs of this Study matching `task` and
+        `status` (as in `runs()`), newest first: their queue documents, limited to
+        what `hse ls` shows (`task`, `status`, `seed`, `metrics`, `duration`, `host`,
+        `sacred_id`, `task_spec`, `order`, `reason`, `started_at`, `worker`).
+
+        `host` is also given for a RUNNING run, whose worker records the host only
+        when the run ends: the host part of its worker id (`host:pid:hex`).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise HSEError(f"limit must be a positive int, got {limit!r}")
+        fields = ["task", "status", "seed", "metrics", "duration", "host", "sacred_id",
+                  "task_spec", "order", "reason", "started_at", "worker"]
+        docs = self.store.find_runs(self.runs(task, status=status), fields=fields,
+                                    newest_first=True, limit=limit)
+        docs = sorted(docs, key=lambda d: d.get("order", 0), reverse=True)[:limit]
+        return [_with_host(doc) for doc in docs]
+
+    def record(self, run_id: str | int) -> dict[str, Any]:
+        """Everything recorded about one run (by run id or Sacred id), as `hse show`
+        prints it:
+
+        - `run`: its queue document (`host` filled in while it runs, as in `recent`);
+        - `sacred`: its Sacred record, None when it never started;
+        - `series`: the series it logged (`name`, `steps`, `values`), by name;
+        - `error`: why it did not complete: the queue's `error`, else the Sacred
+          record's `fail_trace`, else what its `reason` means (a TIMEOUT, a cancel, a
+          lost worker, ...); for a run that is active or completed, an earlier
+          attempt's `last_error`; None when there is nothing to say;
+        - `output`: the output it printed, as Sacred captured it ("" when none).
+        """
+        doc = _with_host(self.get(run_id))
+        sacred_id = doc.get("sacred_id")
+        sacred = self.store.sacred_run(sacred_id) if sacred_id is not None else None
+        series = self.store.metric_series([sacred_id]) if sacred_id is not None else []
+        return {"run": doc, "sacred": sacred,
+                "series": sorted(series, key=lambda s: str(s.get("name", ""))),
+                "error": _run_error(doc, sacred),
+                "output": (sacred or {}).get("captured_out") or ""}
+
+    def workers(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """The workers registered in this database, by host and pid: their documents
+        (`host`, `pid`, `study`, `current_run`, `executed`, `heartbeat`, `stopping`, and
+        `cannot_run` / `last_rejection` when their Study code refused runs that another
+        worker may run) with three fields added:
+
+        - `state`: "DEAD" when its last heartbeat is older than its own lease (it was
+          killed without cleaning up; its run is requeued once the run's lease expires),
+          else "stopping" when asked to stop (it finishes its run, then exits), else
+          "alive";
+        - `lease`: that lease in seconds (the worker's `--lease`, or 3x the default
+          heartbeat interval for workers that did not record one);
+        - `heartbeat_age`: seconds since its last heartbeat (None: never).
+        """
+        from .worker import worker_state
+
+        now = time.time() if now is None else now
+        out = []
+        for doc in self.store.list_workers():
+            state, lease, age = worker_state(doc, now)
+            out.append({**doc, "state": state, "lease": lease, "heartbeat_age": age})
+        return sorted(out, key=lambda w: (str(w.get("host", "")), w.get("pid") if isinstance(
+            w.get("pid"), int) else -1))
+
+    def recover(self) -> dict[str, int]:
+        """Do now what workers do on their own every few seconds (run it when no worker
+        is running): requeue runs whose worker stopped renewing its lease (FAILED,
+        "worker lost", after `max_attempts`), quarantine queue documents no worker
+        could ever claim, close Sacred records left open by workers that lost their
+        run, and archive every finished run. Returns {"recovered": runs requeued or
+        failed, "archived": finished runs archived}. Covers the whole database.
+        """
+        from .worker import recover_expired
+
+        recovered = recover_expired(self.store)
+        self.store.quarantine_orphans()
+        self.store.close_orphan_sacred_runs()
+        archived = 0
+        while batch := self.store.sweep_finished(everything=True):
+            archived += batch
+        return {"recovered": recovered, "archived": archived}
+
     def wait(self, ids: Iterable[str] | None = None, *, timeout: float | None = None,
              poll: float = 0.5, progress: bool = True) -> dict[str, int]:
         """Block until the given runs (default: every run of the Study active now)
@@ -321,8 +450,16 @@ class RunQueue:
         return results_frame(self.store, self.runs(task, status=status, config=config),
                              study_dir=self.study_dir, tasks_dir=self.tasks_dir)
 
-    def task(self, task_name: str) -> Task:
-        """The task as its file says now, or as last queued if the file is gone."""
+    def task(self, task_name: str, *, require_runs: bool = False) -> Task:
+        """The task as its file says now, or as last queued if the file is gone.
+
+        `require_runs=True`: an HSEError naming the tasks that have runs when this one
+        has none in the Study (what `summary`, `best` and `hse plot` need first).
+        """
+        if require_runs and not any(self.status(task_name).values()):
+            known = ", ".join(sorted(self.status_by_task())) or "(none)"
+            raise HSEError(f"no runs of task '{task_name}' in study '{self.study}' (database "
+                           f"'{self.store.db_name}'); tasks with runs: {known}")
         try:
             if self.tasks_dir is None:
                 raise TaskError("no tasks directory")
@@ -338,28 +475,60 @@ class RunQueue:
         (Holm-corrected) against the best group. See `analysis.summarize`."""
         from .analysis import summarize
 
-        spec = self.task(task)
+        spec = self.task(task, require_runs=True)
         return summarize(self.results(task), spec.metric, spec.direction,
                          by=list(by) if by else None, **kwargs)
 
     def best(self, task: str) -> dict[str, Any]:
-        """The best completed run of `task`, with what it takes to run it again."""
+        """The best COMPLETED run of `task` by the task's metric and direction (one run,
+        not a mean over seeds: see `summary`), and how to run it again.
+
+        Keys: `run_id`, `sacred_id`, `task`, `seed`, `metric`, `direction`, `value` (of
+        the metric), `metrics`, `config` and `resubmit`.
+
+        `config` is the run's complete stored config: what its worker executed, every
+        default filled in as it was then. Submitting it with `seeds=[seed]` reproduces
+        the run exactly, even after the Study's defaults have changed (the config as
+        given at submit would pick up today's defaults instead). `resubmit` is that
+        call, `q.submit(...)`, with `force=True`: the run itself is COMPLETED, so a plain
+        submit would skip the copy as its duplicate.
+
+        Raises HSEError when the task has no runs (naming the tasks that have some) or
+        no COMPLETED run yet (with its number of runs in each status).
+        """
         from .analysis import best_run
 
-        spec = self.task(task)
-        row = best_run(self.results(task), spec.metric, spec.direction)
+        spec = self.task(task, require_runs=True)
+        frame = self.results(task, status=COMPLETED)
+        if len(frame) == 0:
+            counts = {s: n for s, n in self.status(task).items() if n}
+            raise HSEError(f"no COMPLETED run of task '{task}' yet ("
+                           + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())) + ")")
+        row = best_run(frame, spec.metric, spec.direction)
         doc = self.get(row["run_id"])
-        config = doc.get("config_given") if doc.get("config_given") is not None else doc["config"]
+        metrics = doc.get("metrics") or {}
+        config = doc.get("config") or {}
         return {"run_id": doc["_id"], "sacred_id": doc.get("sacred_id"), "task": task,
-                "seed": doc["seed"], "metric": spec.metric, "value": doc["metrics"][spec.metric],
-                "metrics": doc["metrics"], "config": doc["config"],
-                "resubmit": f"q.submit({task!r}, {config!r}, seeds=[{doc['seed']}])"}
+                "seed": doc.get("seed"), "metric": spec.metric, "direction": spec.direction,
+                "value": metrics.get(spec.metric), "metrics": metrics, "config": config,
+                "resubmit": f"q.submit({task!r}, {config!r}, force=True, "
+                            f"seeds=[{doc.get('seed')}])"}
 
-    def curves(self, task: str, name: str):
-        """A metric logged with `log_scalar`, long format, for `plots.plot_curves`."""
+    def curves(self, task: str, name: str, *,
+               statuses: Sequence[str] | None = ("COMPLETED",)):
+        """A metric logged with `log_scalar`, long format, for `plots.plot_curves`:
+        the COMPLETED runs' curves by default, as `hse plot TASK curve` draws them
+        (`statuses=None` adds cancelled and failed runs' partial curves)."""
         from .results import curves_frame
 
-        return curves_frame(self.store, self.results(task), name)
+        return curves_frame(self.store, self.results(task), name, statuses)
+    def series_names(self, task: str | None = None, *,
+                     status: str | Sequence[str] | None = None) -> list[str]:
+        """Names of the series (`log_scalar`) that the matching runs logged, sorted."""
+        ids = [d["sacred_id"] for d in self.store.find_runs(
+            self.runs(task, status=status), fields=["sacred_id"])
+            if isinstance(d.get("sacred_id"), int)]
+        return sorted({str(r.get("name")) for r in self.store.metric_series(ids)}) if ids else []
 
     def diff(self, run_a: str | int, run_b: str | int) -> dict[str, Any]:
         """Config and code-version differences between two runs."""
@@ -403,3 +572,36 @@ def _canonical(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [_canonical(v) for v in value]
     return value
+
+
+def _with_host(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with `host` set from its worker id (`host:pid:hex`) when the worker
+    has not recorded it yet (it does when the run ends)."""
+    worker = doc.get("worker")
+    if not doc.get("host") and isinstance(worker, str) and worker.count(":") >= 2:
+        doc = {**doc, "host": worker.rsplit(":", 2)[0]}
+    return doc
+
+
+_REASON_TEXT = {
+    Reason.TIMEOUT.value: "ran longer than its max_runtime and was stopped",
+    Reason.CANCELLED.value: "cancelled",
+    Reason.WORKER_LOST.value: "its worker stopped renewing the lease max_attempts times",
+    Reason.KILLED.value: "killed by a signal (out of memory?) or exited early",
+    Reason.INVALID.value: "the task or config was rejected by the worker's code",
+    Reason.ERROR.value: "the run's code raised or returned unusable metrics",
+}
+
+
+def _run_error(doc: Mapping[str, Any], sacred: Mapping[str, Any] | None) -> str | None:
+    """The error `RunQueue.record` reports (see there)."""
+    if doc.get("status") in (FAILED, TIMEOUT, CANCELLED):
+        trace = (sacred or {}).get("fail_trace")
+        trace = "".join(trace) if isinstance(trace, list) else trace
+        for candidate in (doc.get("error"), trace):
+            if isinstance(candidate, str) and candidate.strip():
+                return candidate
+        reason = doc.get("reason")
+        return _REASON_TEXT.get(reason, f"{doc.get('status')} ({reason or 'no reason recorded'})")
+    last = doc.get("last_error")
+    return last if isinstance(last, str) and last.strip() else None

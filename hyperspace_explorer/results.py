@@ -8,7 +8,6 @@ tree had changes), `attempt`, `error`. The analysis functions (`analysis.py`) ta
 from __future__ import annotations
 
 import json
-
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +60,7 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
     if not rows:
         return pd.DataFrame(columns=_FIXED)
     frame = pd.DataFrame.from_records(rows)
+    _keep_stored_config_values(frame, rows)
     for col in ("queued_at", "start_time", "stop_time"):
         frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s",
                                     utc=True)
@@ -70,6 +70,24 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
     return frame[fixed + config_cols + metric_cols].reset_index(drop=True)
 
 
+def _keep_stored_config_values(frame, rows: list[dict[str, Any]]) -> None:
+    """Config columns hold the values as stored. pandas turns an explicit None into NaN
+    (the mark of a parameter the config does not have) and ints next to missing values
+    into floats (20 -> 20.0); such columns are rebuilt as object columns: None stays
+    None, ints stay ints, NaN only where the config lacks the key."""
+    import numpy as np
+    import pandas as pd
+
+    for col in [c for c in frame.columns if c.startswith("config.")]:
+        present = [r[col] for r in rows if col in r]
+        has_none = any(v is None for v in present)
+        has_int = frame[col].dtype.kind == "f" and any(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present)
+        if has_none or has_int:
+            frame[col] = pd.Series([r.get(col, np.nan) for r in rows], index=frame.index,
+                                   dtype=object)
+
+
 def _unreadable(doc: dict[str, Any]) -> bool:
     """Whether a document's config cannot be read (so neither shown nor completed)."""
     config = doc.get("config")
@@ -77,7 +95,7 @@ def _unreadable(doc: dict[str, Any]) -> bool:
                                                               or isinstance(config, dict))
 
 
-def _row(doc: dict[str, Any], completers: "_Completers") -> dict[str, Any]:
+def _row(doc: dict[str, Any], completers: _Completers) -> dict[str, Any]:
     scenario = doc["task_spec"].get("scenario")
     class_name = scenario.get("className") if isinstance(scenario, dict) else None
     version = doc.get("code_version")
@@ -187,13 +205,17 @@ def load_results(mongo_uri: str | None, db_name: str, task: str | None = None, *
         store.close()
 
 
-def curves_frame(store: Storage, runs, name: str):
+def curves_frame(store: Storage, runs, name: str, statuses: Sequence[str] | None = ("COMPLETED",)):
     """A logged metric over steps in long format (for `plots.plot_curves`): one row
     per (run, step) with `run_id`, `seed`, `name`, `step`, `value` and the run's
-    `config.*` columns to group by. `runs` is a results frame."""
+    `config.*` columns to group by. `runs` is a results frame; only its runs with a
+    status in `statuses` count (COMPLETED by default, as in summaries and plots: a
+    cancelled or failed run's partial curve is left out; None keeps every run)."""
     import pandas as pd
 
-    known = runs.dropna(subset=["sacred_id"])
+    from .analysis import runs_with_status
+
+    known = runs_with_status(runs, statuses).dropna(subset=["sacred_id"])
     by_sacred = {int(s): i for i, s in zip(known.index, known["sacred_id"])}
     records = store.metric_series(list(by_sacred), name)
     if not records:

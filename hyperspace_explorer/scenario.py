@@ -28,7 +28,7 @@ class Scenario(Configurable):
 
     __abstract_config__ = True  # the base itself is not a selectable className
     config_class: ClassVar[type | None] = None
-    run_seed: ClassVar[int | None] = None  # set on the instance by the worker per run
+    run_seed: int | None = None  # the run's seed, set on the instance by the worker
 
     @classmethod
     def complete_run_config(cls, conf: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -56,14 +56,12 @@ class Scenario(Configurable):
         """Build data and model from `params`, train, evaluate; return the metric(s)."""
         raise NotImplementedError(f"{type(self).__name__} must implement single_run(params)")
 
-    # --- what a run can do from inside; outside a worker these only keep values locally
+    # --- what a run can do from inside; outside a run (no worker) they record nothing
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Record a metric over steps (stored in Sacred's `metrics` collection)."""
         run = _current_sacred_run()
         if run is not None:
             run.log_scalar(name, value, step)
-        else:
-            self.__dict__.setdefault("_logged", []).append((name, step, value))
 
     def add_artifact(self, filename: str, name: str | None = None) -> None:
         """Attach a file (model, plot, predictions) to the run's record."""

@@ -34,11 +34,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hyperspace_explorer.errors import ServerError
+from hyperspace_explorer.logs import tail
+from hyperspace_explorer.processes import stop as stop_processes
 
 __all__ = [
     "DEFAULT_PORT",
@@ -227,7 +230,7 @@ class EmbeddedServer:
         was_running = proc.poll() is None
         if was_running:
             try:
-                _stop_popen(proc, timeout)
+                stop_processes([proc], timeout)
             except subprocess.TimeoutExpired as exc:
                 raise ServerError(f"the embedded MongoDB server (pid {proc.pid}) "
                                   f"survived SIGKILL") from exc
@@ -299,8 +302,11 @@ def ensure_server(home: Path | str | None = None) -> str:
             return server.uri
 
         server = _start_preferring(data_dir, DEFAULT_PORT)
-        _write_state(home, server, server.pid)
-        pid = server.pid
+        started_pid = server.pid
+        if started_pid is None:
+            raise ServerError("the embedded MongoDB server exited right after starting")
+        pid = started_pid
+        _write_state(home, server, pid)
         server._detach()
         print(
             f"hyperspace_explorer: started the embedded MongoDB-compatible server "
@@ -330,7 +336,7 @@ def stop_server(home: Path | str | None = None, timeout: float = 10.0) -> bool:
         # Without server.json (deleted by hand?), the server's own pid file still finds it.
         pid = state.get("pid") if state else _read_pid(data_dir / _PID_NAME)
         running = isinstance(pid, int) and _pid_alive(pid) and _is_our_server(pid, data_dir)
-        if running:
+        if running and isinstance(pid, int):
             _terminate(pid, timeout)
             with contextlib.suppress(FileNotFoundError):
                 (data_dir / _PID_NAME).unlink()
@@ -475,23 +481,11 @@ def _reap(pid: Any) -> None:
             _DETACHED[pid] = proc
 
 
-def _stop_popen(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, SIGKILL after `timeout`; raises TimeoutExpired if even that fails."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 def _terminate(pid: int, timeout: float) -> None:
     """SIGTERM `pid`, SIGKILL it after `timeout`, and wait until it is gone."""
     proc = _DETACHED.pop(pid, None)
     if proc is not None:  # our own child: Popen can wait for (and reap) it
-        _stop_popen(proc, timeout)
+        stop_processes([proc], timeout)
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
@@ -635,12 +629,4 @@ def _answering_pid(uri: str, timeout_ms: int) -> int | None:
 
 def _log_tail(path: Path, offset: int = 0, max_bytes: int = 4000) -> str:
     """The end of the server log written since `offset` (this start attempt), for error messages."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            fh.seek(max(offset, end - max_bytes))
-            text = fh.read().decode(errors="replace").strip()
-    except OSError as exc:
-        return f"(log unreadable: {exc})"
-    return text or "(log is empty)"
+    return tail(path, max_bytes, offset) or f"(log {path} is empty or unreadable)"

@@ -6,6 +6,7 @@ to members, and a member can be used wherever a plain string is expected.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 from .errors import QueryError
@@ -15,7 +16,8 @@ class _Text(str, Enum):
     def __str__(self) -> str:  # "QUEUED", not "Status.QUEUED", in messages
         return str(self.value)
 
-    __format__ = str.__format__
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class Status(_Text):
@@ -53,8 +55,7 @@ FINAL: tuple[Status, ...] = (Status.COMPLETED, Status.FAILED, Status.TIMEOUT, St
 STATUSES: tuple[Status, ...] = tuple(Status)
 
 
-def parse_statuses(statuses: str | Status | list[str] | tuple[str, ...] | None
-                   ) -> tuple[Status, ...] | None:
+def parse_statuses(statuses: str | Sequence[str] | None) -> tuple[Status, ...] | None:
     """Statuses given by a user ("FAILED", ["failed", "TIMEOUT"], "FAILED,TIMEOUT") as
     members, or None for "any"; a QueryError names the bad one and the valid ones."""
     if statuses is None:

@@ -37,7 +37,8 @@ def load_scenarios(study_dir: str | Path | None = None) -> ModuleType:
             f"(the one containing {MODULE}.py), or pass --study-dir")
     loaded = sys.modules.get(MODULE)
     if loaded is not None:
-        if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+        loaded_file = getattr(loaded, "__file__", None)
+        if loaded_file and Path(loaded_file).resolve() == path:
             return loaded
         raise StudyError(f"another '{MODULE}' module ({getattr(loaded, '__file__', '?')}) is "
                          f"already imported in this process; one Study per process")

@@ -16,7 +16,8 @@ from typing import Any
 from .errors import TaskError
 
 DIRECTIONS = ("maximize", "minimize")
-_TASK_KEYS = {"Scenario", "seed", "metric", "direction", "max_runtime", "description"}
+_TASK_KEYS = {"Scenario", "seed", "metric", "direction", "max_runtime", "description",
+              "gpus", "tags"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -31,6 +32,8 @@ class Task:
     direction: str = "maximize"
     max_runtime: float | None = None
     description: str = ""
+    gpus: int = 0                  # GPUs each run needs (a worker started with --gpus)
+    tags: tuple[str, ...] = ()     # what a worker must offer (--tags), e.g. ("big-mem",)
 
     @property
     def scenario_class_name(self) -> str:
@@ -40,11 +43,11 @@ class Task:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Task":
-        return cls(**doc)
+    def from_doc(cls, doc: dict[str, Any]) -> Task:
+        return cls(**{**doc, "tags": tuple(doc.get("tags") or ())})
 
     @classmethod
-    def from_dict(cls, name: str, data: Any, source: str) -> "Task":
+    def from_dict(cls, name: str, data: Any, source: str) -> Task:
         """Validate the parsed JSON of a task; `source` names the file in errors."""
         if not isinstance(data, dict):
             raise TaskError(f"{source}: a task must be a JSON object, got {type(data).__name__}")
@@ -69,9 +72,17 @@ class Task:
         if max_runtime is not None and (isinstance(max_runtime, bool) or
                                         not isinstance(max_runtime, (int, float)) or max_runtime <= 0):
             raise TaskError(f"{source}: 'max_runtime' must be a positive number of seconds or null")
+        gpus = data.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise TaskError(f"{source}: 'gpus' must be a non-negative integer, got {gpus!r}")
+        tags = data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t and "," not in t
+                                                 for t in tags):
+            raise TaskError(f"{source}: 'tags' must be a list of names, got {tags!r}")
         return cls(name=name, scenario=scenario, seed=seed, metric=metric, direction=direction,
                    max_runtime=float(max_runtime) if max_runtime is not None else None,
-                   description=str(data.get("description", "")))
+                   description=str(data.get("description", "")), gpus=gpus,
+                   tags=tuple(sorted(set(tags))))
 
 
 def task_path(tasks_dir: str | Path, name: str) -> Path:

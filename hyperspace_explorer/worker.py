@@ -4,13 +4,15 @@ Started from a Study directory (the one holding `scenarios.py`)::
 
     hyperspace_worker TASKS_DIR DB_NAME [--mongo-uri URI] [--interval S]
 
+(its command line is in `cli/worker.py`; `python -m hyperspace_explorer.worker` runs it).
+
 Any number of workers on any number of machines can share a database: claims are
 atomic, each attempt holds a lease its worker renews, and runs whose worker died are
 requeued by whichever worker (or `hse recover`) notices the expired lease first.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,17 @@ import bson
 
 from .configurable import resolve_class
 from .errors import HSEError, StoreUnavailable
+from .sacred_compat import check_worker_imports
 from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
-from .storage import (DEFAULT_MAX_ATTEMPTS, Storage, connect, now_ts, queue_document_problem,
-                      redact_uri)
+from .storage import (
+    DEFAULT_MAX_ATTEMPTS,
+    Storage,
+    connect,
+    now_ts,
+    queue_document_problem,
+    redact_uri,
+)
 from .study import load_scenarios, source_digest, source_stamp, study_root
 from .task import Task, task_names
 
@@ -72,6 +82,13 @@ def recover_expired(store: Storage) -> int:
 class Worker:
     """One worker process. `run()` returns the number of runs it executed.
 
+    It runs `concurrency` runs at once, each in its own slot (a thread supervising one
+    forked child at a time); the process owns the leases of all of them. `gpus` are
+    the GPU ids this worker may hand out: a run that requires k GPUs is claimed only
+    when k of them are free, and its child sees just those (CUDA_VISIBLE_DEVICES).
+    `tags` are what this worker offers (e.g. "big-mem"): it claims only runs whose
+    required tags it has; untagged runs go to any worker.
+
     Between runs it notices edits of the Study's sources; it then stops with
     `reload_requested` set, and the command-line entry point re-executes itself so
     that the next run uses the new code.
@@ -81,12 +98,22 @@ class Worker:
                  study_dir: str | Path | None = None, study: str | None = None,
                  interval: float = DEFAULT_INTERVAL_S, heartbeat: float = DEFAULT_HEARTBEAT_S,
                  lease: float = DEFAULT_LEASE_S, max_runs: int | None = None,
-                 idle_exit: float | None = None, log_dir: str | Path | None = None):
+                 idle_exit: float | None = None, log_dir: str | Path | None = None,
+                 concurrency: int = 1, gpus: Sequence[str] = (), tags: Iterable[str] = ()):
         from .server import home_dir, resolve_uri
 
+        check_worker_imports()  # Sacred & co. importable, or one clear line, before any claim
         if lease <= 2 * heartbeat:
             raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
                            f"({heartbeat}s), or live runs would look dead")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise HSEError(f"--concurrency must be a positive integer, got {concurrency!r}")
+        self.gpus = [str(g).strip() for g in gpus]
+        if len(set(self.gpus)) != len(self.gpus) or not all(self.gpus):
+            raise HSEError(f"--gpus must list distinct GPU ids (e.g. 0,1), got {list(gpus)}")
+        self.tags = frozenset(t.strip() for t in tags)
+        if not all(self.tags):
+            raise HSEError(f"--tags must be non-empty names, got {sorted(tags)}")
         self.tasks_dir = Path(tasks_dir)
         task_names(self.tasks_dir)  # fails early with a clear message if missing
         self.module = load_scenarios(study_dir)
@@ -104,11 +131,17 @@ class Worker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         from .execution import Executor  # Sacred: imported by workers only
 
-        self.executor = Executor(self.store, self.module, self.log_dir, heartbeat, lease,
-                                 interrupt=self._interrupt_request, on_beat=self._beat)
+        experiments: dict[str, Any] = {}  # shared: building one is slow
+        self.slots = [_Slot(i, Executor(self.store, self.module, self.log_dir, heartbeat,
+                                        lease, interrupt=self._interrupt_request,
+                                        on_beat=self._beat, experiments=experiments))
+                      for i in range(concurrency)]
         self._signals = 0
         self._wake = threading.Event()
-        self._current: str | None = None
+        self._lock = threading.Lock()        # claims, counters, GPUs, maintenance
+        self._free_gpus = list(self.gpus)
+        self._next_maintenance = 0.0
+        self._claimed = 0
         self._sacred_ids: list[int] = []
         self._cannot_run: dict[str, str] = {}  # run id -> why this worker's code refused it
         self.executed = 0
@@ -118,10 +151,11 @@ class Worker:
         self._signals += 1
         self._wake.set()
         if self._signals == 1:
-            log.warning("%s: finishing the current run, then stopping (signal again to "
-                        "interrupt it and put it back in the queue)", signal.Signals(signum).name)
+            log.warning("%s: finishing the current run(s), then stopping (signal again to "
+                        "interrupt them and put them back in the queue)",
+                        signal.Signals(signum).name)
         else:
-            log.warning("interrupting the current run; it goes back to the queue")
+            log.warning("interrupting the current run(s); they go back to the queue")
 
     def _interrupt_request(self) -> str | None:
         return "requeue" if self._signals >= 2 else None
@@ -134,53 +168,73 @@ class Worker:
             "_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "study": self.study, "db": self.store.db_name, "tasks_dir": str(self.tasks_dir.resolve()),
             "started_at": now_ts(), "heartbeat": now_ts(), "current_run": None,
-            "executed": 0, "stopping": False, "heartbeat_s": self.heartbeat,
-            "lease_s": self.lease, "code_digest": self.code_digest}))
-        log.info("worker %s: study '%s', db '%s' at %s, tasks in %s", self.id, self.study,
-                 self.store.db_name, redact_uri(self.store.uri), self.tasks_dir)
+            "current_runs": [], "executed": 0, "stopping": False,
+            "heartbeat_s": self.heartbeat, "lease_s": self.lease,
+            "code_digest": self.code_digest, "concurrency": len(self.slots),
+            "gpus": self.gpus, "tags": sorted(self.tags)}))
+        log.info("worker %s: study '%s', db '%s' at %s, tasks in %s%s", self.id, self.study,
+                 self.store.db_name, redact_uri(self.store.uri), self.tasks_dir,
+                 "".join(f", {k} {v}" for k, v in (
+                     ("concurrency", len(self.slots) if len(self.slots) > 1 else None),
+                     ("GPUs", ",".join(self.gpus) or None),
+                     ("tags", ",".join(sorted(self.tags)) or None)) if v))
         # Once per start (they scan the queue on nx-27017): documents no worker could
         # ever claim, and Sacred records left open by a worker that lost its run.
         self._quietly(lambda: self.store.quarantine_orphans())
         self._quietly(lambda: self.store.close_orphan_sacred_runs())
-        idle_since = time.monotonic()
-        next_maintenance = 0.0
         try:
-            while self._signals == 0:
-                if self.max_runs is not None and self.executed >= self.max_runs:
-                    log.info("executed %d run(s): --max-runs reached", self.executed)
-                    break
-                if self._study_changed():
-                    break
-                if time.monotonic() >= next_maintenance:
-                    self._maintenance()
-                    next_maintenance = time.monotonic() + self.heartbeat
-                doc = self._claim()
-                if doc is None:
-                    self.executor.release_spare()
-                    if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
-                        log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
-                        break
-                    self._wake.wait(self.interval)
-                    continue
-                try:
-                    self._process(doc)
-                except StoreUnavailable as exc:
-                    # The run stays leased to us; once the lease expires, recovery
-                    # requeues it. The worker itself keeps going.
-                    log.warning("run %s: database lost mid-run (%s); it will be requeued",
-                                doc["_id"], str(exc)[:200])
-                except Exception:  # a worker-side bug must not take the worker down
-                    log.exception("run %s: worker error", doc["_id"])
-                    self._finish(doc["_id"], doc["token"], FAILED, {
-                        "reason": Reason.ERROR.value,
-                        "error": "worker error:\n" + traceback.format_exc()})
-                self._current = None
-                idle_since = time.monotonic()
+            if len(self.slots) == 1:
+                self._serve(self.slots[0])
+            else:
+                threads = [threading.Thread(target=self._serve, args=(slot,),
+                                            name=f"hse-slot-{slot.index}", daemon=True)
+                           for slot in self.slots]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:  # short joins: signals reach the main thread
+                    while thread.is_alive():
+                        thread.join(0.2)
         finally:
-            self.executor.release_spare()
+            for slot in self.slots:
+                slot.executor.release_spare()
             self._quietly(lambda: self.store.sweep_finished())
             self._quietly(lambda: self.store.remove_worker(self.id))
         return self.executed
+
+    def _serve(self, slot: _Slot) -> None:
+        """One slot's loop: claim, execute, record; until asked to stop, idle too long,
+        --max-runs reached or the Study's code changed."""
+        idle_since = time.monotonic()
+        while self._signals == 0 and not self.reload_requested:
+            if self.max_runs is not None and self._claimed >= self.max_runs:
+                log.info("claimed %d run(s): --max-runs reached", self._claimed)
+                break
+            if self._study_changed():
+                break
+            self._maybe_maintain()
+            doc = self._claim(slot)
+            if doc is None:
+                slot.executor.release_spare()
+                if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
+                    log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
+                    break
+                self._wake.wait(self.interval)
+                continue
+            try:
+                self._process(slot, doc)
+            except StoreUnavailable as exc:
+                # The run stays leased to us; once the lease expires, recovery
+                # requeues it. The worker itself keeps going.
+                log.warning("run %s: database lost mid-run (%s); it will be requeued",
+                            doc["_id"], str(exc)[:200])
+            except Exception:  # a worker-side bug must not take the worker down
+                log.exception("run %s: worker error", doc["_id"])
+                self._finish(doc["_id"], doc["token"], FAILED, {
+                    "reason": Reason.ERROR.value,
+                    "error": "worker error:\n" + traceback.format_exc()})
+            finally:
+                self._release(slot)
+            idle_since = time.monotonic()
 
     def _study_changed(self) -> bool:
         """Whether the Study's sources were edited since this worker loaded them (then
@@ -198,21 +252,43 @@ class Worker:
         self.reload_requested = True
         return True
 
-    def _claim(self) -> dict[str, Any] | None:
+    def _claim(self, slot: _Slot) -> dict[str, Any] | None:
         try:
             names = task_names(self.tasks_dir)
         except HSEError as exc:
             log.error("%s", exc)
             return None
-        try:
-            return self.store.retry(
-                lambda: self.store.claim(self.study, names, self.id, self.lease,
-                                         exclude=self._cannot_run),
-                give_up=lambda: self._signals > 0)
-        except StoreUnavailable:
-            if self._signals:
-                return None  # asked to stop while the database was away
-            raise
+        with self._lock:  # slots claim one at a time: GPUs are handed out here
+            if self.max_runs is not None and self._claimed >= self.max_runs:
+                return None
+            try:
+                doc = self.store.retry(
+                    lambda: self.store.claim(self.study, names, self.id, self.lease,
+                                             exclude=self._cannot_run,
+                                             gpus=len(self._free_gpus), tags=self.tags),
+                    give_up=lambda: self._signals > 0)
+            except StoreUnavailable:
+                if self._signals:
+                    return None  # asked to stop while the database was away
+                raise
+            if doc is not None:
+                self._claimed += 1
+                wanted = doc.get("gpus") or 0
+                slot.gpus, self._free_gpus = self._free_gpus[:wanted], self._free_gpus[wanted:]
+                slot.current = doc["_id"]
+            return doc
+
+    def _release(self, slot: _Slot) -> None:
+        with self._lock:
+            self._free_gpus += slot.gpus
+            slot.gpus, slot.current = [], None
+
+    def _maybe_maintain(self) -> None:
+        with self._lock:
+            if time.monotonic() < self._next_maintenance:
+                return
+            self._next_maintenance = time.monotonic() + self.heartbeat
+        self._maintenance()
 
     def _maintenance(self) -> None:
         self._quietly(lambda: recover_expired(self.store))
@@ -220,7 +296,9 @@ class Worker:
         self._beat()
 
     def _beat(self) -> None:
-        fields: dict[str, Any] = {"current_run": self._current, "executed": self.executed,
+        current = [slot.current for slot in self.slots if slot.current]
+        fields: dict[str, Any] = {"current_run": current[0] if current else None,
+                                  "current_runs": current, "executed": self.executed,
                                   "stopping": self._signals > 0,
                                   "cannot_run": len(self._cannot_run)}
         if self._cannot_run:
@@ -234,9 +312,8 @@ class Worker:
         except StoreUnavailable as exc:
             log.warning("database unreachable during maintenance: %s", str(exc)[:200])
 
-    def _process(self, doc: dict[str, Any]) -> None:
+    def _process(self, slot: _Slot, doc: dict[str, Any]) -> None:
         run_id, token = doc["_id"], doc["token"]
-        self._current = run_id
         started = time.time()
         problem = queue_document_problem(doc)
         if problem is not None:
@@ -259,15 +336,16 @@ class Worker:
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
                        max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
+                       env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {},
                        tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None)
         log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
                  doc["seed"], sacred_id)
-        outcome = self.executor.execute(spec)
+        outcome = slot.executor.execute(spec)
         if outcome.fenced:
             log.warning("run %s: lease lost to a newer attempt; result discarded", run_id)
             return
         fields = {**outcome.fields(), "config": config, "config_given": doc.get("config"),
-                  "sacred_id": sacred_id, "code_version": self.executor.code_version(task),
+                  "sacred_id": sacred_id, "code_version": slot.executor.code_version(task),
                   "host": socket.gethostname(), "duration": round(time.time() - started, 3),
                   "log_file": str(spec.log_path)}
         if outcome.status == QUEUED:
@@ -279,7 +357,8 @@ class Worker:
                 status = FAILED
                 fields.update(metrics=None, reason=Reason.ERROR.value, error=TOO_LARGE)
             self._finish(run_id, token, status, fields)
-        self.executed += 1
+        with self._lock:
+            self.executed += 1
         log.info("run %s %s%s", run_id, outcome.status.lower(),
                  f": {outcome.metrics}" if outcome.metrics else
                  f" ({outcome.reason})" if outcome.reason else "")
@@ -306,10 +385,11 @@ class Worker:
         self._finish(run_id, token, FAILED, {"reason": Reason.INVALID.value, "error": str(exc)})
 
     def _next_sacred_id(self) -> int:
-        if not self._sacred_ids:
-            self._sacred_ids = list(self.store.retry(
-                lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK)))
-        return self._sacred_ids.pop(0)
+        with self._lock:
+            if not self._sacred_ids:
+                self._sacred_ids = list(self.store.retry(
+                    lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK)))
+            return self._sacred_ids.pop(0)
 
     def _requeue(self, run_id: str, token: str, fields: dict[str, Any]) -> None:
         if not self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
@@ -331,60 +411,33 @@ class Worker:
                         run_id)
 
 
-# ------------------------------------------------------------------ command line
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """Worker options, shared by `hyperspace_worker` and `hse worker`."""
-    parser.add_argument("tasks_dir", help="directory with the Study's task .json files")
-    parser.add_argument("db_name", help="MongoDB database of the Study (also the queue)")
-    parser.add_argument("--mongo-uri", help="MongoDB URI (default: $HSE_MONGO_URI, else the "
-                                            "embedded server on this machine)")
-    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
-                        help="seconds between polls of an empty queue (default %(default)s)")
-    parser.add_argument("--study-dir", default=None,
-                        help="directory containing scenarios.py (default: current directory)")
-    parser.add_argument("--study", default=None,
-                        help="Study name in the queue (default: the database name)")
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S,
-                        help="seconds between lease renewals (default %(default)s)")
-    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
-                        help="seconds without renewal after which a run is presumed lost "
-                             "(default %(default)s)")
-    parser.add_argument("--max-runs", type=int, default=None,
-                        help="exit after executing this many runs")
-    parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
-                        help="exit after the queue has been empty this long")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+@dataclasses.dataclass
+class _Slot:
+    """One run at a time of a worker: its executor, its run, the GPUs it holds."""
+
+    index: int
+    executor: Any
+    current: str | None = None
+    gpus: list[str] = dataclasses.field(default_factory=list)
 
 
-def run_worker_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
-                    study=args.study, interval=args.interval, heartbeat=args.heartbeat,
-                    lease=args.lease, max_runs=args.max_runs, idle_exit=args.idle_exit)
-    worker.run()
-    worker.store.close()
-    if worker.reload_requested:
-        # Start afresh on the edited Study code: same interpreter, same command line.
-        log.warning("re-executing the worker to load the edited Study code")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    return 0
+def worker_state(doc: dict[str, Any], now: float) -> tuple[str, float, float | None]:
+    """What a worker document says about its worker at time `now` (epoch seconds):
+    (state, lease, heartbeat age). The state is "DEAD" when its last heartbeat is
+    older than its own `lease_s` (3x `DEFAULT_HEARTBEAT_S` for workers that did not
+    record one), else "stopping" when it was asked to stop, else "alive"."""
+    lease = doc.get("lease_s")
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        lease = 3 * DEFAULT_HEARTBEAT_S
+    beat = doc.get("heartbeat")  # epoch seconds, as Storage writes it
+    beat = float(beat) if isinstance(beat, (int, float)) and not isinstance(beat, bool) else None
+    age = None if beat is None else max(0.0, now - beat)
+    if beat is None or now - beat > lease:
+        return "DEAD", float(lease), age
+    return ("stopping" if doc.get("stopping") else "alive"), float(lease), age
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hyperspace_worker",
-        description="Execute queued runs of the Study in the current directory.")
-    add_worker_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_worker_from_args(args)
-    except HSEError as exc:
-        print(f"hyperspace_worker: error: {exc}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # `python -m hyperspace_explorer.worker`: the hyperspace_worker command
+    from hyperspace_explorer.cli.worker import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

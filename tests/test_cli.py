@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,9 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 from helpers import raw_db
 
 from hyperspace_explorer.cli import build_parser, main, parse_grid, split_top_level
@@ -93,8 +94,8 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
     subparsers = next(a for a in build_parser()._actions
                       if isinstance(a, argparse._SubParsersAction))
     names = sorted(subparsers.choices)
-    assert names == ["best", "cancel", "demo", "diff", "ls", "plot", "recover", "results",
-                     "server", "show", "status", "submit", "worker", "workers"]
+    assert names == ["best", "cancel", "demo", "diff", "ls", "plot", "recover", "requeue",
+                     "results", "server", "show", "status", "submit", "worker", "workers"]
     for name in names:
         assert name in top
         assert main([name, "--help"]) == 0, name
@@ -231,9 +232,9 @@ def test_status_counts_runs_per_task_and_status(hse, executed, monkeypatch):
     result = hse("status")
     assert result.code == 0, result.err
     header = table_row(result.out, "task")
-    assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "5"]
+    assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "0", "5"]
     assert header[1:] == ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
-                          "total"]
+                          "PRUNED", "total"]
 
 
 def test_ls_lists_recent_runs_with_filters(hse, executed, store):
@@ -398,3 +399,221 @@ def test_server_start_status_stop(capsys):
     assert "embedded server stopped" in capsys.readouterr().out
     assert main(["server", "status"]) == 1
     assert capsys.readouterr().out.startswith("not running")
+
+
+# ------------------------------------------------------------------------ startup cost
+HEAVY = ("matplotlib", "scipy", "pandas", "sacred", "torch")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["ls"]])
+def test_fast_commands_import_no_heavy_module(mongo_uri, db_name, args):
+    """`hse --help`, `hse status` and `hse ls` answer without loading the analysis,
+    plotting or execution stack (a fresh interpreter, so nothing is imported already)."""
+    probe = ("import sys; from hyperspace_explorer.cli import main; code = main(sys.argv[1:]); "
+             f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}); "
+             "print('EXIT', code, 'HEAVY', heavy, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, "--mongo-uri", mongo_uri,
+                           "--db", db_name, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "EXIT 0 HEAVY []" in proc.stderr, proc.stderr
+    assert ("usage: hse" if args == ["--help"] else
+            "no runs in study" if args == ["status"] else "no matching runs") in proc.stdout
+
+
+def test_plot_help_names_the_formats_plots_can_write():
+    from hyperspace_explorer.cli.results import PLOT_FORMATS
+    from hyperspace_explorer.plots import SAVE_FORMATS
+
+    assert PLOT_FORMATS == SAVE_FORMATS
+
+
+@pytest.mark.parametrize("command", [["-m", "hyperspace_explorer.worker"],
+                                     [str(Path(__file__).resolve().parents[1] / "bin" /
+                                          "hyperspace_worker.py")]])
+def test_worker_entry_points_parse_the_worker_options(command):
+    proc = subprocess.run([sys.executable, *command, "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: hyperspace_worker") and "--idle-exit" in proc.stdout
+
+
+# ------------------------------------------------------------------------ the same answers
+def test_cli_and_run_queue_give_the_same_best_and_summary(hse, executed, mongo_uri, db_name):
+    """Reading commands need no tasks directory, and say what RunQueue says."""
+    from hyperspace_explorer.cli.render import json_ready
+    from hyperspace_explorer.queue import RunQueue
+
+    with RunQueue(mongo_uri, db_name) as q:  # no tasks_dir, as in a notebook
+        best = q.best("toy")
+        summary = q.summary("toy")
+        by_task = q.status_by_task()
+        assert best["config"] == q.get(best["run_id"])["config"]  # complete, with defaults
+    assert best["resubmit"] == (f"q.submit('toy', {best['config']!r}, force=True, "
+                                f"seeds=[{best['seed']}])")
+    assert json.loads(hse("best", "toy", "--json").out) == json_ready(best)
+    rows = json.loads(hse("results", "toy", "--format", "json").out)
+    assert [r["score_mean"] for r in rows] == pytest.approx(summary["score_mean"].tolist())
+    assert by_task == {"toy": {"COMPLETED": 4, "FAILED": 1}}
+    no_tasks_dir = main(["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir",
+                         "/nonexistent/tasks", "best", "toy", "--json"])
+    assert no_tasks_dir == 0
+
+
+# ------------------------------------------------------------------------ defects
+def test_best_prints_commands_that_work_as_printed(hse, executed, store, tmp_path: Path):
+    saved = tmp_path / "best.json"
+    result = hse("best", "toy", "--save", str(saved))
+    assert result.code == 0, result.err
+    best = json.loads(hse("best", "toy", "--json").out)
+    (line,) = [ln.strip() for ln in result.out.splitlines()
+               if ln.strip().startswith("hse submit")]
+    argv = shlex.split(line)
+    assert argv[argv.index("--db") + 1] == store.db_name
+    assert argv[argv.index("--mongo-uri") + 1] == store.uri
+    again = main(argv[1:])  # as printed: the run is COMPLETED, so --force is in it
+    assert again == 0
+    copies = [d for d in store.find_runs(RunFilter(study=store.db_name, status="QUEUED"))]
+    assert [(d["config"], d["seed"]) for d in copies] == [(best["config"], best["seed"])]
+
+    # The Python lines, run as printed, queue one more copy.
+    lines = [ln.strip() for ln in result.out.splitlines()]
+    setup = next(ln for ln in lines if ln.startswith("or in Python, with q = "))
+    call = lines[lines.index(setup) + 1]
+    namespace: dict = {}
+    exec("from hyperspace_explorer import RunQueue\n"
+         + setup.removeprefix("or in Python, with ").rstrip(":"), namespace)
+    try:
+        (copy_id,) = eval(call, namespace)
+    finally:
+        namespace["q"].close()
+    assert (store.get_run(copy_id)["config"], store.get_run(copy_id)["seed"]) == (
+        best["config"], best["seed"])
+
+    unsaved = hse("best", "toy")  # without --save: first save, then submit
+    assert f"hse best toy --save best.json --mongo-uri {store.uri} --db {store.db_name}" \
+        in unsaved.out
+
+
+def test_results_title_counts_only_the_runs_it_ranks(hse, executed):
+    (extra,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "epochs=9")
+    assert hse("cancel", extra).code == 0
+    table = hse("results", "toy")
+    assert table.code == 0, table.err
+    assert ("task 'toy': 4 completed run(s) (1 failed, 1 cancelled not shown), ranked by "
+            "score (maximize)") in " ".join(table.out.split())
+
+
+def test_ls_and_show_give_the_host_of_a_running_run(hse, store):
+    (run_id,) = submit(hse, "toy", "--set", "model.className=Linear")
+    assert store.claim(store.db_name, ["toy"], "gpu-node-7:4242:a1b2c3", lease_s=600)
+    row = table_row(hse("ls").out, run_id)
+    assert (row[3], row[7]) == ("RUNNING", "gpu-node-7")
+    shown = hse("show", run_id).out
+    assert "host" in shown and "gpu-node-7" in shown and "gpu-node-7:4242:a1b2c3" in shown
+
+
+def test_show_explains_a_timeout(hse, store, mongo_uri, db_name, keep_signal_handlers):
+    (slow,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "behaviour=sleep",
+                     "--set", "duration=60", "--max-runtime", "0.3")
+    assert run_worker(mongo_uri, db_name, runs=1) == 1
+    assert store.get_run(slow)["status"] == "TIMEOUT"
+    shown = hse("show", slow).out
+    error = shown[shown.index("\nerror\n"):]
+    assert "ran longer than max_runtime=0.3s and was stopped" in error
+
+    # A run recorded without an error message still says why it ended.
+    (old,) = submit(hse, "toy", "--set", "model.className=Linear", "--set", "epochs=7")
+    doc = store.claim(store.db_name, ["toy"], "h:1:a", lease_s=600)
+    assert doc["_id"] == old and store.finish(old, doc["token"], "TIMEOUT",
+                                              {"reason": "timeout"})
+    shown = hse("show", old).out
+    assert "ran longer than its max_runtime and was stopped" in \
+        shown[shown.index("\nerror\n"):]
+
+
+def test_show_gives_the_last_rejection_of_a_run(hse, store):
+    (run_id,) = submit(hse, "toy", "--set", "model.className=Linear")
+    doc = store.claim(store.db_name, ["toy"], "old:9:ff", lease_s=600)
+    assert store.requeue(run_id, doc["token"], {"last_rejection": {
+        "worker": "old:9:ff", "host": "old", "code_digest": "c0ffee", "at": time.time(),
+        "error": "unknown Scenario class 'Toy2'"}})
+    shown = hse("show", run_id).out
+    line = next(ln for ln in shown.splitlines() if ln.startswith("last rejection"))
+    assert "unknown Scenario class 'Toy2'" in line and "old:9:ff" in line and "c0ffee" in line
+
+
+def test_a_key_set_twice_is_an_error_naming_it(hse, store):
+    result = hse("submit", "toy", "--set", "model.className=Linear", "--set", "model.lr=0.1",
+                 "--set", "model.lr=0.5")
+    assert result.code == 2
+    assert result.err.startswith("hse: error: config.model.lr: given twice with --set")
+    both = hse("submit", "toy", "--set", "model.className=Linear", "--set", "epochs=2",
+               "--grid", "epochs=1,3")
+    assert both.code == 2 and "config.epochs: given with both --set and --grid" in both.err
+    assert sum(store.count_by_status(RunFilter()).values()) == 0
+
+
+def test_submit_says_which_runs_it_skipped_as_duplicates(hse, store):
+    (first,) = submit(hse, "toy", "--set", "model.className=Linear")
+    again = hse("submit", "toy", "--set", "model.className=Linear")
+    assert again.code == 0 and again.out.split() == []
+    assert "skipped 1 run(s) already queued, running or completed" in again.err
+    assert first in again.err and "--force" in again.err
+    forced = hse("submit", "toy", "--set", "model.className=Linear", "--force")
+    assert forced.code == 0 and len(forced.out.split()) == 1
+
+
+def test_workers_caption_only_what_applies_and_show_rejections(hse, store):
+    now = time.time()
+    store.register_worker({"_id": "h:1:a", "host": "h", "pid": 1, "study": "s",
+                           "heartbeat": now, "current_run": None, "executed": 2,
+                           "lease_s": 60.0})
+    alive = hse("workers")
+    assert alive.code == 0
+    assert "1 worker(s)" in alive.out and "DEAD" not in alive.out
+    assert "cannot run" not in alive.out
+    store.register_worker({"_id": "h:2:b", "host": "h", "pid": 2, "study": "s",
+                           "heartbeat": now, "current_run": None, "executed": 0,
+                           "lease_s": 60.0, "stopping": True, "cannot_run": 3,
+                           "last_rejection": "run 0123456789ab: unknown key 'lrr'"})
+    result = hse("workers")
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                          for line in result.out.splitlines()
+                                          if line.startswith("│ h "))}
+    assert (rows["1"][7], rows["1"][8]) == ("alive", "0")
+    assert (rows["2"][7], rows["2"][8]) == ("stopping", "3")
+    assert "stopping: finishes its current run, then exits" in result.out
+    assert "DEAD" not in result.out
+    assert "worker h:2 last refused run 0123456789ab: unknown key 'lrr'" in result.out
+
+
+# ------------------------------------------------------------------------ requeue, needs
+def test_requeue_puts_failed_runs_back(hse, executed, store):
+    (failed,) = executed["failed"]
+    result = hse("requeue", "--task", "toy")
+    assert result.code == 0, result.err
+    assert "requeued 1 finished run(s)" in result.out
+    doc = store.get_run(failed)
+    assert doc["status"] == "QUEUED" and doc["attempt"] == 0
+    assert doc["previous_attempts"][-1]["status"] == "FAILED"
+    assert hse("requeue").code == 2 and "say what to requeue" in hse("requeue").err
+    completed = executed["ok"][0]
+    assert hse("requeue", completed).code == 0  # by id: COMPLETED too
+    assert store.get_run(completed)["status"] == "QUEUED"
+
+
+def test_status_names_runs_no_live_worker_can_take(hse, store):
+    submit(hse, "toy", "--set", "model.className=Linear", "--gpus", "2", "--tags", "big-mem")
+    out = hse("status").out
+    assert "1 queued run(s) of task 'toy' need 2 GPU(s) and tags big-mem" in out
+    (doc,) = list(store.find_runs(RunFilter(study=store.db_name)))
+    assert (doc["gpus"], doc["tags"]) == (2, ["big-mem"])
+
+
+def test_credentials_against_the_embedded_server_are_one_clear_line(hse, mongo_uri):
+    if os.environ.get("HSE_TEST_MONGO_URI"):
+        pytest.skip("checks the embedded server's lack of authentication")
+    uri = mongo_uri.replace("mongodb://", "mongodb://alice:s3cret@")
+    result = hse("--mongo-uri", uri, "--db", "hse_test_auth", "status", global_options=False)
+    assert result.code == 2 and "authentication" in result.err
+    assert "Traceback" not in result.err and "s3cret" not in result.err

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,7 @@ def test_a_worker_paused_inside_its_finish_path_cannot_complete_a_lost_run(
 
 
 def test_the_store_stopped_during_the_finish(embedded_server, procs, tmp_path, hook_dir):
-    uri, db = embedded_server.uri, "hse_finish_outage_test"
+    uri, db = embedded_server.uri, f"hse_test_finish_outage_{uuid.uuid4().hex[:8]}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     try:
         run_id = sleeping_run(q, 0.2)
@@ -203,7 +204,8 @@ def test_a_server_that_never_answers_is_a_clear_error():
 
 
 def test_public_calls_raise_package_errors_while_the_store_is_down(embedded_server):
-    q = RunQueue(embedded_server.uri, "hse_down_test", TASKS, study_dir=STUDY)
+    q = RunQueue(embedded_server.uri, f"hse_test_down_{uuid.uuid4().hex[:8]}", TASKS,
+                 study_dir=STUDY)
     try:
         embedded_server.stop()
         try:

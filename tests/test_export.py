@@ -213,3 +213,77 @@ def test_exporters_work_without_attrs(summary):
         to_latex(bare)
     tex = to_latex(bare, "accuracy", "maximize")
     assert r"\textbf" in tex and r"\toprule" in tex
+
+
+# ------------------------------------------------ config values as given (real runs)
+@pytest.fixture
+def forest_and_linear(q, mongo_uri, db_name, tmp_path):
+    """Real runs of the test Study: Forest with depth None and with depth 8 (n_trees=20,
+    an int), and Linear, which has neither parameter; 2 seeds each."""
+    from helpers import run_worker
+
+    ids = q.submit("toy", {"model": {"className": "Forest", "n_trees": 20, "depth": None}},
+                   seeds=2)
+    ids += q.submit("toy", {"model": {"className": "Forest", "n_trees": 20, "depth": 8}},
+                    seeds=2)
+    ids += q.submit("toy", {"model": {"className": "Linear"}}, seeds=2)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=len(ids), idle_exit=60) == len(ids)
+    return q
+
+
+def by_class_and_depth(frame: pd.DataFrame, cls_col: str, depth_col: str) -> dict:
+    """Rows keyed "Forest/None", "Forest/8", "Linear/-" (depth as format_value shows it)."""
+    from hyperspace_explorer.analysis import format_value
+
+    return {f"{r[cls_col]}/{format_value(r[depth_col])}": r for _, r in frame.iterrows()}
+
+
+def test_explicit_none_and_absent_parameters_stay_apart_and_ints_stay_ints(forest_and_linear):
+    q = forest_and_linear
+    frame = q.results("toy")
+    rows = by_class_and_depth(frame, "config.model.className", "config.model.depth")
+    assert sorted(rows) == ["Forest/8", "Forest/None", "Linear/-"]
+    assert rows["Forest/None"]["config.model.depth"] is None          # set to None
+    assert isinstance(rows["Linear/-"]["config.model.depth"], float)  # not a Linear param
+    assert np.isnan(rows["Linear/-"]["config.model.depth"])
+    for key in ("Forest/None", "Forest/8"):
+        n_trees = rows[key]["config.model.n_trees"]
+        assert type(n_trees) is int and n_trees == 20
+    assert type(rows["Forest/8"]["config.model.depth"]) is int
+
+    summary = q.summary("toy")
+    assert len(summary) == 3 and summary["n"].tolist() == [2, 2, 2]  # None != absent
+    groups = by_class_and_depth(summary, "model.className", "model.depth")
+    assert sorted(groups) == ["Forest/8", "Forest/None", "Linear/-"]
+
+    records = {f"{r['model.className']}/{r.get('model.depth', '-')}": r
+               for r in json.loads(to_json(summary))}
+    assert sorted(records) == ["Forest/8", "Forest/None", "Linear/-"]
+    assert records["Forest/None"]["model.depth"] is None              # null
+    assert records["Forest/8"]["model.depth"] == 8
+    assert "model.depth" not in records["Linear/-"]                   # absent
+    assert "model.n_trees" not in records["Linear/-"]
+    assert type(records["Forest/None"]["model.n_trees"]) is int
+    assert records["Linear/-"]["model.lr"] == 0.1
+
+    csv = pd.read_csv(io.StringIO(to_csv(summary)), dtype=str, keep_default_na=False)
+    by_depth = {(r["model.className"], r["model.depth"]): r for _, r in csv.iterrows()}
+    assert sorted(by_depth) == [("Forest", "8"), ("Forest", "None"), ("Linear", "")]
+    assert by_depth[("Forest", "None")]["model.n_trees"] == "20"      # not 20.0
+    assert by_depth[("Linear", "")]["model.n_trees"] == ""
+    assert "20.0" not in to_csv(summary)
+
+    md = to_markdown(summary)
+    lines = md.strip().split("\n")
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    cells = {}
+    for line in lines[2:]:
+        row = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        cells[(row["model.className"], row["model.depth"])] = row
+    assert sorted(cells) == [("Forest", "8"), ("Forest", "None"), ("Linear", "-")]
+    assert cells[("Forest", "None")]["model.n_trees"] == "20"
+    assert cells[("Linear", "-")]["model.n_trees"] == "-"
+    html = to_html(summary)
+    assert "<td>None</td>" in html and "<td>20</td>" in html and "20.0" not in html
+    tex = to_latex(summary)
+    assert " & None & " in tex and " & 20 & " in tex and "20.0" not in tex

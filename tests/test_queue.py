@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -205,10 +204,9 @@ def test_cancelled_runs_are_never_started(q, tmp_path, mongo_uri, db_name):
 
 def test_wait_times_out_on_runs_nobody_executes(q):
     ids = q.submit("noop", {}, seeds=2)
-    start = time.monotonic()
     with pytest.raises(TimeoutError, match="2 of 2 runs still unfinished"):
-        q.wait(ids, timeout=0.3, poll=0.05, progress=False)
-    assert 0.25 <= time.monotonic() - start < 3
+        q.wait(ids, timeout=0.3, poll=0.05, progress=False)  # precision: benchmarks/latency.py
+    assert [q.get(i)["status"] for i in ids] == [QUEUED, QUEUED]
     # finished runs: wait returns at once with their counts
     q.cancel(ids)
     assert q.wait(ids, timeout=5, poll=0.05, progress=False) == {CANCELLED: 2}

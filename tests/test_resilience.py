@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 
-import pymongo
 import pytest
 
 from helpers import STUDY, TASKS, raw_db, start_worker, wait_for
@@ -123,10 +123,9 @@ def test_cancel_running_and_queued_runs(queue, workers, mongo_uri, db_name):
     workers.append(start_worker(mongo_uri, db_name, *FAST))
     wait_for(lambda: status_of(queue, running) == "RUNNING", 30, "the run to start")
     assert queue.cancel([waiting]) == {"cancelled": 1, "stopping": 0}
-    t = time.monotonic()
     assert queue.cancel(task="toy") == {"cancelled": 0, "stopping": 1}
-    wait_for(lambda: status_of(queue, running) == "CANCELLED", 10, "the running run to stop")
-    assert time.monotonic() - t < 5
+    # It stops long before its 60 s (how fast: benchmarks/latency.py).
+    wait_for(lambda: status_of(queue, running) == "CANCELLED", 30, "the running run to stop")
     assert queue.get(waiting)["status"] == "CANCELLED"
     assert "started_at" not in queue.get(waiting)  # it never started
     (record,) = sacred_records(queue, running)
@@ -175,8 +174,7 @@ def test_max_runs_and_idle_exit(queue, mongo_uri, db_name):
 
 def test_store_outage_in_the_middle_of_a_run(embedded_server, tmp_path):
     """The server stops for 15 s while a run executes; nothing is lost or doubled."""
-    uri, db = embedded_server.uri, "hse_outage_test"
-    pymongo.MongoClient(uri).drop_database(db)
+    uri, db = embedded_server.uri, f"hse_outage_test_{uuid.uuid4().hex[:12]}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     run_id = submit(q, "sleep", 3)
     after = submit(q, priority=-1)
@@ -240,7 +238,7 @@ def test_chaos_rounds_with_a_store_restart(embedded_server, workers, tmp_path, r
     """SIGKILL one worker, SIGSTOP another past its lease and restart the store while
     runs execute, several rounds in a row: every run ends COMPLETED exactly once, in the
     queue and in Sacred, and no record is left RUNNING."""
-    uri, db = embedded_server.uri, f"hse_chaos_{round_}_{os.getpid()}"
+    uri, db = embedded_server.uri, f"hse_test_chaos_{round_}_{uuid.uuid4().hex[:8]}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     try:
         ids = q.submit("toy", {"model": {"className": "Linear"}, "behaviour": "sleep",

@@ -438,7 +438,8 @@ def test_connect_creates_the_claim_indexes(store, mongo_uri, db_name):
                     for ix in client[db_name][collection].index_information().values()]
         # by fields, not names: nx-27017 names indexes itself
         assert ["study", "status", "priority", "order"] in keys("hse_queue")
-        assert ["study", "task", "priority", "order"] in keys("hse_ready")
+        assert ["study", "task", "req", "priority", "order"] in keys("hse_ready")
+        assert ["study", "task", "req", "status", "priority", "order"] in keys("hse_queue")
         assert ["lease_until"] in keys("hse_leases")
         for coll in ("hse_queue", "hse_done"):
             assert ["study", "fingerprint"] in keys(coll)

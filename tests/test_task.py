@@ -46,11 +46,12 @@ def test_defaults(tmp_path):
 def test_all_fields(tmp_path):
     write(tmp_path, "full", {"Scenario": {"className": "ToyScenario", "size": 3}, "seed": 7,
                              "metric": "loss", "direction": "minimize", "max_runtime": 60,
-                             "description": "small"})
+                             "description": "small", "gpus": 2, "tags": ["big-mem", "a"]})
     task = load_task(tmp_path, "full")
     assert task.to_doc() == {"name": "full", "scenario": {"className": "ToyScenario", "size": 3},
                              "seed": 7, "metric": "loss", "direction": "minimize",
-                             "max_runtime": 60.0, "description": "small"}
+                             "max_runtime": 60.0, "description": "small", "gpus": 2,
+                             "tags": ("a", "big-mem")}
     assert isinstance(task.max_runtime, float)
 
 

@@ -220,9 +220,11 @@ def test_a_run_the_pruner_stops_ends_pruned_with_its_curve(q, mongo_uri, db_name
     tuner.sync()
     (trial,) = tuner.study.get_trials()
     assert trial.state == State.PRUNED and list(trial.intermediate_values) == [0]
-    curve = q.curves("quadratic", "loss")
-    assert len(curve[curve["run_id"] == run_id]) == 1      # the curve up to the pruning
-    assert len(curve[curve["run_id"] == plain[0]]) == 4
+    (series,) = q.store.metric_series([run["sacred_id"]], "loss")  # its curve up to the pruning
+    assert series["steps"] == [0] and series["values"] == [trial.intermediate_values[0]]
+    (plain_series,) = q.store.metric_series([q.get(plain[0])["sacred_id"]], "loss")
+    assert plain_series["steps"] == [0, 1, 2, 3]  # outside tuning: logged, never pruned
+    assert q.store.sacred_run(run["sacred_id"])["status"] == "PRUNED"
     assert q.status("quadratic")[Status.PRUNED] == 1
 
 

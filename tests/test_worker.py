@@ -143,9 +143,9 @@ def test_timeout_and_cancelling_a_running_run(q, raw, tmp_path, mongo_uri, db_na
 
     thread = threading.Thread(target=cancel_once_running, daemon=True)
     thread.start()
-    start = time.monotonic()
+    # Neither run sleeps its 60 s: the worker ends both (the statuses below; how fast:
+    # benchmarks/latency.py). The test's timeout only bounds a broken worker.
     assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2, heartbeat=0.1, lease=1.0) == 2
-    assert time.monotonic() - start < 15  # neither run slept its 60 s
     thread.join(10)
     assert answers == [{"cancelled": 0, "stopping": 1}]
     doc = q.get(slow)

@@ -42,6 +42,7 @@ class RunSpec:
     token: str              # the attempt's fencing token, kept in the record's meta
     max_runtime: float | None
     log_path: Path
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. the run's GPUs
     tuning: dict[str, Any] | None = None  # {"study", "trial"}: the Optuna trial it answers
 
 
@@ -135,6 +136,7 @@ def child_main(conn: multiprocessing.connection.Connection,
         spec: RunSpec = conn.recv()
     except (EOFError, OSError):
         os._exit(0)  # the worker discarded this spare child
+    os.environ.update(spec.env)  # before user code can initialise CUDA
     ex = experiments[spec.task.name]
     try:
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -175,7 +177,7 @@ def child_main(conn: multiprocessing.connection.Connection,
         run = ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
                                         "attempt": spec.attempt, "token": spec.token,
                                         "scenario": spec.task.scenario}})
-        conn.send(("done", dict(run.result)))
+        conn.send(("done", dict(run.result or {})))
     except PrunedInterrupt as exc:
         conn.send(("pruned", f"pruned by the tuner's pruner: {exc}"))
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent

@@ -14,42 +14,26 @@ import time
 from typing import Any
 
 from ..errors import DocumentTooLarge
+from ..logs import cut_note
 from ..storage import Storage
 from .sacred_settings import MongoObserver, apply_backspaces_and_linefeeds
 
 TOO_LARGE = ("the run's result or info is too large for a MongoDB document (16 MB): return "
              "a few summary metrics and store large outputs with add_artifact()")
 OUTPUT_LIMIT = 1 << 20  # characters of captured output kept per run (its tail)
-_CUT_NOTE = "[hyperspace_explorer: output longer than {} characters; only its tail is kept]\n"
 
 
 def cut_output(text: str, limit: int = OUTPUT_LIMIT) -> str:
     """Keep the tail of a run's output so its record stays far below 16 MB."""
     if len(text) <= limit:
         return text
-    note = _CUT_NOTE.format(limit)
+    note = cut_note(limit)
     return note + text[len(text) - limit + len(note):]
 
 
 def output_filter(text: str) -> str:
     """Sacred's captured-output filter for every experiment the worker builds."""
     return apply_backspaces_and_linefeeds(cut_output(text))
-
-
-def trim_log(path: str | os.PathLike[str], limit: int = OUTPUT_LIMIT) -> None:
-    """Keep only the last `limit` bytes of a finished run's log file, with a note."""
-    try:
-        size = os.path.getsize(path)
-        if size <= limit:
-            return
-        with open(path, "rb") as f:
-            f.seek(size - limit)
-            tail = f.read()
-        with open(path, "wb") as f:
-            f.write(_CUT_NOTE.format(limit).replace("characters", "bytes").encode())
-            f.write(tail)
-    except OSError:
-        pass  # the log is a convenience; the Sacred record keeps the output's tail
 
 
 class RecordWriter(MongoObserver):

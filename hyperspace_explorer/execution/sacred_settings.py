@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sacred import SETTINGS, Experiment
-from sacred.host_info import get_host_info
-from sacred.observers import MongoObserver, RunObserver
-from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
+from ..sacred_compat import import_sacred
+
+import_sacred()  # before any `from sacred import`: works without pkg_resources too
+from sacred import SETTINGS, Experiment  # noqa: E402
+from sacred.host_info import get_host_info  # noqa: E402
+from sacred.observers import MongoObserver, RunObserver  # noqa: E402
+from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds  # noqa: E402
 
 __all__ = ["Experiment", "MongoObserver", "RunObserver", "SacredInterrupt",
            "apply_backspaces_and_linefeeds", "host_facts"]

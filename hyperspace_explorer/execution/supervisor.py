@@ -17,17 +17,19 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import logs
 from ..errors import StoreUnavailable
 from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, QUEUED, TIMEOUT, Reason, Status
 from ..storage import Storage, now_utc
 from ..task import Task
 from .child import RunSpec, child_main
-from .records import RecordWriter, output_filter, trim_log
+from .records import OUTPUT_LIMIT, RecordWriter, output_filter
 from .sacred_settings import Experiment, host_facts
 
 log = logging.getLogger("hyperspace_explorer.worker")
@@ -56,6 +58,7 @@ class Outcome:
         return out
 
 
+_BUILDING = threading.Lock()  # one Sacred Experiment built at a time (slots share them)
 _LOST = Outcome(status=FAILED, fenced=True, error="lease lost to another attempt")
 
 
@@ -71,7 +74,8 @@ class Executor:
 
     def __init__(self, store: Storage, study_module: Any, log_dir: Path,
                  heartbeat_s: float, lease_s: float, *,
-                 interrupt: Callable[[], str | None], on_beat: Callable[[], None]):
+                 interrupt: Callable[[], str | None], on_beat: Callable[[], None],
+                 experiments: dict[str, Experiment] | None = None):
         self.store = store
         self.study_module = study_module
         self.log_dir = log_dir
@@ -79,7 +83,8 @@ class Executor:
         self.lease_s = lease_s
         self.interrupt = interrupt
         self.on_beat = on_beat
-        self._experiments: dict[str, Experiment] = {}
+        # Shared by the executors of a worker's slots (building one is slow).
+        self._experiments: dict[str, Experiment] = {} if experiments is None else experiments
         self._source_cache: dict[tuple[str, str], Any] = {}
         self._code_versions: dict[str, dict[str, Any] | None] = {}
         self._host_facts = host_facts()
@@ -87,6 +92,10 @@ class Executor:
         self._trials: Any = None  # tuning.link.TrialLinks, once a tuned run reports
 
     def experiment_for(self, task: Task) -> Experiment:
+        with _BUILDING:
+            return self._experiment_for(task)
+
+    def _experiment_for(self, task: Task) -> Experiment:
         ex = self._experiments.get(task.name)
         if ex is None:
             module_dir = os.path.dirname(os.path.abspath(self.study_module.__file__))
@@ -129,7 +138,7 @@ class Executor:
                 proc.kill()
             proc.join()
             kill_run_group(proc.pid)
-            trim_log(spec.log_path)
+            logs.trim(spec.log_path, OUTPUT_LIMIT)
 
     def _fork(self) -> _Child:
         parent_conn, child_conn = _FORK.Pipe()
@@ -220,7 +229,8 @@ class Executor:
                 " (out of memory?)" if -code == signal.SIGKILL else "")
         else:
             why = f"the run's process exited with code {code} before finishing"
-        why += _log_tail(spec.log_path)
+        last = logs.tail(spec.log_path)
+        why += f"\n--- last output ---\n{last}" if last else ""
         writer.close("FAILED", why, now_utc())
         return _LOST if writer.superseded else Outcome(status=FAILED, reason=Reason.KILLED,
                                                        error=why)
@@ -295,17 +305,6 @@ def _terminate(proc: Any, grace_s: float = 2.0) -> None:
         proc.join(grace_s)
     if proc.is_alive():
         proc.kill()
-
-
-def _log_tail(path: Path, chars: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            tail = f.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-    return f"\n--- last output ---\n{tail}" if tail else ""
 
 
 def _quiet_logger() -> logging.Logger:

@@ -6,12 +6,22 @@ server). Callers describe runs with a `RunFilter`, never with database queries.
 """
 from __future__ import annotations
 
-from .base import (DEFAULT_MAX_ATTEMPTS, RunFilter, Storage, check_db_name, new_run_id,
-                   now_ts, now_utc, queue_document_problem, redact_uri)
+from .base import (
+    DEFAULT_MAX_ATTEMPTS,
+    RunFilter,
+    Storage,
+    check_db_name,
+    new_run_id,
+    now_ts,
+    now_utc,
+    queue_document_problem,
+    redact_uri,
+    requirement,
+)
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RunFilter", "Storage", "check_db_name", "connect",
            "new_run_id", "now_ts", "now_utc", "queue_document_problem", "redact_uri",
-           "server_pid"]
+           "requirement", "server_pid"]
 
 
 def connect(uri: str, db_name: str, *, timeout_s: float = 5.0) -> Storage:

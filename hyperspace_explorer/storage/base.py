@@ -52,7 +52,8 @@ class RunFilter:
 
     study: str | None = None
     task: str | None = None
-    status: tuple[Status, ...] | None = None
+    # given as "FAILED", "failed,TIMEOUT" or a sequence; stored as a tuple of Status
+    status: str | Sequence[str] | tuple[Status, ...] | None = None
     ids: tuple[str, ...] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Runs proposed by the Optuna study of this name (their `tuning.study`).
@@ -74,7 +75,7 @@ class RunFilter:
                 raise QueryError(f"config filter path {path!r}: use a dotted path of "
                                  f"config keys, e.g. 'model.className'")
 
-    def narrowed(self, **criteria: Any) -> "RunFilter":
+    def narrowed(self, **criteria: Any) -> RunFilter:
         """This filter with more criteria (None values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in criteria.items() if v is not None})
 
@@ -122,6 +123,12 @@ def check_db_name(db_name: str) -> str:
     return db_name
 
 
+def requirement(gpus: int, tags: Iterable[str]) -> str:
+    """What a run needs of a worker, as one comparable string ("gpus=2;tags=big-mem"):
+    runs with the same requirement form one group in the claim path."""
+    return f"gpus={gpus};tags={','.join(sorted(tags))}"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -146,6 +153,10 @@ def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
         ("max_attempts", lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
         ("max_runtime", lambda v: v is None or (_is_number(v) and v > 0),
          "a positive number of seconds or null"),
+        ("gpus", lambda v: v is None or (_is_int(v) and v >= 0), "a non-negative integer"),
+        ("tags", lambda v: v is None or (isinstance(v, list)
+                                         and all(isinstance(t, str) and t for t in v)),
+         "a list of tag names"),
     )
     for name, ok, expected in checks:
         if name not in doc and name in ("study", "task", "task_spec", "seed"):
@@ -242,10 +253,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
-              exclude: Iterable[str] = ()) -> dict[str, Any] | None:
+              exclude: Iterable[str] = (), gpus: int = 0,
+              tags: Iterable[str] = ()) -> dict[str, Any] | None:
         """Atomically lease the next QUEUED run of `study` among `tasks` (highest
-        priority, then oldest), other than the run ids in `exclude`, to `worker_id`;
-        None when there is none.
+        priority, then oldest) that needs at most `gpus` GPUs and only `tags` this
+        worker has, other than the run ids in `exclude`, to `worker_id`; None when
+        there is none.
 
         The returned document carries a fresh `token`: every later write of this
         attempt is conditioned on it (fencing). Malformed documents met on the way are
@@ -315,6 +328,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def reserve_sacred_ids(self, n: int = 1) -> range:
         """`n` consecutive, never reused Sacred run ids."""
+
+    @abc.abstractmethod
+    def queued_groups(self, study: str) -> list[dict[str, Any]]:
+        """The requirement groups of a Study with runs waiting: `task`, `gpus`, `tags`
+        and `queued` (how many), so that runs no worker can take can be reported."""
 
     # -------------------------------------------------------------- reads
     @abc.abstractmethod

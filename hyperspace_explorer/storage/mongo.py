@@ -39,8 +39,19 @@ from pymongo import ReturnDocument
 
 from ..errors import DocumentTooLarge, RunNotFound, StoreError, StoreUnavailable
 from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
-from .base import (RunFilter, Storage, check_db_name, new_run_id, new_token, now_ts, now_utc,
-                   queue_document_problem, redact_uri, requeued_document)
+from .base import (
+    RunFilter,
+    Storage,
+    check_db_name,
+    new_run_id,
+    new_token,
+    now_ts,
+    now_utc,
+    queue_document_problem,
+    redact_uri,
+    requeued_document,
+    requirement,
+)
 
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
@@ -49,6 +60,7 @@ CLAIMS = "hse_claims"  # one-off claims (tuners importing past runs)
 #: Queued runs of a task the claim path points at (see "queue writes" below).
 READY_WINDOW = 256
 _INSERT_BATCH = 5000
+_DEFAULT_REQ = requirement(0, ())
 _CLAIM_ORDER = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
 RUNS, METRICS = "runs", "metrics"
 #: Seconds a single operation may wait for an answer (HSE_STORE_TIMEOUT overrides).
@@ -88,7 +100,7 @@ def translate_errors(uri: str, exc: BaseException) -> StoreError:
 
 def _translated(method: F) -> F:
     @functools.wraps(method)
-    def wrapper(self: "MongoStorage", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: MongoStorage, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except _DRIVER_ERRORS as exc:
@@ -126,8 +138,8 @@ def server_pid(uri: str, timeout_s: float) -> int | None:
         client.close()
 
 
-def _group(study: str, task: str) -> str:
-    return f"{study}\n{task}"
+def _group(study: str, task: str, req: str) -> str:
+    return f"{study}\n{task}\n{req}"
 
 
 def _key(doc: Mapping[str, Any]) -> tuple[float, float]:
@@ -154,7 +166,7 @@ def _match(runs: RunFilter) -> dict[str, Any]:
     if runs.task is not None:
         query["task"] = runs.task
     if runs.status is not None:
-        query["status"] = {"$in": [s.value for s in runs.status]}
+        query["status"] = {"$in": [str(s) for s in runs.status]}
     if runs.ids is not None:
         query["_id"] = {"$in": list(runs.ids)}
     for path, value in runs.config.items():
@@ -179,10 +191,11 @@ class MongoStorage(Storage):
         self._runs, self._metrics = db[RUNS], db[METRICS]
         self._ready, self._bounds_coll, self._leases = db[READY], db[BOUNDS], db[LEASES]
         self._finished: set[str] = set()  # runs this process ended, to archive by id
+        self._default_groups: set[str] = set()  # tasks whose default group we ensured
         self._fs: gridfs.GridFS | None = None
 
     @classmethod
-    def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> "MongoStorage":
+    def connect(cls, uri: str, db_name: str, *, timeout_s: float = 5.0) -> MongoStorage:
         """A storage whose server answered a ping, with indexes in place."""
         storage = cls(uri, db_name, timeout_s=timeout_s)
         try:
@@ -224,8 +237,11 @@ class MongoStorage(Storage):
         """Indexes that keep the claim one index-served query on a real MongoDB."""
         self._queue.create_index([("study", 1), ("status", 1), ("priority", -1),
                                   ("order", 1)], name="claim")
-        self._ready.create_index([("study", 1), ("task", 1), ("priority", -1), ("order", 1)],
-                                 name="claim")
+        self._queue.create_index([("study", 1), ("task", 1), ("req", 1), ("status", 1),
+                                  ("priority", -1), ("order", 1)], name="refill")
+        self._ready.create_index([("study", 1), ("task", 1), ("req", 1), ("priority", -1),
+                                  ("order", 1)], name="claim")
+        self._bounds_coll.create_index([("study", 1), ("task", 1)], name="groups")
         self._leases.create_index([("lease_until", 1)], name="expiry")
         self._done.create_index([("study", 1), ("task", 1)], name="by_task")
         self._done.create_index([("sacred_id", 1)], name="by_sacred_id")
@@ -258,91 +274,116 @@ class MongoStorage(Storage):
         for i, doc in enumerate(docs):
             doc.setdefault("_id", new_run_id())
             doc["order"] = base + i  # age tie-breaker: a grid keeps its submission order
-            doc.update(status=QUEUED.value, attempt=0)
+            doc.setdefault("gpus", 0)
+            doc.setdefault("tags", [])
+            doc.update(status=QUEUED.value, attempt=0,
+                       req=requirement(doc["gpus"], doc["tags"]))
         for i in range(0, len(docs), _INSERT_BATCH):
             self._queue.insert_many(list(docs[i:i + _INSERT_BATCH]), ordered=True)
         self._offer(docs)
         return [d["_id"] for d in docs]
 
-    def _bounds(self, study: str, tasks: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = [_group(study, t) for t in tasks]
-        return {b["task"]: b for b in self._bounds_coll.find({"_id": {"$in": ids}})}
-
     def _offer(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        """Give newly queued runs a pointer when they come before a task's bound (so
-        the ready window stays the exact head of the claim order)."""
-        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        """Register the groups (task, requirements) of newly queued runs, and give the
+        runs a pointer when they come before their group's bound (so each ready window
+        stays the exact head of its group's claim order)."""
+        groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
         for doc in docs:
             if isinstance(doc.get("study"), str) and isinstance(doc.get("task"), str):
-                groups.setdefault((doc["study"], doc["task"]), []).append(doc)
-        for (study, task), members in groups.items():
-            bound = self._bounds(study, [task]).get(task)
-            if bound is None:
+                req = doc.get("req") or _DEFAULT_REQ
+                groups.setdefault((doc["study"], doc["task"], req), []).append(doc)
+        for (study, task, req), members in groups.items():
+            group_id = _group(study, task, req)
+            # update_one, not findAndModify: nx-27017 ignores $setOnInsert in an
+            # upserting findAndModify.
+            self._bounds_coll.update_one(
+                {"_id": group_id},
+                {"$setOnInsert": {"study": study, "task": task, "req": req,
+                                  "gpus": members[0].get("gpus") or 0,
+                                  "tags": sorted(members[0].get("tags") or []),
+                                  "state": "unbuilt"}}, upsert=True)
+            bound = self._bounds_coll.find_one({"_id": group_id})
+            if bound is None or bound.get("state") == "unbuilt":
                 continue  # no window yet: the first claim builds it from the queue
             ahead = sorted((d for d in members if _key(d) < _bound_key(bound)), key=_key)
             if not ahead:
                 continue
-            self._insert_pointers(ahead[:READY_WINDOW])
+            self._insert_pointers(ahead[:READY_WINDOW], req)
             if len(ahead) > READY_WINDOW:  # the window stays small: lower the bound
-                self._set_bound(study, task, ahead[READY_WINDOW])
+                self._set_bound(bound, ahead[READY_WINDOW])
 
-    def _insert_pointers(self, docs: Sequence[Mapping[str, Any]]) -> None:
-        pointers = [{"_id": d["_id"], "study": d["study"], "task": d["task"],
+    def _insert_pointers(self, docs: Sequence[Mapping[str, Any]], req: str) -> None:
+        pointers = [{"_id": d["_id"], "study": d["study"], "task": d["task"], "req": req,
                      "priority": d.get("priority") or 0, "order": d.get("order") or 0}
                     for d in docs]
         if pointers:
             _insert_ignoring_duplicates(self._ready, pointers)
 
-    def _set_bound(self, study: str, task: str, first_outside: Mapping[str, Any] | None) -> None:
-        bound: dict[str, Any] = {"_id": _group(study, task), "study": study, "task": task}
+    def _set_bound(self, group: Mapping[str, Any], first_outside: Mapping[str, Any] | None
+                   ) -> None:
+        bound = {key: group[key] for key in ("_id", "study", "task", "req", "gpus", "tags")}
         if first_outside is None:
-            bound["complete"] = True  # every queued run of the task has a pointer
+            bound["complete"] = True  # every queued run of the group has a pointer
         else:
             bound.update(priority=first_outside.get("priority") or 0,
                          order=first_outside.get("order") or 0)
         self._bounds_coll.replace_one({"_id": bound["_id"]}, bound, upsert=True)
 
-    def _refill(self, study: str, task: str) -> None:
-        """Point at the first READY_WINDOW queued runs of the task, in claim order."""
-        head = list(self._queue.find({"study": study, "task": task, "status": QUEUED.value},
+    def _refill(self, group: Mapping[str, Any]) -> None:
+        """Point at the first READY_WINDOW queued runs of the group, in claim order."""
+        # Documents written by other clients have no `req`: they need nothing special.
+        req = group["req"] if group["req"] != _DEFAULT_REQ else {"$in": [_DEFAULT_REQ, None]}
+        head = list(self._queue.find({"study": group["study"], "task": group["task"],
+                                      "req": req, "status": QUEUED.value},
                                      {"study": 1, "task": 1, "priority": 1, "order": 1})
                     .sort(_CLAIM_ORDER).limit(READY_WINDOW + 1))
-        self._insert_pointers(head[:READY_WINDOW])
-        self._set_bound(study, task, head[READY_WINDOW] if len(head) > READY_WINDOW else None)
+        self._insert_pointers(head[:READY_WINDOW], group["req"])
+        self._set_bound(group, head[READY_WINDOW] if len(head) > READY_WINDOW else None)
 
-    def _next_pointer(self, study: str, tasks: Sequence[str],
-                      exclude: Sequence[str]) -> dict[str, Any] | None:
-        """The first pointer in claim order among `tasks`, refilling windows that ran
-        out (at most once per task and call)."""
+    def _next_pointer(self, study: str, tasks: Sequence[str], exclude: Sequence[str],
+                      gpus: int, tags: frozenset[str]) -> dict[str, Any] | None:
+        """The first pointer in claim order among the groups of `tasks` this worker can
+        run (enough GPUs, every required tag), refilling windows that ran out (at most
+        once per group and call)."""
         refilled: set[str] = set()
         while True:
-            bounds = self._bounds(study, tasks)
+            known = list(self._bounds_coll.find({"study": study, "task": {"$in": list(tasks)}}))
+            unseen = set(tasks) - {g["task"] for g in known} - self._default_groups
+            if unseen:  # runs written by other clients: the default group finds them
+                self._offer([{"study": study, "task": t} for t in sorted(unseen)])
+                self._default_groups.update(unseen)
+                continue
+            groups = [g for g in known
+                      if (g.get("gpus") or 0) <= gpus and set(g.get("tags") or ()) <= tags]
             best: dict[str, Any] | None = None
-            stale: list[str] = []
-            for task in tasks:
-                query: dict[str, Any] = {"study": study, "task": task}
+            stale: list[dict[str, Any]] = []
+            for group in groups:
+                query: dict[str, Any] = {"study": study, "task": group["task"],
+                                         "req": group["req"]}
                 if exclude:
                     query["_id"] = {"$nin": list(exclude)}
                 pointer = next(iter(self._ready.find(query).sort(_CLAIM_ORDER).limit(1)), None)
-                bound = bounds.get(task)
-                if bound is None or (pointer is None and not bound.get("complete")) or (
-                        pointer is not None and _key(pointer) >= _bound_key(bound)):
-                    stale.append(task)
-                elif pointer is not None and (best is None or _key(pointer) < _key(best)):
+                if group.get("state") == "unbuilt" or (
+                        pointer is None and not group.get("complete")) or (
+                        pointer is not None and _key(pointer) >= _bound_key(group)):
+                    if group["_id"] not in refilled:
+                        stale.append(group)
+                        continue
+                if pointer is not None and (best is None or _key(pointer) < _key(best)):
                     best = pointer
-            stale = [t for t in stale if t not in refilled]
             if not stale:
                 return best
-            for task in stale:
-                self._refill(study, task)
-                refilled.add(task)
+            for group in stale:
+                self._refill(group)
+                refilled.add(group["_id"])
 
     @_translated
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
-              exclude: Iterable[str] = ()) -> dict[str, Any] | None:
-        tasks, exclude = sorted(set(tasks)), sorted(set(exclude))
+              exclude: Iterable[str] = (), gpus: int = 0,
+              tags: Iterable[str] = ()) -> dict[str, Any] | None:
+        tasks, exclude, offered = sorted(set(tasks)), sorted(set(exclude)), frozenset(tags)
         for _ in range(10 * READY_WINDOW):  # bounded: each pass drops one stale pointer
-            pointer = self._next_pointer(study, tasks, exclude)
+            pointer = self._next_pointer(study, tasks, exclude, gpus, offered)
             if pointer is None:
                 return None
             run_id, token, now = pointer["_id"], new_token(), now_ts()
@@ -413,7 +454,8 @@ class MongoStorage(Storage):
     def _back_in_queue(self, match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
         doc = self._queue.find_one_and_update(
             match, {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS},
-            projection={"study": 1, "task": 1, "priority": 1, "order": 1},
+            projection={"study": 1, "task": 1, "priority": 1, "order": 1, "req": 1,
+                        "gpus": 1, "tags": 1},
             return_document=ReturnDocument.AFTER)
         if doc is None:
             return False
@@ -464,6 +506,18 @@ class MongoStorage(Storage):
         if res.modified_count == 1:
             self._finished.add(run_id)
         return res.modified_count == 1
+
+    @_translated
+    def queued_groups(self, study: str) -> list[dict[str, Any]]:
+        out = []
+        for group in self._bounds_coll.find({"study": study}):
+            queued = self._queue.count_documents({"study": study, "task": group["task"],
+                                                  "req": group["req"],
+                                                  "status": QUEUED.value})
+            if queued:
+                out.append({"task": group["task"], "gpus": group.get("gpus") or 0,
+                            "tags": list(group.get("tags") or []), "queued": queued})
+        return out
 
     @_translated
     def quarantine_orphans(self) -> int:
@@ -570,16 +624,22 @@ class MongoStorage(Storage):
     @_translated
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
         base = _match(runs)
-        queued = self._queue.update_many(
-            {**base, "status": QUEUED.value},
-            {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
-                      "error": "cancelled before it started", "ended_at": now_ts()}})
+        # By id, so that the cancelled runs are archived by id too (one read of the
+        # queue, however many runs a cancel ends).
+        ids = [d["_id"] for d in self._queue.find({**base, "status": QUEUED.value}, {"_id": 1})]
+        cancelled = 0
+        for start in range(0, len(ids), BATCH):
+            cancelled += self._queue.update_many(
+                {"_id": {"$in": ids[start:start + BATCH]}, "status": QUEUED.value},
+                {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
+                          "error": "cancelled before it started",
+                          "ended_at": now_ts()}}).modified_count
         running = self._queue.update_many({**base, "status": RUNNING.value},
                                           {"$set": {"cancel_requested": True}})
-        if queued.modified_count:
-            while self.sweep_finished(everything=True):
-                pass
-        return queued.modified_count, running.modified_count
+        self._finished.update(ids)
+        while self.sweep_finished():
+            pass
+        return cancelled, running.modified_count
 
     @_translated
     def reserve_sacred_ids(self, n: int = 1) -> range:

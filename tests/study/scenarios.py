@@ -59,6 +59,9 @@ class ToyScenario(Scenario):
             os._exit(3)
         if behaviour == "sleep":
             time.sleep(params["duration"])
+        if behaviour == "gpus":  # which devices the run was given
+            print(f"devices [{os.environ.get('CUDA_VISIBLE_DEVICES')}]", flush=True)
+            time.sleep(params["duration"])
         if behaviour == "spawn":  # leaves a process behind, as DataLoader workers can
             helper = subprocess.Popen(["sleep", "900"])
             print(f"spawned pid {helper.pid}", flush=True)

@@ -1,0 +1,162 @@
+"""Latencies that tests check only functionally, each beside a reference measured in the
+same run (tests assert no wall-clock limits; this script reports the figures).
+
+    python benchmarks/latency.py
+
+- an unreachable MongoDB: `Store.connect(timeout_s=1)` failing, beside pymongo's own
+  ping failing with serverSelectionTimeoutMS=1000;
+- a malformed URI: `Store.connect` failing, beside `pymongo.MongoClient` rejecting it;
+- `RunQueue.wait(timeout=0.3)` on runs nobody executes, beside the 0.3 s asked for;
+- a worker (heartbeat 0.1 s) ending a run past `max_runtime=0.3`, from the run's start to
+  TIMEOUT, and stopping a running run, from `cancel()` to CANCELLED, beside the wall
+  time of a no-op run through the same worker (submit to COMPLETED);
+- `summarize` of 10,000 runs, beside a pandas groupby mean/std of the same frame.
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "tests" / "study"
+TASKS = STUDY / "tasks"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import pymongo  # noqa: E402
+import pymongo.errors  # noqa: E402
+
+from hyperspace_explorer.errors import StoreError  # noqa: E402
+from hyperspace_explorer.queue import RunQueue  # noqa: E402
+from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
+from hyperspace_explorer.store import Store  # noqa: E402
+
+UNREACHABLE = "mongodb://bob:hunter2@127.0.0.1:1"
+SLEEP = {"model": {"className": "Linear"}, "behaviour": "sleep", "duration": 60.0}
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _expect(exc_type, fn):
+    def run():
+        try:
+            fn()
+        except exc_type:
+            return
+        raise AssertionError(f"{fn} did not raise {exc_type.__name__}")
+    return run
+
+
+def _ping_unreachable():
+    with pymongo.MongoClient(UNREACHABLE, serverSelectionTimeoutMS=1000) as client:
+        client.admin.command("ping")
+
+
+def row(what: str, seconds: float, ref_what: str, ref: float) -> None:
+    print(f"{what:<48} {seconds * 1000:8.1f} ms   {ref_what}: {ref * 1000:7.1f} ms "
+          f"({seconds / ref:5.2f}x)")
+
+
+def until(predicate, timeout: float = 120.0, every: float = 0.01) -> float:
+    """Poll until `predicate()`; returns the time it took."""
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError("timed out")
+        time.sleep(every)  # polling interval of a measurement
+    return time.perf_counter() - start
+
+
+def worker_latencies(uri: str) -> None:
+    db = "bench_latency"
+    pymongo.MongoClient(uri).drop_database(db)
+    q = RunQueue(uri, db, TASKS, study_dir=STUDY)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db, "--mongo-uri",
+         uri, "--study-dir", str(STUDY), "--interval", "0.01", "--heartbeat", "0.1",
+         "--lease", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = lambda run_id: q.get(run_id)["status"]  # noqa: E731
+    try:
+        (warm,) = q.submit("noop", {}, seeds=[0])  # the worker is up and warm
+        until(lambda: status(warm) == "COMPLETED")
+        noop = []
+        for seed in range(1, 6):
+            start = time.perf_counter()
+            (run_id,) = q.submit("noop", {}, seeds=[seed])
+            until(lambda: status(run_id) == "COMPLETED")
+            noop.append(time.perf_counter() - start)
+        reference = statistics.median(noop)
+        (slow,) = q.submit("toy", SLEEP, max_runtime=0.3)
+        until(lambda: status(slow) == "RUNNING")
+        over = until(lambda: status(slow) == "TIMEOUT")
+        row("max_runtime=0.3 s: RUNNING seen -> TIMEOUT", over,
+            "no-op run, submit -> COMPLETED", reference)
+        (doomed,) = q.submit("toy", SLEEP)
+        until(lambda: status(doomed) == "RUNNING")
+        start = time.perf_counter()
+        q.cancel([doomed])
+        until(lambda: status(doomed) == "CANCELLED")
+        row("cancel() of a running run -> CANCELLED", time.perf_counter() - start,
+            "no-op run, submit -> COMPLETED", reference)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        q.store.client.drop_database(db)
+        q.close()
+
+
+def wait_timeout(uri: str) -> None:
+    db = "bench_latency_wait"
+    q = RunQueue(uri, db, TASKS, study_dir=STUDY)
+    try:
+        ids = q.submit("noop", {}, seeds=2)
+        seconds = timed(_expect(TimeoutError,
+                                lambda: q.wait(ids, timeout=0.3, poll=0.05, progress=False)))
+        print(f"{'RunQueue.wait(timeout=0.3) on idle runs':<48} {seconds * 1000:8.0f} ms   "
+              f"asked for: {300:7.0f} ms ({seconds / 0.3:5.2f}x)")
+    finally:
+        q.store.client.drop_database(db)
+        q.close()
+
+
+def summary_speed() -> None:
+    from summary_bench import synthetic_results
+
+    from hyperspace_explorer.analysis import summarize
+
+    df = synthetic_results(10_000)
+    summarize(df, "accuracy")  # warm-up (imports, caches)
+    config = [c for c in df.columns if c.startswith("config.")]
+    keyed = df.assign(**{c: df[c].astype(str) for c in config})
+    ref = min(timed(lambda: keyed.groupby(config)["metrics.accuracy"].agg(["mean", "std"]))
+              for _ in range(3))
+    seconds = min(timed(lambda: summarize(df, "accuracy")) for _ in range(3))
+    row("summarize 10,000 runs (best of 3)", seconds, "pandas groupby mean/std", ref)
+
+
+def main() -> None:
+    ref = timed(_expect(pymongo.errors.PyMongoError, _ping_unreachable))
+    row("Store.connect(unreachable, timeout_s=1) fails",
+        timed(_expect(StoreError, lambda: Store.connect(UNREACHABLE, "x", timeout_s=1))),
+        "pymongo ping, 1 s selection timeout", ref)
+    bad = "mongodb://bob:hunter2@host:notaport"
+    row("Store.connect(malformed URI) fails",
+        timed(_expect(StoreError, lambda: Store.connect(bad, "x", timeout_s=1))),
+        "pymongo.MongoClient(malformed URI)",
+        timed(_expect(Exception, lambda: pymongo.MongoClient(bad, connect=False))))
+    summary_speed()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp)) as server:
+        wait_timeout(server.uri)
+        worker_latencies(server.uri)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""`hse submit`: queue runs of a task (`RunQueue.submit` / `submit_grid`), and the
+parsing of the PATH=VALUE values of --set and --grid."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, HSEError
+from ..storage import DEFAULT_MAX_ATTEMPTS
+from . import render
+from .common import Session, SubParsers, command
+from .worker import names
+
+
+def register(sub: SubParsers) -> None:
+    p = command(sub, "requeue", cmd_requeue,
+                "put finished runs back in the queue with a fresh attempt count",
+                "examples:\n"
+                "  hse requeue 3f9a0c1b2d4e 12              # these runs (any final status)\n"
+                "  hse requeue --task digits                  # its FAILED, TIMEOUT, CANCELLED runs\n"
+                "  hse requeue --task digits --status FAILED,TIMEOUT\n\n"
+                "COMPLETED runs are requeued only when named by id or by --status. Each run "
+                "keeps its\nearlier outcome (in previous_attempts) and its Sacred record.")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="queue or Sacred ids")
+    p.add_argument("--task", help="finished runs of this task")
+    p.add_argument("--status", metavar="S1,S2",
+                   help="only runs in these statuses (default with --task: "
+                        "FAILED,TIMEOUT,CANCELLED)")
+
+    p = command(sub, "submit", cmd_submit, "queue runs of a task; prints their ids",
+                "examples:\n"
+                "  hse submit digits --set model.className=LogisticModel --set model.C=0.5\n"
+                "  hse submit digits --set model.className=ForestModel \\\n"
+                "        --grid model.n_estimators=20,50,100 --grid model.max_depth=null,8 "
+                "--seeds 5\n"
+                "  hse submit digits --config base.json --set train_fraction=0.5 "
+                "--priority 10\n\n"
+                "Values are JSON when they parse as JSON (0.5, true, null, [50,10], "
+                "{\"a\":1}),\nelse strings (Forest). Grid values are comma-separated; "
+                "commas inside [...] or\n{...} do not split (--grid model.layers=[50,10],[20]). "
+                "The config is validated\nagainst the Study's classes before anything is "
+                "queued. Runs already queued, running\nor completed (same task, config and "
+                "seed) are skipped unless --force.")
+    p.set_defaults(needs_tasks=True)
+    p.add_argument("task", help="task name (TASKS_DIR/<task>.json)")
+    p.add_argument("--set", dest="assignments", action="append", default=[],
+                   type=parse_assignment, metavar="PATH=VALUE",
+                   help="set a config value by dotted path (repeatable, once per path)")
+    p.add_argument("--grid", action="append", default=[], type=parse_grid,
+                   metavar="PATH=V1,V2,...",
+                   help="one axis of a grid; the cartesian product of all axes is queued")
+    p.add_argument("--config", metavar="FILE.json",
+                   help="base config (a JSON object); --set and --grid apply on top")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="run each config under N seeds: the task's seed, +1, ... "
+                            "(default: just the task's seed)")
+    seeds.add_argument("--seed", dest="seed_list", type=int, action="append", metavar="S",
+                       help="run each config under this seed (repeatable), e.g. to re-run "
+                            "a run found by `hse best`")
+    p.add_argument("--priority", type=int, default=0,
+                   help="higher runs first (default %(default)s)")
+    p.add_argument("--max-runtime", type=float, default=None, metavar="S",
+                   help="seconds after which a run is killed as TIMEOUT "
+                        "(default: the task's max_runtime)")
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+                   help="attempts before a run whose worker keeps dying is FAILED "
+                        "(default %(default)s)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="GPUs each run needs (default: the task file's, else 0); only "
+                        "workers started with --gpus claim such runs")
+    p.add_argument("--tags", type=names, default=None, metavar="TAGS",
+                   help="tags a worker must offer (--tags of hse worker), e.g. big-mem "
+                        "(default: the task file's)")
+    p.add_argument("--force", action="store_true",
+                   help="queue runs even when the same task, config and seed is already "
+                        "queued, running or completed (e.g. to re-run the best run)")
+    p.add_argument("--study-dir", metavar="DIR",
+                   help="directory of the Study's scenarios.py, to validate the config "
+                        "(default: the tasks directory's parent, then the current directory)")
+
+
+def cmd_requeue(session: Session) -> int:
+    args = session.args
+    if not (args.runs or args.task or args.status):
+        raise HSEError("say what to requeue: run ids, or --task TASK (and/or --status)")
+    ids = [session.queue.get(run)["_id"] for run in args.runs] or None  # Sacred ids too
+    n = session.queue.requeue(ids, task=args.task, status=args.status)
+    render.console().print(render.text(
+        f"requeued {n} finished run(s) with a fresh attempt count (each keeps its earlier "
+        f"outcome in previous_attempts)"))
+    return 0
+
+
+def cmd_submit(session: Session) -> int:
+    from ..configurable import set_dotted
+
+    args = session.args
+    conf = _read_config(args.config) if args.config else {}
+    _given_once("--set", [path for path, _ in args.assignments])
+    for path, value in args.assignments:
+        set_dotted(conf, path, value)
+    _given_once("--grid", [path for path, _ in args.grid], "; list all its values in one "
+                                                           "--grid PATH=V1,V2")
+    grid = dict(args.grid)
+    both = sorted(set(grid) & {path for path, _ in args.assignments})
+    if both:
+        raise ConfigError(both[0], "given with both --set and --grid; use one of them")
+    queue = session.queue
+    options = dict(seeds=args.seed_list if args.seed_list else args.seeds,
+                   priority=args.priority, max_attempts=args.max_attempts,
+                   max_runtime=args.max_runtime, force=args.force, gpus=args.gpus,
+                   tags=args.tags)
+    ids = (queue.submit_grid(args.task, conf, grid, **options) if grid
+           else queue.submit(args.task, conf, **options))
+    for run_id in ids:
+        print(run_id)
+    console = render.console(stderr=True)
+    console.print(render.text(
+        f"queued {len(ids)} run(s) of task '{args.task}' in study '{queue.study}'"))
+    if queue.last_skipped:
+        shown = ", ".join(queue.last_skipped[:5]) + (", ..." if len(queue.last_skipped) > 5
+                                                     else "")
+        console.print(render.text(
+            f"skipped {len(queue.last_skipped)} run(s) already queued, running or completed "
+            f"(the same task, config and seed: {shown}); --force queues them anyway",
+            "yellow"))
+    return 0
+
+
+def _given_once(option: str, paths: list[str], hint: str = "") -> None:
+    """A ConfigError naming the first path given twice to `option`."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise ConfigError(path, f"given twice with {option}{hint or '; give each path once'}")
+        seen.add(path)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise HSEError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise HSEError(f"--config {path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HSEError(f"--config {path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- values
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (0.5, true, null, [50,10]), else the
+    string itself, so `className=Forest` needs no quoting."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _split_path(text: str, option: str, example: str) -> tuple[str, str]:
+    path, sep, value = text.partition("=")
+    path = path.strip()
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE (e.g. {example}), got {text!r}")
+    if not all(path.split(".")):
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: empty key in dotted path {path!r}")
+    return path, value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`--set model.C=0.5` -> ("model.C", 0.5)."""
+    path, value = _split_path(text, "--set", "model.C=0.5")
+    return path, parse_value(value)
+
+
+def parse_grid(text: str) -> tuple[str, list[Any]]:
+    """`--grid model.C=0.1,1` -> ("model.C", [0.1, 1]); commas inside brackets, braces
+    or quotes do not split (`model.layers=[50,10],[20]` has two values)."""
+    path, value = _split_path(text, "--grid", "model.C=0.1,1,10")
+    items = split_top_level(value)
+    if any(not item.strip() for item in items):
+        raise argparse.ArgumentTypeError(f"--grid {text!r}: empty value in the list")
+    return path, [parse_value(item.strip()) for item in items]
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside [...], {...} or a double-quoted string."""
+    items, depth, start, quoted, escaped = [], 0, 0, False, False
+    for i, ch in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items

@@ -1,0 +1,84 @@
+"""Several runs per worker, GPUs handed out per run, and worker tags."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+
+import pytest
+
+from helpers import raw_db, start_worker, wait_for
+
+FAST = ("--interval", "0.05", "--heartbeat", "0.4", "--lease", "3")
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def run(q, behaviour="ok", duration=0.0, **kwargs):
+    conf = {"model": {"className": "Linear"}, "behaviour": behaviour, "duration": duration}
+    return q.submit("toy", conf, force=True, **kwargs)[0]
+
+
+def running_on(q, worker_pid):
+    return [d for d in q.store.find_runs(q.runs(status="RUNNING"), fields=["worker"])
+            if d.get("worker", "").split(":")[1] == str(worker_pid)]
+
+
+def devices(q, run_id):
+    record = q.store.sacred_run(q.get(run_id)["sacred_id"])
+    return re.search(r"devices \[(.*)\]", record["captured_out"]).group(1)
+
+
+def test_one_worker_runs_several_runs_at_once(q, procs, mongo_uri, db_name):
+    ids = [run(q, "sleep", 1.5) for _ in range(3)] + [run(q) for _ in range(5)]
+    worker = start_worker(mongo_uri, db_name, *FAST, "--concurrency", "3", "--idle-exit", "2")
+    procs.append(worker)
+    wait_for(lambda: len(running_on(q, worker.pid)) == 3, 60, "three runs at once")
+    (doc,) = [w for w in q.store.list_workers() if w["pid"] == worker.pid]
+    assert doc["concurrency"] == 3
+    assert worker.wait(120) == 0
+    docs = [q.get(i) for i in ids]
+    assert {d["status"] for d in docs} == {"COMPLETED"} and {d["attempt"] for d in docs} == {1}
+    records = list(raw_db(q.store).runs.find({}, {"status": 1, "meta": 1}))
+    assert sorted(r["meta"]["hse"]["run_id"] for r in records) == sorted(ids)
+    assert {r["status"] for r in records} == {"COMPLETED"}
+
+
+def test_gpus_are_handed_out_per_run(q, procs, mongo_uri, db_name):
+    one = [run(q, "gpus", 1.0, gpus=1) for _ in range(2)]
+    both = run(q, "gpus", 0.0, gpus=2, priority=-1)
+    cpu = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "2")  # no GPUs: none for it
+    procs.append(cpu)
+    assert cpu.wait(120) == 0
+    assert {q.get(i)["status"] for i in one + [both]} == {"QUEUED"}
+    gpu = start_worker(mongo_uri, db_name, *FAST, "--concurrency", "2", "--gpus", "0,1",
+                       "--idle-exit", "2")
+    procs.append(gpu)
+    wait_for(lambda: len(running_on(q, gpu.pid)) == 2, 60, "both 1-GPU runs at once")
+    assert gpu.wait(120) == 0
+    assert sorted(devices(q, i) for i in one) == ["0", "1"], "one GPU each, never shared"
+    assert sorted(devices(q, both).split(",")) == ["0", "1"]
+
+
+def test_tagged_runs_go_only_to_workers_with_those_tags(q, procs, mongo_uri, db_name):
+    tagged = run(q, tags=["big-mem"])
+    plain = run(q)
+    untagged_worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "2")
+    procs.append(untagged_worker)
+    wait_for(lambda: q.get(plain)["status"] == "COMPLETED", 60, "the untagged run")
+    assert [g["tags"] for g in q.unclaimable()] == [["big-mem"]], \
+        "reported: no live worker offers big-mem"
+    assert untagged_worker.wait(120) == 0
+    assert q.get(tagged)["status"] == "QUEUED"
+    procs.append(start_worker(mongo_uri, db_name, *FAST, "--tags", "big-mem,gpu",
+                              "--idle-exit", "2"))
+    wait_for(lambda: q.get(tagged)["status"] == "COMPLETED", 60, "the tagged run")
+    assert q.unclaimable() == []
