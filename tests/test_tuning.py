@@ -251,3 +251,32 @@ def test_dashboard_api_lists_the_study(q, mongo_uri, db_name):
 
     answer = wait_for(studies, 30, "the dashboard to answer")
     assert [s["study_name"] for s in answer["study_summaries"]] == ["dash"]
+
+
+# ----------------------------------------------------------------------- demo
+DEMO = """
+import json, sys
+from hyperspace_explorer.demo import GRIDS, run_demo
+notes = []
+r = run_demo(sys.argv[1], sys.argv[2], workers=2, seeds=1, tune=True, tune_trials=4,
+             progress=False, say=notes.append)
+t = r.tuning
+print(json.dumps({"grid": sum(len(v) for _, g in GRIDS for v in g.values()),
+                  "imported": t.imported, "skipped": t.skipped, "trials": t.trials,
+                  "counts": t.counts, "best": t.best_value, "notes": notes}))
+"""
+
+
+def test_demo_tune_runs_a_short_warm_started_session(mongo_uri, db_name, tmp_path):
+    import subprocess
+    import sys
+
+    # its own process: one Study per process (the demo's, not the test Study)
+    proc = subprocess.run([sys.executable, "-c", DEMO, mongo_uri, db_name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["imported"] == out["grid"] and out["skipped"] == {}  # the grid is in the space
+    assert out["trials"] == 4 and out["counts"]["COMPLETE"] == out["grid"] + 4
+    assert 0.5 < out["best"] <= 1.0
+    assert any(n.startswith("tuning: 4 trial(s)") for n in out["notes"])
