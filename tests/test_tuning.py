@@ -280,3 +280,35 @@ def test_demo_tune_runs_a_short_warm_started_session(mongo_uri, db_name, tmp_pat
     assert out["trials"] == 4 and out["counts"]["COMPLETE"] == out["grid"] + 4
     assert 0.5 < out["best"] <= 1.0
     assert any(n.startswith("tuning: 4 trial(s)") for n in out["notes"])
+
+
+def test_readme_tuning_example_runs_as_written(mongo_uri, db_name, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    body = text.split("## Tuning (Optuna)\n", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```python\n(.*?)```", body, flags=re.S)[0]
+    assert 'RunQueue(None, "digits",' in block and "n_trials=40, parallel=4" in block
+    block = block.replace('RunQueue(None, "digits",', f'RunQueue(None, "{db_name}",')
+    block = block.replace("n_trials=40, parallel=4", "n_trials=3, parallel=2, progress=False")
+    block += "\nprint('RESULT', result.trials, result.best_value, result.best_run_id)\n"
+    env = {**os.environ, "HSE_MONGO_URI": mongo_uri}
+    example = root / "hyperspace_explorer" / "examples" / "digits"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hyperspace_explorer.worker", str(example / "tasks"), db_name,
+         "--interval", "0.05"], cwd=example, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run([sys.executable, "-c", block], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=240)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, trials, best, run_id = proc.stdout.strip().splitlines()[-1].split()
+    assert trials == "3" and 0.5 < float(best) <= 1.0 and len(run_id) == 12
