@@ -364,14 +364,19 @@ class Tuner:
         as a finished trial (once per run id, whichever tuner gets there first)."""
         import optuna
 
-        known = {t.user_attrs.get("hse_run_id") for t in self._trials()}
+        # Run ids with a trial that holds (or will hold) their result. A proposed run
+        # whose trial ended FAIL/PRUNED and that completed later (requeued) is imported.
+        known = {t.user_attrs.get("hse_run_id") for t in self._trials()
+                 if t.state in (optuna.trial.TrialState.COMPLETE,
+                                optuna.trial.TrialState.RUNNING)
+                 or t.user_attrs.get("hse_source") == "imported"}
         imported, skipped = 0, self.skipped
         docs = self.store.retry(lambda: list(self.store.find_runs(
             RunFilter(study=self.queue.study, task=self.task.name, status=(COMPLETED,)),
             fields=["config", "metrics", "tuning"])))
         for doc in docs:
-            if (doc.get("tuning") or {}).get("study") == self.study_name or doc["_id"] in known:
-                continue  # one of this study's trials already
+            if doc["_id"] in known:
+                continue  # in the study already
             value = (doc.get("metrics") or {}).get(self.task.metric)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 why = f"no finite '{self.task.metric}' metric"
