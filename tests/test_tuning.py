@@ -230,16 +230,20 @@ def test_a_run_the_pruner_stops_ends_pruned_with_its_curve(q, mongo_uri, db_name
 
 # ----------------------------------------------------------------------- dashboard
 def test_dashboard_api_lists_the_study(q, mongo_uri, db_name):
-    optuna_dashboard = pytest.importorskip("optuna_dashboard")
-    from hyperspace_explorer.tuning.dashboard import dashboard_storage
+    pytest.importorskip("optuna_dashboard")
+    from hyperspace_explorer.errors import HSEError
+    from hyperspace_explorer.tuning import open_dashboard
 
     Tuner(q, "quadratic", SPACE, n_trials=1, study_name="dash", **_quiet())
+    with pytest.raises(HSEError, match="no Optuna study 'nope'.*studies there: dash"):
+        open_dashboard(mongo_uri, db_name, "nope")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    storage = dashboard_storage(mongo_uri, db_name)
-    thread = threading.Thread(target=optuna_dashboard.run_server, daemon=True,
-                              kwargs={"storage": storage, "host": "127.0.0.1", "port": port})
+    said: list[str] = []
+    thread = threading.Thread(target=open_dashboard, args=(mongo_uri, db_name, "dash"),
+                              kwargs={"host": "127.0.0.1", "port": port, "say": said.append},
+                              daemon=True)
     thread.start()
 
     def studies():
@@ -251,6 +255,7 @@ def test_dashboard_api_lists_the_study(q, mongo_uri, db_name):
 
     answer = wait_for(studies, 30, "the dashboard to answer")
     assert [s["study_name"] for s in answer["study_summaries"]] == ["dash"]
+    assert f"http://127.0.0.1:{port}/dashboard/studies/0" in said[0]
 
 
 # ----------------------------------------------------------------------- demo
