@@ -48,6 +48,7 @@ import difflib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -99,11 +100,13 @@ def _check_frame(df: object) -> pd.DataFrame:
     return df
 
 
-def _check_direction(direction: object) -> str:
-    if direction not in DIRECTIONS:
-        raise AnalysisError(
-            f"unknown direction {direction!r}; valid choices: {_choices(DIRECTIONS)}")
-    return direction  # type: ignore[return-value]
+def check_direction(direction: object, what: str = "") -> str:
+    """`direction` if it is "maximize" or "minimize", else an AnalysisError naming it
+    (and `what` it is the direction of); the one check for every analysis module."""
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise AnalysisError(f"unknown direction {direction!r}{what}; valid choices: "
+                            f"{_choices(DIRECTIONS)}")
+    return direction
 
 
 def metric_names(df: pd.DataFrame) -> list[str]:
@@ -286,7 +289,7 @@ def group_runs(df: pd.DataFrame, by: object = None, statuses: object = DEFAULT_S
         if isinstance(by, str):
             by = [by]
         try:
-            by = list(by)  # type: ignore[arg-type]
+            by = list(cast(Iterable[str], by))
         except TypeError:
             raise AnalysisError(
                 f"by must be a list of config paths like ['model.C'], got {by!r}") from None
@@ -424,7 +427,7 @@ def summarize(df: pd.DataFrame, metric: str, direction: str = "maximize",
             (0, 1).
     """
     df = _check_frame(df)
-    direction = _check_direction(direction)
+    direction = check_direction(direction)
     main_col = resolve_metric(df, metric)
     for name, value in (("alpha", alpha), ("confidence", confidence)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -520,7 +523,7 @@ def best_run(df: pd.DataFrame, metric: str, direction: str = "maximize",
     Raises AnalysisError for bad input or when no such run has a value for the metric.
     """
     df = _check_frame(df)
-    direction = _check_direction(direction)
+    direction = check_direction(direction)
     col = resolve_metric(df, metric)
     data = _filter_status(df, statuses)
     values = metric_values(data, col)

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .analysis import DIRECTIONS, STAT_SUFFIXES, TEST_COLUMNS, format_value, is_not_set
+from .analysis import (
+    DIRECTIONS,
+    STAT_SUFFIXES,
+    TEST_COLUMNS,
+    check_direction,
+    format_value,
+    is_not_set,
+)
 from .errors import AnalysisError
 
 __all__ = ["to_markdown", "to_latex", "to_csv", "to_html", "to_json", "export", "FORMATS"]
@@ -83,10 +90,7 @@ def _resolve_main(layout: _Layout, metric: str | None, direction: str | None) ->
     if metric not in layout.metrics:
         raise AnalysisError(
             f"unknown metric {metric!r}; the summary has: {', '.join(map(repr, layout.metrics))}")
-    if direction not in DIRECTIONS:
-        raise AnalysisError(
-            f"unknown direction {direction!r}; valid choices: {', '.join(map(repr, DIRECTIONS))}")
-    return metric, direction  # type: ignore[return-value]
+    return str(metric), check_direction(direction)
 
 
 _MINIMIZE_WORDS = {"loss", "err", "error", "errors", "mse", "mae", "rmse", "nll", "perplexity",
@@ -266,9 +270,7 @@ def to_latex(summary: pd.DataFrame, metric: str | None = None, direction: str | 
     main, direction = _resolve_main(layout, metric, direction)
     directions = dict(directions or {})
     for name, d in directions.items():
-        if d not in DIRECTIONS:
-            raise AnalysisError(f"unknown direction {d!r} for metric {name!r}; "
-                                f"valid choices: {', '.join(map(repr, DIRECTIONS))}")
+        check_direction(d, f" for metric {name!r}")
 
     headers: list[str] = []
     columns: list[list[str]] = []

@@ -25,6 +25,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,8 @@ from scipy import stats
 
 from .analysis import (
     CONFIG_PREFIX,
-    DIRECTIONS,
     _factorize,
+    check_direction,
     config_label,
     config_paths,
     format_value,
@@ -69,7 +70,8 @@ def colors(n: int) -> list[tuple[float, float, float, float]]:
     (n <= 20), tab20 + tab20b + tab20c (n <= 60), else hues a golden ratio of the
     circle apart (neighbouring groups far apart in hue, darker every other one)."""
     def table(name: str) -> list[tuple[float, ...]]:
-        return [to_rgba(c) for c in colormaps[name].colors]
+        colormap: Any = colormaps[name]  # a ListedColormap: it lists its colours
+        return [to_rgba(c) for c in colormap.colors]
 
     if n <= 10:
         palette = table("tab10")
@@ -159,11 +161,12 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] | None) -> tuple[Figure,
     if ax is not None:
         if not isinstance(ax, Axes):
             raise AnalysisError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+        owner: Any
         try:
-            fig = ax.get_figure(root=True)  # matplotlib >= 3.10 (subfigures)
+            owner = ax.get_figure(root=True)  # matplotlib >= 3.10 (subfigures)
         except TypeError:
-            fig = ax.figure
-        return fig, ax  # type: ignore[return-value]
+            owner = ax.figure
+        return owner, ax
     fig = _NotebookFigure(figsize=figsize or (8.0, 5.0), layout="constrained")
     return fig, fig.add_subplot()
 
@@ -177,12 +180,6 @@ def _finish(fig: Figure, path: str | Path | None, dpi: int) -> Figure:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return fig
-
-
-def _check_direction(direction: str | None) -> None:
-    if direction is not None and direction not in DIRECTIONS:
-        raise AnalysisError(f"unknown direction {direction!r}; valid choices: "
-                            f"{', '.join(map(repr, DIRECTIONS))} (or None)")
 
 
 def _split(values: np.ndarray, codes: np.ndarray, count: int) -> list[np.ndarray]:
@@ -213,7 +210,8 @@ def plot_metric_by_config(df: pd.DataFrame, metric: str, by: list[str] | None = 
     Each group's points have their own colour. `seed` fixes the jitter so figures are
     reproducible.
     """
-    _check_direction(direction)
+    if direction is not None:
+        check_direction(direction)
     col = resolve_metric(df, metric)
     groups = group_runs(df, by, statuses)
     values = metric_values(groups.data, col)
@@ -429,7 +427,7 @@ def plot_param_vs_metric(df: pd.DataFrame, param: str, metric: str, *, hue: str 
     hue_name = hue_col.removeprefix(CONFIG_PREFIX) if hue_col is not None else None
     labels, shown = [], []
     for h, _ in parts:
-        if hue_col is None:
+        if hue_col is None or hue_values is None:
             labels.append("mean ± std")
             shown.append("mean ± std")
             continue

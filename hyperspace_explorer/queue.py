@@ -344,9 +344,9 @@ class RunQueue:
             raise HSEError(f"limit must be a positive int, got {limit!r}")
         fields = ["task", "status", "seed", "metrics", "duration", "host", "sacred_id",
                   "task_spec", "order", "reason", "started_at", "worker"]
-        docs = self.store.find_runs(self.runs(task, status=status), fields=fields,
-                                    newest_first=True, limit=limit)
-        docs = sorted(docs, key=lambda d: d.get("order", 0), reverse=True)[:limit]
+        found = self.store.find_runs(self.runs(task, status=status), fields=fields,
+                                     newest_first=True, limit=limit)
+        docs = sorted(found, key=lambda d: d.get("order", 0), reverse=True)[:limit]
         return [_with_host(doc) for doc in docs]
 
     def record(self, run_id: str | int) -> dict[str, Any]:
@@ -602,6 +602,7 @@ def _run_error(doc: Mapping[str, Any], sacred: Mapping[str, Any] | None) -> str 
             if isinstance(candidate, str) and candidate.strip():
                 return candidate
         reason = doc.get("reason")
-        return _REASON_TEXT.get(reason, f"{doc.get('status')} ({reason or 'no reason recorded'})")
+        return _REASON_TEXT.get(str(reason),
+                                f"{doc.get('status')} ({reason or 'no reason recorded'})")
     last = doc.get("last_error")
     return last if isinstance(last, str) and last.strip() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def cmd_results(session: Session) -> int:
     return 0
 
 
-def counted_runs(counts: dict[str, int]) -> str:
+def counted_runs(counts: Mapping[Any, int]) -> str:
     """What a results table summarises, its COMPLETED runs, and what it leaves out:
     "12 completed run(s) (3 failed, 2 cancelled not shown)"."""
     others = [f"{counts[s]} {s.lower()}" for s in STATUSES if s != COMPLETED and counts.get(s)]
@@ -261,7 +262,8 @@ def cmd_plot(session: Session) -> int:
         raise HSEError("--logx applies to 'param' plots only")
     queue = session.queue
     task = queue.task(args.task, require_runs=True)
-    metric, direction = args.metric or task.metric, task.direction
+    metric = args.metric or task.metric
+    direction: str | None = task.direction
     if metric.removeprefix("metrics.") != task.metric:
         direction = None  # only the task's own metric has a known better direction
     frame = queue.results(args.task)
@@ -285,7 +287,7 @@ def cmd_plot(session: Session) -> int:
             names = queue.series_names(args.task, status=COMPLETED)
             raise HSEError(f"'curve' plots need --curve NAME; logged series: "
                            f"{', '.join(names) or '(none: the runs logged no log_scalar)'}")
-        curves = queue.curves(args.task, args.curve, status=COMPLETED)
+        curves = queue.curves(args.task, args.curve, statuses=[COMPLETED])
         if len(curves) == 0:
             names = queue.series_names(args.task, status=COMPLETED)
             raise HSEError(f"no run of task '{args.task}' logged a series named "

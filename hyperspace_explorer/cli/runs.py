@@ -75,7 +75,7 @@ def cmd_status(session: Session) -> int:
     return 0
 
 
-def _count_cells(counts: Mapping[str, int]) -> list[str]:
+def _count_cells(counts: Mapping[Any, int]) -> list[str]:
     return [str(counts.get(s, 0)) for s in STATUSES] + [str(sum(counts.values()))]
 
 
