@@ -17,8 +17,7 @@ from helpers import STUDY, TASKS, run_worker, start_worker, wait_for  # noqa: E4
 from hyperspace_explorer.errors import ConfigError  # noqa: E402
 from hyperspace_explorer.status import Status  # noqa: E402
 from hyperspace_explorer.study import load_scenarios  # noqa: E402
-from hyperspace_explorer.tuning import (Categorical, ClassChoice, Float, Int, Space,  # noqa: E402
-                                        Tuner, load_space)
+from hyperspace_explorer.tuning import Categorical, ClassChoice, Float, Int, Space, Tuner, load_space  # noqa: E402
 
 scenarios = load_scenarios(STUDY)
 

@@ -9,12 +9,11 @@ import os
 import pytest
 
 optuna = pytest.importorskip("optuna")
+from helpers import raw_db  # noqa: E402
 from optuna.testing.pytest_storages import StorageTestCase  # noqa: E402
 
 from hyperspace_explorer.storage import connect  # noqa: E402
-from hyperspace_explorer.storage.journal import (COUNTER_ID, JOURNAL, NOOP_LOG,  # noqa: E402
-                                                 backend_class, journal_storage)
-from helpers import raw_db  # noqa: E402
+from hyperspace_explorer.storage.journal import COUNTER_ID, JOURNAL, NOOP_LOG, backend_class, journal_storage  # noqa: E402
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ import pymongo.errors
 from pymongo import ReturnDocument
 
 from ..errors import StoreUnavailable
-from .mongo import COUNTERS, make_client, translate_errors, _DRIVER_ERRORS
+from .mongo import _DRIVER_ERRORS, COUNTERS, make_client, translate_errors
 
 JOURNAL = "hse_optuna_journal"
 COUNTER_ID = "optuna_journal"

@@ -237,7 +237,7 @@ class Space:
                 raise ConfigError(path, "defined twice with different ranges (a parameter "
                                         "under several classes must keep one definition)")
             seen[path] = param
-        for path, param in self.params.items():
+        for param in self.params.values():
             if isinstance(param, ClassChoice):
                 for sub in param.choices.values():
                     for sub_path in sub:
@@ -255,7 +255,7 @@ class Space:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Space":
+    def from_dict(cls, data: Mapping[str, Any]) -> Space:
         if not isinstance(data, Mapping) or "params" not in data:
             raise ConfigError("", "a space file is an object with 'params' (and optionally "
                                   "'fixed')")

@@ -93,7 +93,7 @@ def pruner_spec(pruner: Any) -> dict[str, Any] | None:
                 "sha": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner",
                 "none": "NopPruner", "nop": "NopPruner",
                 "percentile": "PercentilePruner"}.get(pruner.lower(), pruner)
-        spec = {"name": name, "kwargs": {}}
+        spec: dict[str, Any] = {"name": name, "kwargs": {}}
     elif isinstance(pruner, Mapping):
         spec = {"name": pruner.get("name"), "kwargs": dict(pruner.get("kwargs") or {})}
     else:
