@@ -45,6 +45,8 @@ GRIDS: tuple[tuple[dict[str, Any], dict[str, list[Any]]], ...] = (
 )
 SEEDS = 3
 IDLE_EXIT_S = 2.0     # workers leave on their own once the queue stays empty this long
+TUNE_TRIALS = 12      # `hse demo --tune`: trials of the short tuning session
+TUNE_IDLE_EXIT_S = 30.0  # tuning workers wait longer: the tuner refills the queue
 TIMEOUT_S = 600.0     # far above the ~10 s the demo takes: only a stuck setup hits it
 STOP_GRACE_S = 30.0   # SIGTERM lets a worker finish its run; after this it is killed
 
@@ -72,6 +74,7 @@ class DemoResult:
     seeds: int
     elapsed_s: float
     problems: list[str]       # "run ID: STATUS: error" for runs that did not complete
+    tuning: Any = None        # tuning.TuneResult of `run_demo(tune=True)`, else None
 
     @property
     def completed(self) -> int:
@@ -108,9 +111,14 @@ def locate_example() -> ExampleStudy:
 
 def run_demo(mongo_uri: str | None = None, db: str = DEMO_DB, *, workers: int = 2,
              seeds: int = SEEDS, say: Callable[[str], None] = print,
-             progress: bool = True) -> DemoResult:
+             progress: bool = True, tune: bool = False,
+             tune_trials: int = TUNE_TRIALS) -> DemoResult:
     """Run the demo end to end against `mongo_uri` (None: $HSE_MONGO_URI, else the
-    embedded server), in database `db`, which is dropped first."""
+    embedded server), in database `db`, which is dropped first.
+
+    `tune=True` (`hse demo --tune`, needs the optuna extra) then runs a short tuning
+    session over the example's `space.json`: `tune_trials` trials, one in flight per
+    worker, warm-started from the grid's runs (`DemoResult.tuning`)."""
     from .analysis import summarize
     from .queue import RunQueue
     from .server import resolve_uri
@@ -153,10 +161,37 @@ def run_demo(mongo_uri: str | None = None, db: str = DEMO_DB, *, workers: int = 
     problems = [f"run {row.run_id}: {row.status}: {str(row.error or '').strip()[-300:]}"
                 for row in frame.itertuples() if row.status != COMPLETED]
     summary = summarize(frame, "accuracy", "maximize")
+    tuning = _tune(queue, example, uri, db, workers, tune_trials, say, progress) if tune \
+        else None
     queue.store.close()
     return DemoResult(uri=uri, custom_uri=custom_uri, db=db, example=example, dropped=dropped,
                       run_ids=run_ids, counts=counts, summary=summary, seeds=seeds,
-                      elapsed_s=time.monotonic() - started, problems=problems)
+                      elapsed_s=time.monotonic() - started, problems=problems, tuning=tuning)
+
+
+def _tune(queue: Any, example: ExampleStudy, uri: str, db: str, workers: int, trials: int,
+          say: Callable[[str], None], progress: bool) -> Any:
+    """A short Optuna tuning session through the same queue and fresh workers."""
+    try:
+        from .tuning import Tuner
+    except ImportError:  # pragma: no cover - the package is there; Optuna may not be
+        raise HSEError('`hse demo --tune` needs Optuna: pip install -e ".[optuna]"') from None
+    space = example.study_dir / "space.json"
+    say(f"tuning task '{TASK}' over {space}: {trials} trials proposed by Optuna (TPE), "
+        f"{workers} in flight, warm-started from the grid's runs")
+    logs = [log.with_name(log.name.replace("demo-worker", "demo-tune-worker"))
+            for log in _log_paths(workers)]
+    procs = [_start_worker(example, uri, db, log, idle_exit=TUNE_IDLE_EXIT_S) for log in logs]
+    try:
+        tuner = Tuner(queue, TASK, space, n_trials=trials, parallel=workers,
+                      study_name=f"{db}-{TASK}", seed=0, progress=progress, say=say)
+        result = tuner.run()
+    finally:
+        stop(procs, STOP_GRACE_S)
+    say(f"tuning: {result.trials} trial(s) in study '{result.study_name}', best accuracy "
+        f"{result.best_value:.4f} with {result.best_params}" if result.best_value is not None
+        else f"tuning: no trial completed ({result.counts})")
+    return result
 
 
 def _grid_text(grid: dict[str, list[Any]]) -> str:
@@ -190,11 +225,12 @@ def _log_paths(workers: int) -> list[Path]:
     return [logs / f"demo-worker-{i + 1}.log" for i in range(workers)]
 
 
-def _start_worker(example: ExampleStudy, uri: str, db: str, log: Path) -> subprocess.Popen:
+def _start_worker(example: ExampleStudy, uri: str, db: str, log: Path, *,
+                  idle_exit: float = IDLE_EXIT_S) -> subprocess.Popen:
     """A worker process as a user would start one from the Study directory. The URI
     goes through the environment, not argv, so no password shows up in `ps`."""
     cmd = [sys.executable, "-m", "hyperspace_explorer.worker", str(example.tasks_dir), db,
-           "--study-dir", str(example.study_dir), "--idle-exit", str(IDLE_EXIT_S)]
+           "--study-dir", str(example.study_dir), "--idle-exit", str(idle_exit)]
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, cwd=example.study_dir, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT,

@@ -74,3 +74,9 @@ class AnalysisError(HSEError, ValueError):
     The message names the bad argument (metric, config path, format, ...) and lists the
     valid choices.
     """
+
+
+class Pruned(HSEError):
+    """Raised in a run's code to stop a trial its tuner's pruner gave up on:
+    `if self.should_prune(): raise Pruned(...)`. The run ends PRUNED (not FAILED), keeps
+    its logged curve, and is told to Optuna as pruned. `optuna.TrialPruned` works too."""

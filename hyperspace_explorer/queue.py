@@ -88,7 +88,8 @@ class RunQueue:
                seeds: int | Sequence[int] | None = None, priority: int = 0,
                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                max_runtime: float | None = None, force: bool = False,
-               gpus: int | None = None, tags: Sequence[str] | None = None) -> list[str]:
+               gpus: int | None = None, tags: Sequence[str] | None = None,
+               tuning: Mapping[str, Any] | None = None) -> list[str]:
         """Queue `conf` for `task_name`; returns the new run ids (one per seed).
 
         `seeds=n` runs the config under n seeds (the task's seed, +1, ... +n-1), so
@@ -103,10 +104,15 @@ class RunQueue:
         earlier in the same submit, is skipped: `last_skipped` then lists the run ids
         it duplicates (`len(q.last_skipped)` runs were skipped). FAILED, TIMEOUT and
         CANCELLED runs do not count (or `requeue` them). `force=True` queues anyway.
+
+        `tuning` ({"study": name, "trial": number}, set by `tuning.Tuner`) is stored
+        in the run's document: the Optuna trial the run answers (its worker then
+        reports intermediate values and asks the pruner there).
         """
         return self._enqueue(task_name, [{} if conf is None else conf], seeds=seeds,
                              priority=priority, max_attempts=max_attempts,
-                             max_runtime=max_runtime, force=force, gpus=gpus, tags=tags)
+                             max_runtime=max_runtime, force=force, gpus=gpus, tags=tags,
+                             tuning=tuning)
 
     def submit_grid(self, task_name: str, base_conf: Mapping[str, Any] | None,
                     grid: Mapping[str, Sequence[Any]], **kwargs: Any) -> list[str]:
@@ -131,7 +137,8 @@ class RunQueue:
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None, force: bool = False,
-                 gpus: int | None = None, tags: Sequence[str] | None = None) -> list[str]:
+                 gpus: int | None = None, tags: Sequence[str] | None = None,
+                 tuning: Mapping[str, Any] | None = None) -> list[str]:
         if self.tasks_dir is None:
             raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
         task = load_task(self.tasks_dir, task_name)
@@ -151,6 +158,11 @@ class RunQueue:
                           ([tags] if isinstance(tags, str) else tags)))
         if not all(isinstance(t, str) and t and "," not in t for t in tags):
             raise HSEError(f"tags must be non-empty names without ',', got {tags!r}")
+        if tuning is not None:
+            tuning = dict(tuning)
+            if not isinstance(tuning.get("study"), str) or isinstance(tuning.get("trial"), bool) \
+                    or not isinstance(tuning.get("trial"), int):
+                raise HSEError(f"tuning must be {{'study': name, 'trial': number}}, got {tuning!r}")
         scenario_cls = self.scenario_class(task)
         # The Study code the configs were validated against: a worker whose code
         # differs and refuses a config leaves the run to another worker.
@@ -171,6 +183,8 @@ class RunQueue:
                              "queued_at": now, "submitted_from": host,
                              "validated_with": validated_with, "gpus": gpus,
                              "tags": tags})
+                if tuning is not None:
+                    docs[-1]["tuning"] = dict(tuning)
                 completes.append(complete)
         return self.store.enqueue(self._skip_duplicates(docs, completes, force))
 

@@ -69,6 +69,29 @@ class Scenario(Configurable):
         if run is not None:
             run.add_artifact(filename, name=name)
 
+    def report(self, value: float, step: int) -> None:
+        """An intermediate value of the task's main metric at `step` (an epoch, a
+        budget). It is logged as the metric series named after the task's metric
+        (`q.curves(task, metric)`), and in a run proposed by a tuner it is also
+        reported to the run's Optuna trial, for the pruner (see `should_prune`)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise MetricError(f"report(): the value must be a finite number, got {value!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise MetricError(f"report(): the step must be a non-negative int, got {step!r}")
+        hook = _TUNING[-1] if _TUNING else None
+        self.log_scalar(hook.metric if hook is not None else "intermediate", float(value), step)
+        if hook is not None:
+            hook.report(float(value), step)
+
+    def should_prune(self) -> bool:
+        """Whether the tuner's pruner wants this run stopped now, judged on the values
+        `report`ed so far against the study's other trials. Then stop it with
+        `raise hyperspace_explorer.errors.Pruned()`: the run ends PRUNED. Always
+        False outside a tuned run."""
+        hook = _TUNING[-1] if _TUNING else None
+        return bool(hook is not None and hook.should_prune())
+
     @property
     def run_info(self) -> dict[str, Any]:
         """Free-form dict stored with the run (Sacred's `info`)."""
@@ -79,6 +102,9 @@ class Scenario(Configurable):
 
 
 _SACRED_RUN: list[Any] = []
+#: In a worker's child: the channel of `report` / `should_prune` to the worker (set by
+#: `execution.child`); it has `.metric`, `.report(value, step)`, `.should_prune()`.
+_TUNING: list[Any] = []
 
 
 def _current_sacred_run() -> Any:

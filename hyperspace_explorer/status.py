@@ -29,6 +29,7 @@ class Status(_Text):
     FAILED = "FAILED"        # see Reason
     TIMEOUT = "TIMEOUT"      # ran past max_runtime
     CANCELLED = "CANCELLED"  # cancel() / hse cancel
+    PRUNED = "PRUNED"        # stopped early by its tuner's pruner (self.should_prune())
 
     @property
     def final(self) -> bool:
@@ -44,11 +45,13 @@ class Reason(_Text):
     WORKER_LOST = "worker lost"  # its lease expired max_attempts times
     CANCELLED = "cancelled"
     INVALID = "invalid"          # the queue document, task or config cannot be run
+    PRUNED = "pruned"            # the Optuna pruner stopped it early (tuning)
 
 
-QUEUED, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED = Status
+QUEUED, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED, PRUNED = Status
 ACTIVE: tuple[Status, ...] = (Status.QUEUED, Status.RUNNING)
-FINAL: tuple[Status, ...] = (Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED)
+FINAL: tuple[Status, ...] = (Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED,
+                             Status.PRUNED)
 STATUSES: tuple[Status, ...] = tuple(Status)
 
 

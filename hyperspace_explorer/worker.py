@@ -336,7 +336,8 @@ class Worker:
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
                        max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
-                       env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {})
+                       env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {},
+                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None)
         log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
                  doc["seed"], sacred_id)
         outcome = slot.executor.execute(spec)

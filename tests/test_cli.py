@@ -232,9 +232,9 @@ def test_status_counts_runs_per_task_and_status(hse, executed, monkeypatch):
     result = hse("status")
     assert result.code == 0, result.err
     header = table_row(result.out, "task")
-    assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "5"]
+    assert table_row(result.out, "toy") == ["toy", "0", "0", "4", "1", "0", "0", "0", "5"]
     assert header[1:] == ["QUEUED", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED",
-                          "total"]
+                          "PRUNED", "total"]
 
 
 def test_ls_lists_recent_runs_with_filters(hse, executed, store):

@@ -12,7 +12,7 @@ from typing import Any
 from ..status import RUNNING
 
 STATUS_STYLE = {"QUEUED": "cyan", "RUNNING": "yellow", "COMPLETED": "green", "FAILED": "red",
-                "TIMEOUT": "magenta", "CANCELLED": "dim"}
+                "TIMEOUT": "magenta", "CANCELLED": "dim", "PRUNED": "blue"}
 
 
 def console(stderr: bool = False):

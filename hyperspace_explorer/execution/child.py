@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..configurable import resolve_class
-from ..scenario import _SACRED_RUN, Scenario, normalize_metrics, seed_everything
+from ..errors import Pruned
+from ..scenario import _SACRED_RUN, _TUNING, Scenario, normalize_metrics, seed_everything
 from ..task import Task
-from .sacred_settings import Experiment, RunObserver
+from .sacred_settings import Experiment, RunObserver, SacredInterrupt
 
 
 @dataclasses.dataclass
@@ -42,6 +43,33 @@ class RunSpec:
     max_runtime: float | None
     log_path: Path
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. the run's GPUs
+    tuning: dict[str, Any] | None = None  # {"study", "trial"}: the Optuna trial it answers
+
+
+class PrunedInterrupt(SacredInterrupt):
+    """A pruned run, as Sacred sees it: its record ends with status PRUNED."""
+
+    STATUS = "PRUNED"
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    # optuna.TrialPruned by name: the child never imports Optuna for this
+    return isinstance(exc, Pruned) or type(exc).__name__ == "TrialPruned"
+
+
+class PipeTuning:
+    """`Scenario.report` / `should_prune` in the child: events to the worker, which
+    talks to the Optuna study (the child never talks to the database)."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, metric: str):
+        self.conn, self.metric = conn, metric
+
+    def report(self, value: float, step: int) -> None:
+        self.conn.send(("report", value, step))
+
+    def should_prune(self) -> bool:
+        self.conn.send(("should_prune",))
+        return bool(self.conn.recv())
 
 
 class PipeObserver(RunObserver):
@@ -134,7 +162,15 @@ def child_main(conn: multiprocessing.connection.Connection,
         def hse_run(_run):  # Sacred injects the run object
             _SACRED_RUN.append(_run)
             seed_everything(spec.seed)
-            return normalize_metrics(scenario.single_run(params), metric)
+            try:
+                result = scenario.single_run(params)
+            except BaseException as exc:
+                if _is_pruned(exc):
+                    raise PrunedInterrupt(str(exc) or "pruned") from exc
+                raise
+            return normalize_metrics(result, metric)
+
+        _TUNING[:] = [PipeTuning(conn, metric)]
 
         ex.observers[:] = [PipeObserver(conn, spec.sacred_id)]
         ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
@@ -142,6 +178,8 @@ def child_main(conn: multiprocessing.connection.Connection,
                                         "attempt": spec.attempt, "token": spec.token,
                                         "scenario": spec.task.scenario}})
         conn.send(("done", dict(run.result or {})))
+    except PrunedInterrupt as exc:
+        conn.send(("pruned", f"pruned by the tuner's pruner: {exc}"))
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:

@@ -21,10 +21,10 @@ import_sacred()  # before any `from sacred import`: works without pkg_resources 
 from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.host_info import get_host_info  # noqa: E402
 from sacred.observers import MongoObserver, RunObserver  # noqa: E402
-from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
+from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds  # noqa: E402
 
-__all__ = ["Experiment", "MongoObserver", "RunObserver", "apply_backspaces_and_linefeeds",
-           "host_facts"]
+__all__ = ["Experiment", "MongoObserver", "RunObserver", "SacredInterrupt",
+           "apply_backspaces_and_linefeeds", "host_facts"]
 
 SETTINGS.CAPTURE_MODE = "sys"
 _HOST_FACTS: dict[str, Any] = {

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import logs
 from ..errors import StoreUnavailable
-from ..status import CANCELLED, COMPLETED, FAILED, QUEUED, TIMEOUT, Reason, Status
+from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, QUEUED, TIMEOUT, Reason, Status
 from ..storage import Storage, now_utc
 from ..task import Task
 from .child import RunSpec, child_main
@@ -89,6 +89,7 @@ class Executor:
         self._code_versions: dict[str, dict[str, Any] | None] = {}
         self._host_facts = host_facts()
         self._spare: _Child | None = None
+        self._trials: Any = None  # tuning.link.TrialLinks, once a tuned run reports
 
     def experiment_for(self, task: Task) -> Experiment:
         with _BUILDING:
@@ -241,6 +242,22 @@ class Executor:
             return Outcome(status=COMPLETED, metrics=args[0])
         if kind == "error":
             return Outcome(status=FAILED, reason=Reason.ERROR, error=args[0])
+        if kind == "pruned":
+            return Outcome(status=PRUNED, reason=Reason.PRUNED, error=args[0])
+        if kind in ("report", "should_prune"):
+            # Scenario.report / should_prune: the run's Optuna trial, if it has one
+            # (Optuna is imported only then); a plain run logs and never prunes.
+            if spec.tuning is None:
+                answer = False
+            else:
+                if self._trials is None:
+                    from ..tuning.link import TrialLinks
+
+                    self._trials = TrialLinks(self.store)
+                answer = self._trials.handle(spec.tuning, kind, *args)
+            if kind == "should_prune":
+                conn.send(bool(answer))
+            return None
         if kind in _FINAL_EVENTS:
             # A final state only while the run is ours: wait for the store to say so
             # (writing the record needs it anyway), however long it is away.

@@ -15,7 +15,8 @@ Queue documents (one per run) carry: `_id` (run id), `study`, `task`, `task_spec
 `code_version`, `host`, `duration`. Times are UTC epoch seconds. `fingerprint`
 (set at submit) identifies the task + complete config + seed, to skip duplicates;
 `previous_attempts` (a list, after `requeue_finished`) keeps the outcome of each
-earlier round of attempts (see `attempt_record`).
+earlier round of attempts (see `attempt_record`). `tuning` (`{"study": name, "trial":
+number}`, runs submitted by a `Tuner`) names the Optuna trial a run answers.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class RunFilter:
 
     `config` maps dotted config paths to the value they must equal
     (`{"model.className": "ForestModel"}`). `ids` are run ids (not Sacred ids).
+    `tuning_study` keeps the runs a tuner submitted for that Optuna study.
     """
 
     study: str | None = None
@@ -54,6 +56,8 @@ class RunFilter:
     status: str | Sequence[str] | tuple[Status, ...] | None = None
     ids: tuple[str, ...] | None = None
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Runs proposed by the Optuna study of this name (their `tuning.study`).
+    tuning_study: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", parse_statuses(self.status))
@@ -408,6 +412,22 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:
         """A Sacred run record by id."""
+
+    # -------------------------------------------------------------- tuning
+    def optuna_storage(self, **options: Any) -> Any:
+        """An `optuna.storages.JournalStorage` kept in this database (see
+        `storage.journal`); imports Optuna."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no Optuna journal")
+
+    def claim_once(self, key: str, owner: str, stale_after_s: float) -> bool:
+        """Claim `key` for `owner`: True when nobody held it, or when its holder's claim
+        is older than `stale_after_s` and not marked done (then it passes to `owner`).
+        Tuners use it so that concurrent tuners import each past run once."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
+
+    def mark_claim_done(self, key: str, owner: str) -> None:
+        """The holder of `key` finished what it claimed it for: the claim never goes stale."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no claims")
 
     @abc.abstractmethod
     def metric_series(self, sacred_ids: Sequence[int],

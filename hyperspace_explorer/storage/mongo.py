@@ -56,6 +56,7 @@ from .base import (
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
 READY, BOUNDS, LEASES = "hse_ready", "hse_ready_bounds", "hse_leases"
+CLAIMS = "hse_claims"  # one-off claims (tuners importing past runs)
 #: Queued runs of a task the claim path points at (see "queue writes" below).
 READY_WINDOW = 256
 _INSERT_BATCH = 5000
@@ -171,6 +172,8 @@ def _match(runs: RunFilter) -> dict[str, Any]:
         query["_id"] = {"$in": list(runs.ids)}
     for path, value in runs.config.items():
         query[f"config.{path}"] = value
+    if runs.tuning_study is not None:
+        query["tuning.study"] = runs.tuning_study
     return query
 
 
@@ -810,6 +813,34 @@ class MongoStorage(Storage):
     @_translated
     def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:
         return self._runs.find_one({"_id": sacred_id})
+
+    # ------------------------------------------------------------------ tuning
+    def optuna_storage(self, **options: Any) -> Any:
+        from .journal import journal_storage  # imports Optuna: tuning only
+
+        return journal_storage(self.uri, self.db_name, **options)
+
+    @_translated
+    def claim_once(self, key: str, owner: str, stale_after_s: float) -> bool:
+        claims = self._db[CLAIMS]
+        now = now_ts()
+        try:
+            claims.insert_one({"_id": key, "owner": owner, "at": now, "done": 0})
+            return True
+        except pymongo.errors.DuplicateKeyError:
+            pass
+        held = claims.find_one({"_id": key})
+        if held is None or held.get("done") or held.get("owner") == owner:
+            return held is not None and held.get("owner") == owner and not held.get("done")
+        if now - float(held.get("at") or 0) < stale_after_s:
+            return False
+        res = claims.update_one({"_id": key, "owner": held.get("owner"), "at": held.get("at"),
+                                 "done": 0}, {"$set": {"owner": owner, "at": now}})
+        return res.modified_count == 1
+
+    @_translated
+    def mark_claim_done(self, key: str, owner: str) -> None:
+        self._db[CLAIMS].update_one({"_id": key, "owner": owner}, {"$set": {"done": 1}})
 
     @_translated
     def metric_series(self, sacred_ids: Sequence[int],

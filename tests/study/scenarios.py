@@ -88,3 +88,59 @@ class NoopScenario(Scenario):
 
     def single_run(self, params):
         return 1.0
+
+
+@dataclass
+class Shape(Configurable):
+    __abstract_config__ = True
+
+
+@dataclass
+class Bowl(Shape):
+    """(x - 1)^2 + (y + 2)^2 + offset: minimum `offset` at x=1, y=-2."""
+
+    offset: float = 0.0
+
+
+@dataclass
+class Ridge(Shape):
+    """A worse family: its minimum is 1 + width at x=1."""
+
+    width: float = 0.5
+
+
+@dataclass
+class QuadConfig:
+    shape: Shape = field(default_factory=lambda: {"className": "Bowl"})
+    x: float = 0.0
+    y: float = 0.0
+    epochs: int = 1          # report() steps: the value falls towards the final loss
+    behaviour: str = "ok"    # "raise": fail, "sleep": wait `duration` s per epoch
+    duration: float = 0.0
+
+
+@dataclass
+class QuadraticScenario(Scenario):
+    """A known function with a known optimum (loss 0 at shape Bowl, x=1, y=-2), for
+    tuning tests and benchmarks/tuning.py. It reports a decreasing curve per epoch
+    and stops when the tuner's pruner says so."""
+
+    config_class = QuadConfig
+
+    def single_run(self, params):
+        from hyperspace_explorer.errors import Pruned
+
+        shape = params["shape"]
+        if shape["className"] == "Bowl":
+            loss = (params["x"] - 1) ** 2 + (params["y"] + 2) ** 2 + shape["offset"]
+        else:
+            loss = (params["x"] - 1) ** 2 + 1 + shape["width"]
+        if params["behaviour"] == "raise":
+            raise RuntimeError("boom from a tuned run")
+        for step in range(params["epochs"]):
+            if params["behaviour"] == "sleep":
+                time.sleep(params["duration"])
+            self.report(loss + 1.0 / (step + 1), step)
+            if self.should_prune():
+                raise Pruned(f"pruned at epoch {step}")
+        return {"loss": loss}
