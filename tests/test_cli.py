@@ -95,7 +95,8 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
                       if isinstance(a, argparse._SubParsersAction))
     names = sorted(subparsers.choices)
     assert names == ["best", "cancel", "demo", "diff", "ls", "plot", "recover", "requeue",
-                     "results", "server", "show", "status", "submit", "worker", "workers"]
+                     "results", "server", "show", "status", "submit", "tune", "tune-dashboard",
+                     "worker", "workers"]
     for name in names:
         assert name in top
         assert main([name, "--help"]) == 0, name

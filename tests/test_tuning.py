@@ -316,3 +316,25 @@ def test_readme_tuning_example_runs_as_written(mongo_uri, db_name, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, trials, best, run_id = proc.stdout.strip().splitlines()[-1].split()
     assert trials == "3" and 0.5 < float(best) <= 1.0 and len(run_id) == 12
+
+
+# ----------------------------------------------------------------------- hse tune
+def test_hse_tune_runs_trials_through_workers(mongo_uri, db_name, tmp_path, procs):
+    from hyperspace_explorer.cli import main
+    from hyperspace_explorer.queue import RunQueue
+
+    space = {"params": {"x": {"type": "float", "low": -3, "high": 3},
+                        "shape.className": {"type": "class", "choices": {
+                            "Bowl": {"y": {"type": "float", "low": -4, "high": 4}}}}}}
+    (tmp_path / "space.json").write_text(json.dumps(space))
+    procs.append(start_worker(mongo_uri, db_name, "--interval", "0.05", "--idle-exit", "30"))
+    code = main(["--mongo-uri", mongo_uri, "--db", db_name, "--tasks-dir", str(STUDY / "tasks"),
+                 "tune", "quadratic", "--space", str(tmp_path / "space.json"), "--trials", "3",
+                 "--parallel", "2", "--study-name", "cli-study", "--seed", "3"])
+    assert code == 0
+    with RunQueue(mongo_uri, db_name) as q:
+        runs = list(q.store.find_runs(q.runs("quadratic"), fields=["tuning", "status"]))
+        assert len(runs) >= 3 and {r["tuning"]["study"] for r in runs} == {"cli-study"}
+        study = optuna.load_study(study_name="cli-study", storage=q.store.optuna_storage())
+    finished = [t for t in study.trials if t.state == State.COMPLETE]
+    assert len(finished) >= 3 and all(t.value is not None for t in finished)

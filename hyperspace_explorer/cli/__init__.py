@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from ..errors import HSEError
-from . import admin, demo, results, runs, server, submit, worker
+from . import admin, demo, results, runs, server, submit, tune, worker
 from .common import PROG, Handler, Session, add_global_options, fail
 from .submit import parse_assignment, parse_grid, parse_value, split_top_level
 
@@ -83,6 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue, execute and analyse the runs of a hyperspace_explorer Study.")
     add_global_options(parser, top_level=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (server, worker, submit, runs, results, admin, demo):
+    for module in (server, worker, submit, runs, results, tune, admin, demo):
         module.register(sub)  # in the order `hse --help` lists them
     return parser

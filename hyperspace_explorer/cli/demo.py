@@ -24,6 +24,9 @@ def register(sub: SubParsers) -> None:
                    help="database to (re)create for the demo (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes "
                                                           "(default %(default)s)")
+    p.add_argument("--tune", action="store_true",
+                   help="then a short Optuna tuning session over the example's space.json, "
+                        "warm-started from the grid (needs the optuna extra)")
 
 
 def cmd_demo(session: Session) -> int:
@@ -32,11 +35,17 @@ def cmd_demo(session: Session) -> int:
 
     args = session.args
     console = render.console()
-    result = run_demo(args.mongo_uri, args.demo_db, workers=args.workers,
+    result = run_demo(args.mongo_uri, args.demo_db, workers=args.workers, tune=args.tune,
                       say=lambda message: console.print(render.text(message)))
     console.print(render.summary_table(
         result.summary, title=f"digits: {result.completed} run(s) ranked by mean accuracy "
                               f"over {result.seeds} seeds"))
+    if result.tuning is not None:
+        tuning = result.tuning
+        console.print(render.text(
+            f"tuning study '{tuning.study_name}': {tuning.trials} trial(s), imported "
+            f"{tuning.imported} grid run(s); best {tuning.metric} = {tuning.best_value}: "
+            f"{tuning.best_params}"))
     console.print(render.text(f"done in {result.elapsed_s:.1f}s", "bold"))
     prefix = f"hse --db {result.db}"
     if result.custom_uri:
