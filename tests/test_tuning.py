@@ -8,9 +8,8 @@ import socket
 import threading
 import urllib.request
 
+import optuna  # in the test extra: a missing optuna fails loudly
 import pytest
-
-optuna = pytest.importorskip("optuna")
 
 from helpers import STUDY, TASKS, run_worker, start_worker, wait_for  # noqa: E402
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+import optuna  # in the test extra: a missing optuna fails loudly
 import pytest
-
-optuna = pytest.importorskip("optuna")
 from helpers import raw_db  # noqa: E402
 from optuna.testing.pytest_storages import StorageTestCase  # noqa: E402
 
