@@ -345,7 +345,9 @@ class MongoStorage(Storage):
                       gpus: int, tags: frozenset[str]) -> dict[str, Any] | None:
         """The first pointer in claim order among the groups of `tasks` this worker can
         run (enough GPUs, every required tag), refilling windows that ran out (at most
-        once per group and call)."""
+        once per group and call). Two reads however many groups: the groups, and the
+        first pointer of all of them. A group whose window is incomplete must then have
+        its bound above that pointer (else runs of it could come first: refill it)."""
         refilled: set[str] = set()
         while True:
             known = list(self._bounds_coll.find({"study": study, "task": {"$in": list(tasks)}}))
@@ -356,24 +358,20 @@ class MongoStorage(Storage):
                 continue
             groups = [g for g in known
                       if (g.get("gpus") or 0) <= gpus and set(g.get("tags") or ()) <= tags]
-            best: dict[str, Any] | None = None
-            stale: list[dict[str, Any]] = []
-            for group in groups:
-                query: dict[str, Any] = {"study": study, "task": group["task"],
-                                         "req": group["req"]}
+            if not groups:
+                return None
+            pointer: dict[str, Any] | None = None
+            if not any(g.get("state") == "unbuilt" for g in groups):
+                query: dict[str, Any] = {"study": study, "task": {"$in": list(tasks)},
+                                         "req": {"$in": sorted({g["req"] for g in groups})}}
                 if exclude:
                     query["_id"] = {"$nin": list(exclude)}
                 pointer = next(iter(self._ready.find(query).sort(_CLAIM_ORDER).limit(1)), None)
-                if group.get("state") == "unbuilt" or (
-                        pointer is None and not group.get("complete")) or (
-                        pointer is not None and _key(pointer) >= _bound_key(group)):
-                    if group["_id"] not in refilled:
-                        stale.append(group)
-                        continue
-                if pointer is not None and (best is None or _key(pointer) < _key(best)):
-                    best = pointer
+            stale = [g for g in groups if g["_id"] not in refilled and (
+                g.get("state") == "unbuilt" or (not g.get("complete") and (
+                    pointer is None or _bound_key(g) <= _key(pointer))))]
             if not stale:
-                return best
+                return pointer
             for group in stale:
                 self._refill(group)
                 refilled.add(group["_id"])
