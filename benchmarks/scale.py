@@ -15,23 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-STUDY = ROOT / "tests" / "study"
-TASKS = STUDY / "tasks"
-sys.path.insert(0, str(ROOT))
+from pymongo import MongoClient
 
-from pymongo import MongoClient  # noqa: E402
+from _common import STUDY, TASKS, embedded_server
 
-from hyperspace_explorer.queue import RunQueue  # noqa: E402
-from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
-from hyperspace_explorer.status import COMPLETED  # noqa: E402
-from hyperspace_explorer.storage import connect, new_run_id  # noqa: E402
+from hyperspace_explorer.queue import RunQueue
+from hyperspace_explorer.status import COMPLETED
+from hyperspace_explorer.storage import connect, new_run_id
 
 CLAIMS = 200  # claim+finish cycles timed per figure
 
@@ -142,8 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     warnings.simplefilter("ignore")
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp)) as server:
-        uri = server.uri
+    with embedded_server() as uri:
         base = claim_finish(uri, sizes[0], 0)
         print(f"claim+finish with {sizes[0]:>7,} queued: {base * 1000:6.2f} ms (reference)")
         for n in sizes[1:]:

@@ -1,0 +1,111 @@
+"""The example Study's digits runs under a worker, beside the same `single_run` calls
+in a plain loop in one process.
+
+The example Study is `hyperspace_explorer/examples/digits/scenarios.py` with its task
+`tasks/digits.json` beside it (in a checkout, `examples/digits_study/scenarios.py` and
+`tasks/digits.json` link to them). For a grid of configs x seeds (logistic regressions and random
+forests, each run a fraction of a second), prints:
+- reference: a fresh process that loads the Study and calls `single_run` for each
+  (config, seed) in turn, with the config completed and the seed set as a worker does
+  (imports not counted);
+- measured: one `hyperspace_worker` executing the same runs, first start to last end;
+and the worker's extra time in percent (target <= +5%). `--repeat R` measures both R
+times, alternating, and compares the fastest of each.
+
+`--blas-threads N` sets OPENBLAS/OMP/MKL_NUM_THREADS for both sides (default: left as
+the environment has them, as a user would run).
+
+    python benchmarks/digits.py [--seeds 3] [--repeat 2] [--workers 1] [--blas-threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from _common import (
+    DIGITS_STUDY,
+    DIGITS_TASKS,
+    embedded_server,
+    run_python,
+    scratch_queue,
+    span,
+    verdict,
+    wait_done,
+    workers,
+)
+
+TARGET_PCT = 5.0
+CONFIGS = [{"model": {"className": "LogisticModel", "C": c}} for c in (0.1, 1.0, 10.0)] + [
+    {"model": {"className": "ForestModel", "n_estimators": n},
+     "preprocessing": {"className": "NoScaling"}} for n in (20, 50)]
+
+LOOP = """
+import json, sys, time
+from hyperspace_explorer.configurable import resolve_class
+from hyperspace_explorer.scenario import Scenario, normalize_metrics, seed_everything
+from hyperspace_explorer.study import load_scenarios
+from hyperspace_explorer.task import load_task
+
+load_scenarios(STUDY)
+task = load_task(TASKS, "digits")
+cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
+runs = json.loads(RUNS)
+t = time.perf_counter()
+for conf, seed in runs:
+    scenario = cls.from_config(task.scenario, "Scenario")
+    scenario.run_seed = seed
+    params = cls.complete_run_config(conf)
+    seed_everything(seed)
+    normalize_metrics(scenario.single_run(params), task.metric)
+print(time.perf_counter() - t)
+"""
+
+
+def loop_seconds(runs: list[tuple[dict, int]]) -> float:
+    code = (LOOP.replace("STUDY", repr(str(DIGITS_STUDY))).replace("TASKS", repr(str(DIGITS_TASKS)))
+            .replace("RUNS", repr(json.dumps(runs))))
+    return float(run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1])
+
+
+def worker_seconds(uri: str, seeds: int, k: int, attempt: int) -> float:
+    with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
+            workers(uri, q.store.db_name, k, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
+        ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
+        wait_done(q, ids, poll=1.0)
+        return span(q, ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per config (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=2, help="default %(default)s")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers (the loop is always one process; default %(default)s)")
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="threads of the BLAS / OpenMP pools, both sides")
+    args = parser.parse_args()
+    if args.blas_threads is not None:  # inherited by the loop's process and the workers
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
+    runs = [(conf, seed) for conf in CONFIGS for seed in range(args.seeds)]  # task seed 0
+    loops, under = [], []
+    with embedded_server() as uri:
+        for attempt in range(args.repeat):
+            loops.append(loop_seconds(runs))
+            under.append(worker_seconds(uri, args.seeds, args.workers, attempt))
+    loop, worker = min(loops), min(under)
+    extra = (worker / loop - 1) * 100
+    threads = "default" if args.blas_threads is None else args.blas_threads
+    print(f"{len(runs)} digits runs ({len(CONFIGS)} configs x {args.seeds} seeds), best of "
+          f"{args.repeat}, BLAS threads: {threads}:")
+    print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
+          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in loops)})")
+    print(f"  {args.workers} worker(s), first start to last end:            {worker:.2f} s "
+          f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in under)})")
+    print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
+          f"{verdict(extra, TARGET_PCT)})")
+
+
+if __name__ == "__main__":
+    main()
