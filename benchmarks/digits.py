@@ -15,13 +15,18 @@ times, alternating, and compares the fastest of each.
 `--blas-threads N` sets OPENBLAS/OMP/MKL_NUM_THREADS for both sides (default: left as
 the environment has them, as a user would run).
 
+`--timeline` also prints where a run's time goes under the worker (from the queue
+documents and the Sacred records).
+
     python benchmarks/digits.py [--seeds 3] [--repeat 2] [--workers 1] [--blas-threads 1]
+                                [--timeline]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 
 from _common import (
     DIGITS_STUDY,
@@ -68,11 +73,32 @@ def loop_seconds(runs: list[tuple[dict, int]]) -> float:
     return float(run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1])
 
 
-def worker_seconds(uri: str, seeds: int, k: int, attempt: int) -> float:
+def timeline(q, ids: list[str]) -> str:
+    """Where a run's time goes under the worker, from the queue documents and the Sacred
+    records: claim -> Sacred start -> Sacred stop -> finish -> next claim (means)."""
+    docs = sorted((q.get(i) for i in ids), key=lambda d: d["started_at"])
+    parts: dict[str, list[float]] = {"claim -> Sacred start": [], "Sacred start -> stop": [],
+                                     "stop -> finish": [], "finish -> next claim": []}
+    for before, doc in zip([None, *docs], docs):
+        record = q.store.sacred_run(doc["sacred_id"])
+        start, stop = record["start_time"].timestamp(), record["stop_time"].timestamp()
+        parts["claim -> Sacred start"].append(start - doc["started_at"])
+        parts["Sacred start -> stop"].append(stop - start)
+        parts["stop -> finish"].append(doc["ended_at"] - stop)
+        if before is not None:
+            parts["finish -> next claim"].append(doc["started_at"] - before["ended_at"])
+    return "; ".join(f"{name} {statistics.mean(xs) * 1000:.0f} ms"
+                     for name, xs in parts.items() if xs)
+
+
+def worker_seconds(uri: str, seeds: int, k: int, attempt: int,
+                   show_timeline: bool = False) -> float:
     with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
             workers(uri, q.store.db_name, k, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
         ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
         wait_done(q, ids, poll=1.0)
+        if show_timeline:
+            print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(q, ids)}")
         return span(q, ids)
 
 
@@ -82,6 +108,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="default %(default)s")
     parser.add_argument("--workers", type=int, default=1,
                         help="workers (the loop is always one process; default %(default)s)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also print where a run's time goes under the worker")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="threads of the BLAS / OpenMP pools, both sides")
     args = parser.parse_args()
@@ -93,7 +121,7 @@ def main() -> None:
     with embedded_server() as uri:
         for attempt in range(args.repeat):
             loops.append(loop_seconds(runs))
-            under.append(worker_seconds(uri, args.seeds, args.workers, attempt))
+            under.append(worker_seconds(uri, args.seeds, args.workers, attempt, args.timeline))
     loop, worker = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
