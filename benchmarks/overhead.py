@@ -4,7 +4,7 @@ On a private embedded server, prints the wall time per no-op run of:
 - a bare Sacred run + MongoObserver with Sacred's DEFAULT settings (CAPTURE_MODE "fd",
   host info with CPU/GPU, sources saved): the reference (target <= 1.2x);
 - a bare Sacred run with the lean settings the worker itself uses (CAPTURE_MODE "sys",
-  quiet logger): the baseline `throughput.py` used to compare against;
+  quiet logger): the baseline the worker was first compared with;
 - one `hyperspace_worker` executing runs back to back (claim, fill defaults, fork,
   Sacred record through the parent, lease, finish), first start to last end;
 and the worker's ratio to each.
