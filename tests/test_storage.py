@@ -616,3 +616,15 @@ def test_expired_leases_are_found_without_scanning_the_queue(store, raw):
     # a claimer that died between its lease document and the claim leaves no trace
     raw.hse_leases.insert_one({"_id": "ghost", "token": "t", "worker": "w", "lease_until": 0})
     assert store.expired_leases() == [] and raw.hse_leases.count_documents({}) == 0
+
+
+def test_owns_says_whether_an_attempt_still_holds_its_run(store):
+    (run_id,) = store.enqueue([queued()])
+    first = store.claim("s", ["t"], "w1", -1)
+    assert store.owns(run_id, first["token"]) is True
+    assert store.expire(run_id, first["token"], {}) is True
+    assert store.owns(run_id, first["token"]) is False
+    second = store.claim("s", ["t"], "w2", 60)
+    assert store.owns(run_id, second["token"]) is True
+    store.finish(run_id, second["token"], COMPLETED, {})
+    assert store.owns(run_id, second["token"]) is False

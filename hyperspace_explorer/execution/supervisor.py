@@ -261,8 +261,7 @@ class Executor:
         if kind in _FINAL_EVENTS:
             # A final state only while the run is ours: wait for the store to say so
             # (writing the record needs it anyway), however long it is away.
-            owned = self.store.retry(lambda: self.store.renew_lease(
-                spec.run_id, spec.token, self.lease_s)) is not None
+            owned = self.store.retry(lambda: self.store.owns(spec.run_id, spec.token))
             if not owned:
                 writer.close("FAILED", SUPERSEDED, now_utc())
                 return _LOST

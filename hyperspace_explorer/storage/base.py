@@ -272,6 +272,11 @@ class Storage(abc.ABC):
         answer holds `cancel_requested` so the worker sees cancellations."""
 
     @abc.abstractmethod
+    def owns(self, run_id: str, token: str) -> bool:
+        """Whether the attempt holding `token` still owns the run (RUNNING with that
+        token): one read, for a check that need not extend the lease."""
+
+    @abc.abstractmethod
     def finish(self, run_id: str, token: str, status: Status,
                fields: Mapping[str, Any]) -> bool:
         """Record the final outcome of our attempt; False if we no longer own it."""

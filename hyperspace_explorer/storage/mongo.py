@@ -433,6 +433,11 @@ class MongoStorage(Storage):
                                     {"$set": {"lease_until": now + lease_s}})
         return doc
 
+    @_translated
+    def owns(self, run_id: str, token: str) -> bool:
+        return self._queue.find_one({"_id": run_id, "token": token, "status": RUNNING.value},
+                                    {"_id": 1}) is not None
+
     def _release(self, run_id: str, token: str, final: bool) -> None:
         self._leases.delete_one({"_id": run_id, "token": token})
         if final:
