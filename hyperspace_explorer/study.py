@@ -104,10 +104,18 @@ def source_stamp(study_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(stamp)
 
 
+_DIGESTS: dict[Path, tuple[tuple[tuple[str, int, int], ...], str]] = {}
+
+
 def source_digest(study_dir: str | Path) -> str:
     """A content hash of the Study's sources (paths relative to the Study directory):
-    equal on two machines exactly when they hold the same Study code."""
+    equal on two machines exactly when they hold the same Study code. Files are read
+    again only when their `source_stamp` changed (a notebook submits many times)."""
     base = Path(study_dir).resolve()
+    stamp = source_stamp(base)
+    known = _DIGESTS.get(base)
+    if known is not None and known[0] == stamp:
+        return known[1]
     digest = hashlib.sha256()
     for path in source_files(base):
         try:
@@ -116,4 +124,5 @@ def source_digest(study_dir: str | Path) -> str:
             continue
         digest.update(str(path.relative_to(base)).encode() + b"\0")
         digest.update(hashlib.sha256(content).digest())
-    return digest.hexdigest()[:16]
+    _DIGESTS[base] = (stamp, digest.hexdigest()[:16])
+    return _DIGESTS[base][1]
