@@ -28,6 +28,16 @@ def sacred_records(q, run_id):
     return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"captured_out": 0}))
 
 
+def all_completed(q, ids):
+    """Every run's document once all are COMPLETED: each run's own document, not the
+    counts (a run being archived is briefly in both collections, where counts see it
+    twice)."""
+    def documents():
+        docs = [q.get(i) for i in ids]
+        return docs if all(d["status"] == "COMPLETED" for d in docs) else None
+    return wait_for(documents, 120, f"all {len(ids)} runs to complete")
+
+
 def test_killed_worker_run_is_requeued_and_completed_once(queue, workers, mongo_uri, db_name):
     run_id = submit(queue, "sleep", 1.5)
     first = start_worker(mongo_uri, db_name, *FAST)
@@ -210,8 +220,7 @@ def test_chaos_every_run_completes_exactly_once(queue, workers, mongo_uri, db_na
     stopped_at = time.monotonic()
     wait_for(lambda: time.monotonic() - stopped_at > 3, 10, "the lease to expire")
     os.kill(stopped.pid, signal.SIGCONT)
-    wait_for(lambda: completed() == 60, 120, "all 60 runs to complete")
-    docs = [queue.get(i) for i in ids]
+    docs = all_completed(queue, ids)
     assert {d["status"] for d in docs} == {"COMPLETED"}
     counts = queue.status()
     assert counts["QUEUED"] == counts["RUNNING"] == 0
@@ -250,13 +259,7 @@ def test_chaos_rounds_with_a_store_restart(embedded_server, workers, tmp_path, r
             embedded_server.start()
         wait_for(lambda: completed() >= 15, 60, "15 runs to complete after the restart")
         os.kill(stopped.pid, signal.SIGCONT)
-        def all_completed():
-            # each run's own document, not the counts: a run being archived is briefly
-            # in both collections, where counts see it twice
-            docs = [q.get(i) for i in ids]
-            return docs if all(d["status"] == "COMPLETED" for d in docs) else None
-
-        docs = wait_for(all_completed, 120, "all 30 runs to complete")
+        docs = all_completed(q, ids)
         wait_for(lambda: not list(raw_db(q.store).runs.find({"status": "RUNNING"})), 30,
                  "every record to be closed")
         records = list(raw_db(q.store).runs.find({}, {"status": 1, "meta": 1}))
