@@ -63,11 +63,17 @@ class Scenario(Configurable):
         if run is not None:
             run.log_scalar(name, value, step)
 
-    def add_artifact(self, filename: str, name: str | None = None) -> None:
-        """Attach a file (model, plot, predictions) to the run's record."""
+    def add_artifact(self, filename: str, name: str | None = None,
+                     content_type: str | None = None, metadata: Any = None) -> None:
+        """Attach a file (model, plot, predictions) to the run's record, as Sacred's
+        `Run.add_artifact`: stored in the database (GridFS) under `name` (default: the
+        file's name), with its `content_type` (default: guessed from the file name,
+        else "application/octet-stream") in the record's artifact entry, and
+        `metadata` (anything BSON can store) on the stored file. The file is read
+        before this returns, so it may be deleted afterwards."""
         run = _current_sacred_run()
         if run is not None:
-            run.add_artifact(filename, name=name)
+            run.add_artifact(filename, name=name, metadata=metadata, content_type=content_type)
 
     def report(self, value: float, step: int) -> None:
         """An intermediate value of the task's main metric at `step` (an epoch, a

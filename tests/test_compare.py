@@ -470,7 +470,8 @@ def test_incense_reads_the_runs(grid: Grid):
     config = json.loads(json.dumps(exp.to_dict()["config"]))
     assert config == {**doc["config"], "seed": doc["seed"]}  # Sacred adds the seed
     assert exp.status == "COMPLETED"
-    assert dict(exp.result) == doc["metrics"]
+    assert exp.result == doc["metrics"]["score"]  # the main metric, a number
+    assert dict(exp.info["metrics_values"]) == doc["metrics"]
 
     loss = exp.metrics["loss"]
     assert isinstance(loss, pd.Series)
@@ -486,6 +487,10 @@ def test_incense_reads_the_runs(grid: Grid):
     by_name = loader.find_by_name("toy")
     assert len(by_name) == len(grid.ids)
     assert {e.experiment["name"] for e in by_name} == {"toy"}
+    # `result` is the main metric, a number: incense projects it into a column.
+    table = by_name.project(on=["result"])
+    scores = {d["sacred_id"]: d["metrics"]["score"] for r in runs.values() for d in r}
+    assert table["result"].to_dict() == scores
 
 
 def test_sacred_records_have_what_omniboard_reads(grid: Grid):
@@ -502,7 +507,8 @@ def test_sacred_records_have_what_omniboard_reads(grid: Grid):
             assert record[key].tzinfo is not None, key  # BSON dates, not strings
         assert record["start_time"] <= record["stop_time"]
         assert record["start_time"] <= record["heartbeat"]
-        assert record["result"] == doc["metrics"]
+        assert record["result"] == doc["metrics"]["score"]
+        assert record["info"]["metrics_values"] == doc["metrics"]
         assert record["host"]["hostname"] == socket.gethostname()
         assert record["meta"]["hse"]["run_id"] == run_id
         assert record["meta"]["command"]

@@ -96,7 +96,7 @@ def assert_exactly_once(q, run_id: str) -> None:
                                              {"status": 1, "fail_trace": 1, "result": 1}))
     completed = [r for r in records if r["status"] == "COMPLETED"]
     assert [r["_id"] for r in completed] == [doc["sacred_id"]], records
-    assert completed[0]["result"]["score"] == doc["metrics"]["score"]
+    assert completed[0]["result"] == doc["metrics"]["score"]
     others = [r for r in records if r["_id"] != doc["sacred_id"]]
     assert all(r["status"] == "FAILED" for r in others), others
     assert all(("superseded" in r["fail_trace"][0] or "worker lost" in r["fail_trace"][0])

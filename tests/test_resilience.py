@@ -195,7 +195,7 @@ def test_store_outage_in_the_middle_of_a_run(embedded_server, tmp_path):
         assert doc["status"] == "COMPLETED" and doc["attempt"] == 1
         records = sacred_records(q, run_id)
         assert [r["status"] for r in records] == ["COMPLETED"]
-        assert records[0]["result"]["score"] == doc["metrics"]["score"]
+        assert records[0]["result"] == doc["metrics"]["score"]
         assert "unreachable" in log.read_text()
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -169,7 +169,8 @@ def test_every_run_has_a_complete_sacred_record(q, raw, tmp_path, mongo_uri, db_
         assert record["config"] == {**doc["config"], "seed": doc["seed"]}
         assert record["config"]["model"] == {"className": "Linear", "lr": 1.0, "layers": [8]}
         assert "training Linear on toy" in record["captured_out"]
-        assert record["result"] == doc["metrics"]
+        assert record["result"] == doc["metrics"]["score"]  # the main metric
+        assert record["info"]["metrics_values"] == doc["metrics"]
         assert record["host"]["hostname"] == socket.gethostname()
         sources = dict(record["experiment"]["sources"])
         assert "scenarios.py" in sources

@@ -3,7 +3,9 @@
 A child is a fork of the warmed-up worker, so no import is repeated. A segfault,
 `os._exit`, an out-of-memory kill or a hang here ends only the child. It never talks
 to the database: its Sacred observer (`PipeObserver`) forwards every event over a
-pipe to the worker, which writes the record (`records.RecordWriter`).
+pipe to the worker, which writes the record (`records.RecordWriter`), and each metric
+point goes to the worker as soon as it is logged (`StreamedMetrics`), so that a run
+stopped from outside keeps its points.
 
 Each child leads its own process group, so that whatever user code starts (a
 subprocess, DataLoader workers, a shell) can be killed with it when the run ends,
@@ -18,6 +20,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,13 @@ from ..configurable import resolve_class
 from ..errors import Pruned
 from ..scenario import _SACRED_RUN, _TUNING, Scenario, normalize_metrics, seed_everything
 from ..task import Task
-from .sacred_settings import Experiment, RunObserver, SacredInterrupt
+from .sacred_settings import (
+    Experiment,
+    MetricsLogger,
+    RunObserver,
+    SacredInterrupt,
+    linearize_metrics,
+)
 
 
 @dataclasses.dataclass
@@ -57,19 +66,55 @@ def _is_pruned(exc: BaseException) -> bool:
     return isinstance(exc, Pruned) or type(exc).__name__ == "TrialPruned"
 
 
+class Pipe:
+    """The child's end of the pipe to its worker. The run's thread and Sacred's
+    heartbeat thread both send: one message at a time, or the bytes of two large
+    messages could interleave. Only the run's thread reads answers."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection):
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, *event: Any) -> None:
+        with self._lock:
+            self.conn.send(event)
+
+    def ask(self, *event: Any) -> Any:
+        """Send, then wait for the worker's answer."""
+        self.send(*event)
+        return self.conn.recv()
+
+
 class PipeTuning:
     """`Scenario.report` / `should_prune` in the child: events to the worker, which
     talks to the Optuna study (the child never talks to the database)."""
 
-    def __init__(self, conn: multiprocessing.connection.Connection, metric: str):
-        self.conn, self.metric = conn, metric
+    def __init__(self, pipe: Pipe, metric: str):
+        self.pipe, self.metric = pipe, metric
 
     def report(self, value: float, step: int) -> None:
-        self.conn.send(("report", value, step))
+        self.pipe.send("report", value, step)
 
     def should_prune(self) -> bool:
-        self.conn.send(("should_prune",))
-        return bool(self.conn.recv())
+        return bool(self.pipe.ask("should_prune"))
+
+
+class StreamedMetrics(MetricsLogger):
+    """Sacred's metrics logger (`Run._metrics`: steps, timestamps, NumPy scalars as
+    Sacred handles them), except that each point goes to the worker as it is logged
+    instead of waiting for Sacred's next heartbeat (every 10 s): points logged before
+    a timeout, a cancel or a crash are kept. Heartbeats then find nothing left."""
+
+    def __init__(self, pipe: Pipe):
+        super().__init__()
+        self.pipe = pipe
+
+    def log_scalar_metric(self, metric_name, value, step=None):
+        super().log_scalar_metric(metric_name, value, step)
+        self.pipe.send("log_metrics", linearize_metrics(super().get_last_metrics()), {})
+
+    def get_last_metrics(self):
+        return []  # every point was sent when logged
 
 
 class PipeObserver(RunObserver):
@@ -77,14 +122,15 @@ class PipeObserver(RunObserver):
 
     priority = 30
 
-    def __init__(self, conn: multiprocessing.connection.Connection, sacred_id: int):
-        self.conn = conn
+    def __init__(self, pipe: Pipe, sacred_id: int):
+        self.pipe = pipe
         self.sacred_id = sacred_id
 
     def _send(self, *event: Any, ack: bool = False) -> None:
-        self.conn.send(event)
         if ack:  # the parent must read the file before user code may delete it
-            self.conn.recv()
+            self.pipe.ask(*event)
+        else:
+            self.pipe.send(*event)
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         self._send("started_event", ex_info, command, host_info, start_time, config,
@@ -108,9 +154,6 @@ class PipeObserver(RunObserver):
 
     def artifact_event(self, name, filename, metadata=None, content_type=None):
         self._send("artifact_event", name, filename, metadata, content_type, ack=True)
-
-    def log_metrics(self, metrics_by_name, info):
-        self._send("log_metrics", metrics_by_name, _plain(info))
 
 
 def _plain(value: Any) -> Any:
@@ -136,6 +179,7 @@ def child_main(conn: multiprocessing.connection.Connection,
         spec: RunSpec = conn.recv()
     except (EOFError, OSError):
         os._exit(0)  # the worker discarded this spare child
+    pipe = Pipe(conn)
     os.environ.update(spec.env)  # before user code can initialise CUDA
     ex = experiments[spec.task.name]
     try:
@@ -157,9 +201,11 @@ def child_main(conn: multiprocessing.connection.Connection,
         metric = spec.task.metric
 
         scenario.run_seed = spec.seed
+        metrics: dict[str, float] = {}  # every metric the run returned
 
         @ex.main
         def hse_run(_run):  # Sacred injects the run object
+            _run._metrics = StreamedMetrics(pipe)
             _SACRED_RUN.append(_run)
             seed_everything(spec.seed)
             try:
@@ -168,22 +214,26 @@ def child_main(conn: multiprocessing.connection.Connection,
                 if _is_pruned(exc):
                     raise PrunedInterrupt(str(exc) or "pruned") from exc
                 raise
-            return normalize_metrics(result, metric)
+            metrics.update(normalize_metrics(result, metric))
+            # Sacred's `result` is the main metric, a number that Omniboard sorts and
+            # incense projects; the record keeps them all in its info.
+            _run.info["metrics_values"] = dict(metrics)
+            return metrics[metric]
 
-        _TUNING[:] = [PipeTuning(conn, metric)]
+        _TUNING[:] = [PipeTuning(pipe, metric)]
 
-        ex.observers[:] = [PipeObserver(conn, spec.sacred_id)]
+        ex.observers[:] = [PipeObserver(pipe, spec.sacred_id)]
         ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
-        run = ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
-                                        "attempt": spec.attempt, "token": spec.token,
-                                        "scenario": spec.task.scenario}})
-        conn.send(("done", dict(run.result or {})))
+        ex.run(meta_info={"hse": {"run_id": spec.run_id, "task": spec.task.name,
+                                  "attempt": spec.attempt, "token": spec.token,
+                                  "scenario": spec.task.scenario}})
+        pipe.send("done", metrics)
     except PrunedInterrupt as exc:
-        conn.send(("pruned", f"pruned by the tuner's pruner: {exc}"))
+        pipe.send("pruned", f"pruned by the tuner's pruner: {exc}")
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
-            conn.send(("error", detail))
+            pipe.send("error", detail)
         except Exception:
             pass
     finally:

@@ -6,17 +6,37 @@ call that is retried through outages. Records are fenced like queue writes: afte
 its first insert, a record is only ever replaced while it is still RUNNING, so a
 worker that lost its lease (recovery closed the record as superseded) can neither
 resurrect it nor mark it COMPLETED; the writer then reports itself `superseded`.
+
+Where the record differs from a bare Sacred run's, it is on purpose, so that a run the
+worker had to stop keeps what it produced:
+
+- metric points reach the worker as they are logged (`child.StreamedMetrics`), and are
+  pushed to the `metrics` collection at the worker's writes and lease beats, not only
+  at Sacred's 10-second heartbeats: a run that times out, is cancelled or is killed
+  keeps every point it logged;
+- such a run's `captured_out` is the tail of its log file (which also has C-level
+  output), its `heartbeat` the moment it was stopped or seen dead;
+- `result` is the task's main metric as a number, as in any Sacred run returning one;
+  every metric the run returned is kept in `info.metrics_values`;
+- an artifact's entry also names its `content_type` (GridFS keeps it as `contentType`
+  on MongoDB only: the embedded server drops that file field).
 """
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import DocumentTooLarge
 from ..logs import cut_note
 from ..storage import Storage
-from .sacred_settings import MongoObserver, apply_backspaces_and_linefeeds
+from .sacred_settings import (
+    DISABLED_HOST_INFO,
+    MongoObserver,
+    apply_backspaces_and_linefeeds,
+    guess_content_type,
+)
 
 TOO_LARGE = ("the run's result or info is too large for a MongoDB document (16 MB): return "
              "a few summary metrics and store large outputs with add_artifact()")
@@ -36,18 +56,39 @@ def output_filter(text: str) -> str:
     return apply_backspaces_and_linefeeds(cut_output(text))
 
 
+def logged_output(log_path: str | os.PathLike[str], limit: int = OUTPUT_LIMIT) -> str:
+    """The captured output of a run that did not end by itself: the tail of its log
+    file, filtered like Sacred's (Sacred's own copy is only as fresh as its last
+    heartbeat, every 10 s); "" when the log cannot be read."""
+    try:
+        with open(log_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    if size > limit:  # make room for the note (characters never outnumber bytes)
+        note = cut_note(limit)
+        text = note + text[len(note):]
+    return output_filter(text)
+
+
 class RecordWriter(MongoObserver):
     """Applies one attempt's Sacred events to its record (see the module docstring)."""
 
     HEARTBEAT_WRITE_S = 2.0  # a heartbeat right before completion is not worth a write
+    METRICS_WRITE_S = 2.0  # metric points are pushed at most this often between beats
 
     def __init__(self, store: Storage, source_cache: dict[tuple[str, str], Any],
-                 host_facts: dict[str, Any]):
+                 host_facts: dict[str, Any], log_path: Path | None = None):
         # MongoObserver.__init__ would connect a client of its own: set up by hand.
         self.store = store
         self._source_cache = source_cache
         self._host_facts = host_facts
+        self._log_path = log_path  # the run's log: the output of a run stopped from outside
         self._last_write = 0.0
+        self._last_push = time.monotonic()  # a short run's points: one push, at its end
+        self._points: dict[str, dict[str, list[Any]]] = {}  # logged, not pushed yet
         self._metric_notes: list[dict[str, str]] = []
         self.run_entry: dict[str, Any] = {}  # filled by started_event
         self.overwrite = None
@@ -55,7 +96,11 @@ class RecordWriter(MongoObserver):
         self._stored = False  # whether a write of the record has landed
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
-        return super().started_event(ex_info, command, {**host_info, **self._host_facts},
+        # The facts the child did not gather come from the worker; a fact this machine
+        # lacks (no nvidia-smi: no `gpus`) is left out, as Sacred leaves it out.
+        host = {key: value for key, value in host_info.items()
+                if key not in DISABLED_HOST_INFO}
+        return super().started_event(ex_info, command, {**host, **self._host_facts},
                                      start_time, config, meta_info, _id)
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
@@ -82,6 +127,7 @@ class RecordWriter(MongoObserver):
         entry = self.run_entry
         if not entry or self.superseded:
             return
+        self._push_points()  # the record's info.metrics then names every series
         if self._metric_notes:
             entry["info"] = {**(entry.get("info") or {}), "metrics": self._metric_notes}
         if entry.get("captured_out"):
@@ -119,28 +165,63 @@ class RecordWriter(MongoObserver):
             self._write()
 
     def log_metrics(self, metrics_by_name, info):
-        # Sacred notes each new series in info["metrics"] (Omniboard finds series
-        # through it); the child's info is a copy, so keep the notes here.
-        sacred_id = self.run_entry["_id"]
+        """Metric points the run logged (`child.StreamedMetrics` sends each as it is
+        logged): kept, and pushed once `METRICS_WRITE_S` passed since the last push
+        (else at the next write, lease beat or end of the run)."""
         for name, series in metrics_by_name.items():
+            pending = self._points.setdefault(
+                name, {"steps": [], "values": [], "timestamps": []})
+            for key in pending:
+                pending[key].extend(series[key])
+        if time.monotonic() - self._last_push >= self.METRICS_WRITE_S:
+            self.push_metrics()
+
+    def push_metrics(self) -> None:
+        """Push the points not pushed yet to the `metrics` collection; when that
+        started a series, write the record too, so that its info.metrics names the
+        series while the run goes on (Omniboard finds series through it)."""
+        if self._push_points():
+            self._write()
+
+    def _push_points(self) -> bool:
+        """Append the pending points to the run's series; whether a series was new.
+        Sacred notes each new series in info["metrics"]; the child's info is a copy,
+        so the notes are kept here."""
+        self._last_push = time.monotonic()
+        if not self._points or not self.run_entry or self.superseded:
+            return False
+        sacred_id = self.run_entry["_id"]
+        new_series = False
+        for name in list(self._points):
+            series = self._points[name]
             new_id = self.store.retry(lambda: self.store.push_metrics(
                 sacred_id, name, series["steps"], series["values"], series["timestamps"]))
+            del self._points[name]  # only once pushed: a failed push keeps them
             if new_id is not None:
                 self._metric_notes.append({"name": name, "id": new_id})
+                new_series = True
+        return new_series
 
     def artifact_event(self, name, filename, metadata=None, content_type=None):
-        content_type = content_type or self._try_to_detect_content_type(filename) \
-            or "application/octet-stream"
+        content_type = content_type or guess_content_type(filename)
         sacred_id = self.run_entry["_id"]
         file_id = self.store.retry(lambda: self.store.store_artifact(
             sacred_id, name, filename, metadata, content_type))
-        self.run_entry["artifacts"].append({"name": name, "file_id": file_id})
+        self.run_entry["artifacts"].append(
+            {"name": name, "file_id": file_id, "content_type": content_type})
         self._write()
 
     def close(self, sacred_status: str, message: str, stop_time: Any) -> None:
         """End a record the run itself could not end (killed, timed out, cancelled,
-        interrupted): status and reason, unless it already ended."""
+        interrupted), unless it already ended: status and reason, and what the run
+        produced until then (its metric points, its log's tail as `captured_out`),
+        with `stop_time` as its last heartbeat (it was alive until stopped, or seen
+        dead then)."""
         if not self.run_entry or self.run_entry.get("status") not in ("RUNNING", None):
             return
-        self.run_entry.update(stop_time=stop_time, status=sacred_status, fail_trace=[message])
+        self.run_entry.update(stop_time=stop_time, heartbeat=stop_time, status=sacred_status,
+                              fail_trace=[message])
+        self.run_entry.setdefault("result", None)  # as after any Sacred heartbeat
+        if self._log_path is not None:
+            self.run_entry["captured_out"] = logged_output(self._log_path)
         self._write()

@@ -165,7 +165,8 @@ class Executor:
             _discard(spare)
 
     def _supervise(self, proc: Any, conn: Any, spec: RunSpec) -> Outcome:
-        writer = RecordWriter(self.store, self._source_cache, self._host_facts)
+        writer = RecordWriter(self.store, self._source_cache, self._host_facts,
+                              spec.log_path)
         started = time.monotonic()
         next_beat = started + self.heartbeat_s
         deadline = started + spec.max_runtime if spec.max_runtime else None
@@ -214,6 +215,7 @@ class Executor:
                 if doc.get("cancel_requested") and stop is None:
                     stop = (CANCELLED, Reason.CANCELLED, "cancelled while running")
                     _terminate(proc)
+                writer.push_metrics()  # points logged since the last write, at least once a beat
         proc.join()
         if stop is not None:
             status, reason, message = stop

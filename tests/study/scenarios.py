@@ -5,6 +5,7 @@ import ctypes
 import os
 import random
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +73,17 @@ class ToyScenario(Scenario):
             return "not a number"
         if behaviour == "huge":
             return {"score": 1.0, **{f"m{i}": float(i) for i in range(1_200_000)}}
+        if behaviour == "block":  # logs, says so, then waits to be stopped from outside
+            for step in range(params["epochs"]):
+                self.log_scalar("loss", 1.0 / (step + 1), step)
+            print(f"logged {params['epochs']} points in pid {os.getpid()}", flush=True)
+            time.sleep(params["duration"])
+        if behaviour == "artifact":  # a file with a content type and metadata
+            with tempfile.TemporaryDirectory() as tmp:  # removed once stored
+                path = os.path.join(tmp, "predictions.csv")
+                with open(path, "w") as f:
+                    f.write("id,label\n1,0\n")
+                self.add_artifact(path, content_type="text/csv", metadata={"rows": 1})
         if behaviour == "print":
             for i in range(int(params["duration"])):
                 print("x" * 99)
