@@ -289,3 +289,21 @@ def test_a_run_stopped_from_outside_keeps_its_metrics_and_output(
         "kill": ("FAILED", "FAILED", "killed by signal SIGKILL")}[how]
     assert doc["status"] == status
     assert_kept(raw, record, sacred_status, why)
+
+
+def test_a_run_logging_points_without_pause_still_times_out(q, raw, procs, mongo_uri,
+                                                           db_name):
+    """The worker drains the run's events, but not past a beat or the deadline: the
+    lease, cancel and timeout checks are not starved by a run that never stops logging."""
+    (run_id,) = q.submit("toy", {"model": {"className": "Linear"}, "behaviour": "stream"},
+                         max_runtime=1.0)
+    worker = start_worker(mongo_uri, db_name, *FAST)
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    doc = q.get(run_id)
+    assert doc["status"] == "TIMEOUT"
+    record = raw.runs.find_one({"_id": doc["sacred_id"]})
+    assert record["status"] == "TIMEOUT"
+    series = list(raw.metrics.find({"run_id": doc["sacred_id"], "name": "loss"}))
+    steps = series[0]["steps"] if series else []
+    assert steps == list(range(len(steps)))  # every point logged in order, none twice

@@ -188,7 +188,10 @@ class Executor:
                     if writer.superseded or (outcome is not None and outcome.fenced):
                         _terminate(proc)
                         return _LOST
-                    continue  # drain events before looking at the process
+                    if time.monotonic() < min([next_beat] + ([deadline] if deadline else [])):
+                        continue  # drain events before looking at the process, unless a
+                        # beat or the deadline is due: a run streaming metric points
+                        # without pause must not starve the lease, cancel and timeout
             if proc.sentinel in ready and not (conn_open and conn.poll()):
                 break
             now = time.monotonic()

@@ -78,6 +78,11 @@ class ToyScenario(Scenario):
                 self.log_scalar("loss", 1.0 / (step + 1), step)
             print(f"logged {params['epochs']} points in pid {os.getpid()}", flush=True)
             time.sleep(params["duration"])
+        if behaviour == "stream":  # logs points without pause until stopped
+            step = 0
+            while True:
+                self.log_scalar("loss", 1.0 / (step + 1), step)
+                step += 1
         if behaviour == "artifact":  # a file with a content type and metadata
             with tempfile.TemporaryDirectory() as tmp:  # removed once stored
                 path = os.path.join(tmp, "predictions.csv")
