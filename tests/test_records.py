@@ -42,14 +42,17 @@ FAST = ("--heartbeat", "0.2", "--lease", "30", "--interval", "0.1", "--max-runs"
         "--idle-exit", "30")
 
 # The tiny experiment, bare: what tests/study's ToyScenario does for the behaviours used
-# here, under Sacred's defaults (its host info, its capture), in a process of its own.
+# here, under Sacred's defaults (its host info, ...), in a process of its own.
 BARE = textwrap.dedent("""
     import os, sys, tempfile
     from hyperspace_explorer.sacred_compat import import_sacred
     import_sacred()
-    from sacred import Experiment
+    from sacred import SETTINGS, Experiment
     from sacred.observers import MongoObserver
 
+    # Sacred's default "fd" capture reads the output through a `tee` process and may
+    # miss the last lines; "sys" (the worker's) captures the same fields, reliably.
+    SETTINGS.CAPTURE_MODE = "sys"
     uri, db, behaviour = sys.argv[1:4]
     ex = Experiment("toy")
     ex.observers.append(MongoObserver(url=uri, db_name=db, collection_prefix="bare"))
@@ -66,7 +69,7 @@ BARE = textwrap.dedent("""
                 _run.add_artifact(path, content_type="text/csv", metadata={"rows": 1})
         for step in range(3):
             _run.log_scalar("loss", 1.0 / (step + 1), step)
-        print("training Linear on toy", flush=True)
+        print("training Linear on toy")
         return 0.53
 
     try:
@@ -307,3 +310,18 @@ def test_a_run_logging_points_without_pause_still_times_out(q, raw, procs, mongo
     series = list(raw.metrics.find({"run_id": doc["sacred_id"], "name": "loss"}))
     steps = series[0]["steps"] if series else []
     assert steps == list(range(len(steps)))  # every point logged in order, none twice
+
+
+def test_a_stopped_runs_output_is_its_logs_tail_with_a_note_when_cut(tmp_path):
+    from hyperspace_explorer.execution.records import OUTPUT_LIMIT, logged_output
+    from hyperspace_explorer.logs import cut_note
+
+    log = tmp_path / "run.log"
+    lines = [f"line {i:07d} " + "x" * 80 + "\n" for i in range(2 * OUTPUT_LIMIT // 90)]
+    log.write_text("".join(lines))
+    out = logged_output(log)
+    assert out.startswith(cut_note(OUTPUT_LIMIT)) and len(out) <= OUTPUT_LIMIT
+    assert out.endswith(lines[-1]) and lines[-2] in out and lines[0] not in out
+    log.write_text("progress 10%\rprogress 100%\ndone\n")  # filtered as Sacred filters
+    assert logged_output(log) == "progress 100%\ndone\n"
+    assert logged_output(tmp_path / "missing.log") == ""

@@ -222,6 +222,7 @@ class RecordWriter(MongoObserver):
         self.run_entry.update(stop_time=stop_time, heartbeat=stop_time, status=sacred_status,
                               fail_trace=[message])
         self.run_entry.setdefault("result", None)  # as after any Sacred heartbeat
-        if self._log_path is not None:
-            self.run_entry["captured_out"] = logged_output(self._log_path)
+        if self._log_path is not None:  # else (or unreadable) Sacred's last copy stays
+            self.run_entry["captured_out"] = logged_output(self._log_path) \
+                or self.run_entry.get("captured_out", "")
         self._write()
