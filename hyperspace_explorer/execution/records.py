@@ -94,6 +94,7 @@ class RecordWriter(MongoObserver):
         self.overwrite = None
         self.superseded = False  # the record was closed by someone else: we lost the run
         self._stored = False  # whether a write of the record has landed
+        self._too_large = False  # its info or result had to be dropped (see _write)
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         # The facts the child did not gather come from the worker; a fact this machine
@@ -128,6 +129,8 @@ class RecordWriter(MongoObserver):
         if not entry or self.superseded:
             return
         self._push_points()  # the record's info.metrics then names every series
+        if self._too_large and entry.get("status") == "COMPLETED":  # without what it made
+            entry.update(status="FAILED", fail_trace=[TOO_LARGE], result=None)
         if self._metric_notes:
             entry["info"] = {**(entry.get("info") or {}), "metrics": self._metric_notes}
         if entry.get("captured_out"):
@@ -137,10 +140,13 @@ class RecordWriter(MongoObserver):
                 entry, new=not self._stored))
         except DocumentTooLarge:
             # Keep the record (and the run's status) rather than lose it: drop what
-            # made it too large and say so.
-            entry.update(result=None, info={}, status="FAILED",
-                         captured_out=cut_output(entry.get("captured_out") or "", 100_000),
-                         fail_trace=[TOO_LARGE])
+            # made it too large and say so. A heartbeat's write leaves it RUNNING: a
+            # closed record could not take the run's final write.
+            entry.update(result=None, info={"metrics": self._metric_notes},
+                         captured_out=cut_output(entry.get("captured_out") or "", 100_000))
+            self._too_large = True
+            if entry.get("status") != "RUNNING":
+                entry.update(status="FAILED", fail_trace=[TOO_LARGE])
             written = self.store.retry(lambda: self.store.save_sacred_run(entry))
         self.superseded = not written
         self._stored = True
