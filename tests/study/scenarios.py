@@ -72,6 +72,9 @@ class ToyScenario(Scenario):
             return "not a number"
         if behaviour == "huge":
             return {"score": 1.0, **{f"m{i}": float(i) for i in range(1_200_000)}}
+        if behaviour == "echo":  # prints what it is told, and names a metric so
+            print(params["options"]["text"], flush=True)
+            return {"score": 0.5, params["options"]["metric"]: 1.0}
         if behaviour == "print":
             for i in range(int(params["duration"])):
                 print("x" * 99)
