@@ -891,8 +891,12 @@ class MongoStorage(Storage):
 
     @_translated
     def count_ended_since(self, runs: RunFilter, since: float) -> int:
-        query = {**_match(runs), "ended_at": {"$gte": since}}
-        return sum(coll.count_documents(query) for coll in (self._queue, self._done))
+        # Grouped by status, as count_by_status: nx-27017 answers count_documents
+        # with a range condition an order of magnitude slower.
+        pipeline = [{"$match": {**_match(runs), "ended_at": {"$gte": since}}},
+                    {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return sum(row["n"] for coll in (self._queue, self._done)
+                   for row in coll.aggregate(pipeline))
 
 
 def _sort_field(sort: str) -> str:
