@@ -3,8 +3,9 @@
 On a private embedded server (nx-27017), fills a Study with `--runs` runs (90% COMPLETED
 with metrics and 1% FAILED, archived; 9% QUEUED), then times, through the real
 application (Starlette's in-process HTTP client, so the figures are the server's work):
-the overview and its JSON twin, the runs list (first page, a deep page, sorted by a
-metric, filtered by status), and prints each as a ratio to one `q.status()` call (the
+the overview and its JSON twin, the runs list (first page, the middle page by number
+and through the previous page's "next" link, the last page, sorted by a metric,
+filtered by status), and prints each as a ratio to one `q.status()` call (the
 reference: one count of the Study's runs by status). The budget: every page within
 `--budget` times that reference (default 10x). A plain read of every run's id is
 printed too: what a page that loaded all runs would at least cost.
@@ -14,14 +15,15 @@ printed too: what a page that loaded all runs would at least cost.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
 import warnings
-
-from pymongo import MongoClient
+from urllib.parse import urlencode
 
 from _common import STUDY, TASKS, embedded_server
+from pymongo import MongoClient
 
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.storage import new_run_id
@@ -88,9 +90,15 @@ def main() -> None:
                 print(f"(a read of every run's id alone: {everything * 1000:.0f} ms, "
                       f"{everything / reference:.1f}x)")
                 deep = max(1, args.runs // 50 // 2)
+                last = max(1, -(-args.runs // 50))
+                (middle,) = q.runs_page(offset=(deep - 1) * 50 - 1, limit=1, fields=["order"])
+                after = urlencode({"page": deep, "after": json.dumps([middle["order"],
+                                                                      middle["_id"]])})
                 pages = {"overview /": "/", "overview JSON /api/": "/api/",
                          "runs, first page": "/runs",
-                         f"runs, page {deep:,}": f"/runs?page={deep}",
+                         f"runs, page {deep:,} by number": f"/runs?page={deep}",
+                         f"runs, page {deep:,} by 'next'": f"/runs?{after}",
+                         f"runs, last page ({last:,})": f"/runs?page={last}",
                          "runs sorted by score": "/runs?sort=metric:score",
                          "runs FAILED only": "/runs?status=FAILED",
                          "runs JSON /api/runs": "/api/runs"}
@@ -101,7 +109,7 @@ def main() -> None:
                         assert answer.status_code == 200, (path, answer.text[:300])
                         took = best_of(lambda: http.get(path))
                         worst = max(worst, took / reference)
-                        print(f"{name:<24} {took * 1000:8.0f} ms  ({took / reference:5.1f}x "
+                        print(f"{name:<32} {took * 1000:8.0f} ms  ({took / reference:5.1f}x "
                               f"q.status(); budget <= {args.budget:g}x)")
                 verdict = "within" if worst <= args.budget else "OVER"
                 print(f"worst page: {worst:.1f}x one q.status() call: {verdict} the budget "

@@ -541,15 +541,20 @@ class RunQueue:
     def runs_page(self, task: str | None = None, *, status: str | Sequence[str] | None = None,
                   config: Mapping[str, Any] | None = None, sort: str = "order",
                   descending: bool = True, offset: int = 0, limit: int = 50,
-                  fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  fields: Sequence[str] | None = None, after: Sequence[Any] | None = None,
+                  before: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         """One page of this Study's runs matching `task`, `status` and `config` (as in
         `runs()`), sorted by `sort` ("order" = when queued, "started_at", "ended_at",
         "duration", "seed", "status", "task" or "metrics.<name>"): the `limit` runs
         after the first `offset`, limited to `fields` (`host` filled in as in
-        `recent`). The web page's runs list: it never reads every run."""
+        `recent`). The web page's runs list: it never reads every run.
+
+        `after=[value, run_id]` (a run's `sort` field and id; sorts "order", "seed",
+        "status" and "task") continues after that run, `before=` ends before it, at
+        the cost of a first page however deep (see `Storage.page_runs`)."""
         docs = self.store.page_runs(self.runs(task, status=status, config=config), sort=sort,
                                     descending=descending, skip=offset, limit=limit,
-                                    fields=fields)
+                                    fields=fields, after=after, before=before)
         return [_with_host(doc) for doc in docs]
 
     def ended_since(self, since: float, task: str | None = None) -> int:

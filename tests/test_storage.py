@@ -677,3 +677,26 @@ def test_count_ended_since_counts_finished_runs_of_the_filter(store):
     assert store.count_ended_since(RunFilter(study="s"), 1001.0) == 2
     assert store.count_ended_since(RunFilter(study="s", task="other"), 0) == 0
     assert store.count_ended_since(RunFilter(study="s", ids=(ids[0],)), 0) == 1
+
+
+def test_page_runs_continues_after_and_before_a_run_without_skipping(store):
+    ids = store.enqueue([queued(seed=i % 3) for i in range(11)])
+    store.request_cancel(RunFilter(ids=tuple(ids[:4])))  # some archived, some queued
+    runs = RunFilter(study="s")
+    for sort in ("order", "seed"):
+        for descending in (True, False):
+            every = store.page_runs(runs, sort=sort, descending=descending, limit=100)
+            pages, last = [], None
+            while True:
+                page = store.page_runs(runs, sort=sort, descending=descending, limit=3,
+                                       after=last)
+                if not page:
+                    break
+                pages += page
+                last = [page[-1][sort], page[-1]["_id"]]
+            assert [d["_id"] for d in pages] == [d["_id"] for d in every]
+            back = store.page_runs(runs, sort=sort, descending=descending, limit=3,
+                                   before=[every[7][sort], every[7]["_id"]])
+            assert [d["_id"] for d in back] == [d["_id"] for d in every[4:7]]
+    with pytest.raises(QueryError, match="after=/before="):
+        store.page_runs(runs, sort="metrics.score", after=[1.0, ids[0]])

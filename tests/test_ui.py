@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import STUDY, TASKS, run_worker, start_worker, wait_for
 from pymongo import MongoClient
 
 from hyperspace_explorer.cli import main as hse
 from hyperspace_explorer.cli.render import mean_std
 from hyperspace_explorer.queue import RunQueue
-
-from helpers import STUDY, TASKS, run_worker, start_worker, wait_for
 
 SCRIPT_PROBE = "<script>window.__xss=1</script>"
 ATTRIBUTE_PROBE = '"><img src=x onerror="window.__xss=1">'
@@ -269,11 +268,16 @@ def test_compare_page_shows_config_and_code_differences(page: Any, site: str,
     page.check(f'input[value="{b}"]')
     page.click("text=Compare the ticked runs")
     page.wait_for_selector("#config-diff")
-    diff = ui_queue.diff(a, b)
+    shown = page.eval_on_selector_all("#config-diff thead th",
+                                      "cells => cells.map(c => c.textContent.trim())")[1:]
+    assert sorted(shown) == sorted([a, b])
+    diff = ui_queue.diff(*shown)
     rows = {r[0]: r[1:] for r in cell_texts(page, "#config-diff")}
+    from hyperspace_explorer.analysis import format_value
+
+    assert diff["config"] and len(rows) == len(diff["config"])
     for path, va, vb in diff["config"]:
-        assert path in rows
-    assert "model.lr" in rows or "epochs" in rows
+        assert rows[path] == [format_value(va), format_value(vb)]
     page.wait_for_selector("#plot-curve0 .main-svg")
     assert page.evaluate("document.getElementById('plot-curve0').data.length") == 2
 

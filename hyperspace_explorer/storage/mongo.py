@@ -40,6 +40,7 @@ from pymongo import ReturnDocument
 from ..errors import DocumentTooLarge, QueryError, RunNotFound, StoreError, StoreUnavailable
 from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
 from .base import (
+    KEYSET_SORTS,
     PAGE_SORTS,
     RunFilter,
     Storage,
@@ -861,22 +862,46 @@ class MongoStorage(Storage):
     # ------------------------------------------------------------------ web page reads
     @_translated
     def page_runs(self, runs: RunFilter, *, sort: str = "order", descending: bool = True,
-                  skip: int = 0, limit: int = 50,
-                  fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  skip: int = 0, limit: int = 50, fields: Sequence[str] | None = None,
+                  after: Sequence[Any] | None = None,
+                  before: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         top = _sort_field(sort)
         if any(isinstance(n, bool) or not isinstance(n, int) or n < lo
                for n, lo in ((skip, 0), (limit, 1))):
             raise QueryError(f"skip must be >= 0 and limit >= 1, got skip={skip!r}, "
                              f"limit={limit!r}")
-        query = _match(runs)
+        queries = [_match(runs)]
+        backward = before is not None
+        bound = before if backward else after
+        if bound is not None:
+            if sort not in KEYSET_SORTS or len(bound) != 2 or isinstance(bound, str):
+                raise QueryError(f"after=/before= take [value, run id] and a sort by one of "
+                                 f"{', '.join(KEYSET_SORTS)}, got {bound!r} with {sort!r}")
+            descending = descending != backward  # before: the other way, then turned
+            op = "$lt" if descending else "$gt"
+            value, run_id = bound
+            # Runs past the bound's value, then the bound value's other runs past its
+            # id: two plain reads (nx-27017 scans and sorts for an $or, and is slow
+            # on a range of _id), the ids compared here.
+            queries = [{**queries[0], sort: {op: value}}, {**queries[0], sort: value}]
         direction = pymongo.DESCENDING if descending else pymongo.ASCENDING
         # Pass 1: the sort keys of the first skip+limit runs of each collection (the
         # queue first: a run swept to the archive meanwhile is then seen once).
         keys: dict[str, tuple[Any, ...]] = {}
-        for coll in (self._queue, self._done):
-            cursor = coll.find(query, {top: 1}).sort([(sort, direction), ("_id", direction)])
-            for doc in cursor.limit(skip + limit):
-                keys.setdefault(doc["_id"], (_sort_value(doc, sort), doc["_id"]))
+        for i, query in enumerate(queries):
+            for coll in (self._queue, self._done):
+                cursor = coll.find(query, {top: 1}).sort([(sort, direction), ("_id", direction)])
+                if i == 0:
+                    cursor = cursor.limit(skip + limit)
+                taken = 0
+                for doc in cursor:
+                    if i == 1 and bound is not None and (
+                            doc["_id"] >= bound[1] if descending else doc["_id"] <= bound[1]):
+                        continue  # a tie of the bound on the side already shown
+                    keys.setdefault(doc["_id"], (_sort_value(doc, sort), doc["_id"]))
+                    taken += 1
+                    if taken >= skip + limit:
+                        break
         ranked = sorted(keys, key=lambda run_id: keys[run_id], reverse=descending)
         page = ranked[skip:skip + limit]
         if not page:
@@ -887,7 +912,8 @@ class MongoStorage(Storage):
         for coll in (self._queue, self._done):
             for doc in coll.find({"_id": {"$in": page}}, projection):
                 found.setdefault(doc["_id"], doc)
-        return [found[run_id] for run_id in page if run_id in found]
+        docs = [found[run_id] for run_id in page if run_id in found]
+        return docs[::-1] if backward else docs
 
     @_translated
     def count_ended_since(self, runs: RunFilter, since: float) -> int:

@@ -112,8 +112,10 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         data = views.runs_list(queue, task=arg(request, "task"), status=arg(request, "status"),
                                config=request.query_params.get("config") or "", sort=sort,
                                descending=request.query_params.get("order", "desc") != "asc",
-                               page=int_arg(request, "page", 1))
-        params = {k: v for k, v in request.query_params.items() if k != "page" and v}
+                               page=int_arg(request, "page", 1), after=arg(request, "after"),
+                               before=arg(request, "before"))
+        params = {k: v for k, v in request.query_params.items()
+                  if k not in ("page", "after", "before", "done") and v}
 
         def link(**changes: Any) -> str:
             return "/runs?" + urlencode({**params, **{k: str(v) for k, v in changes.items()}})

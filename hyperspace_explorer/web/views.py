@@ -9,6 +9,7 @@ the browser's script only ever sets `textContent`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from ..configurable import flatten
 from ..errors import HSEError
 from ..queue import RunQueue
 from ..status import ACTIVE, COMPLETED, FAILED, FINAL, STATUSES, TIMEOUT
+from ..storage import KEYSET_SORTS
 
 #: Runs per page of the runs list.
 PAGE_SIZE = 50
@@ -120,9 +122,12 @@ def parse_config_filter(text: str) -> dict[str, Any]:
 
 
 def runs_list(q: RunQueue, *, task: str | None, status: str | None, config: str,
-              sort: str, descending: bool, page: int) -> dict[str, Any]:
-    """One page of runs (PAGE_SIZE of them, read with one paginated query) and the
-    number of matching runs (counted by the server)."""
+              sort: str, descending: bool, page: int, after: str | None = None,
+              before: str | None = None) -> dict[str, Any]:
+    """One page of runs (PAGE_SIZE of them) and the number of matching runs (counted
+    by the server). `after`/`before` (JSON [value, run id] of the run a page follows
+    or precedes, from the next/previous links) make any page as cheap as the first;
+    a page jumped to by number is read from the nearer end of the list."""
     if page < 1:
         raise HSEError(f"page must be 1 or more, got {page}")
     config_filter = parse_config_filter(config)
@@ -135,9 +140,20 @@ def runs_list(q: RunQueue, *, task: str | None, status: str | None, config: str,
                        f"metric:NAME")
     runs = q.runs(task, status=status or None, config=config_filter)
     total = sum(q.store.count_by_status(runs).values())
-    docs = q.runs_page(task, status=status or None, config=config_filter, sort=sort_key,
-                       descending=descending, offset=(page - 1) * PAGE_SIZE,
-                       limit=PAGE_SIZE, fields=LIST_FIELDS)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    read = functools.partial(q.runs_page, task, status=status or None, config=config_filter,
+                             sort=sort_key, fields=LIST_FIELDS)
+    offset = (page - 1) * PAGE_SIZE
+    keyset = sort_key in KEYSET_SORTS
+    if keyset and (after or before):
+        docs = read(descending=descending, limit=PAGE_SIZE, after=_cursor(after),
+                    before=_cursor(before))
+    elif offset > total / 2:  # from the other end: the last pages cost the first's
+        count = min(PAGE_SIZE, total - offset)
+        docs = read(descending=not descending, offset=max(0, total - offset - PAGE_SIZE),
+                    limit=max(1, count))[::-1] if count > 0 else []
+    else:
+        docs = read(descending=descending, offset=offset, limit=PAGE_SIZE)
     rows, fields = [], {}
     for doc in docs:
         rid = str(doc["_id"])
@@ -151,9 +167,25 @@ def runs_list(q: RunQueue, *, task: str | None, status: str | None, config: str,
         rows.append({"id": rid, "task": doc.get("task"), "seed": doc.get("seed"),
                      "main": main, "started": when(doc.get("started_at")),
                      "host": doc.get("host") or "-", "attempt": doc.get("attempt", 0)})
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    return {"runs": rows, "total": total, "page": page, "pages": pages,
+    cursors = {}
+    if keyset and docs:
+        cursors = {"before": json.dumps([json_ready(docs[0].get(sort_key)), docs[0]["_id"]]),
+                   "after": json.dumps([json_ready(docs[-1].get(sort_key)), docs[-1]["_id"]])}
+    return {"runs": rows, "total": total, "page": page, "pages": pages, "cursors": cursors,
             "fields": fields, "figures": {}}
+
+
+def _cursor(text: str | None) -> list[Any] | None:
+    """A next/previous link's [value, run id] (HSEError when it is not one)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+        raise HSEError(f"bad page position {text!r}: follow the page's next/previous links")
+    return value
 
 
 # --------------------------------------------------------------------------- one run
