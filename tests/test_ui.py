@@ -116,7 +116,10 @@ def browser() -> Iterator[Any]:
 
     executable = chromium_path()
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=executable, headless=True)
+        # software WebGL, for Plotly's parallel coordinates on machines without a GPU
+        chromium = pw.chromium.launch(executable_path=executable, headless=True,
+                                      args=["--enable-unsafe-swiftshader"],
+                                      ignore_default_args=["--disable-gpu"])
         yield chromium
         chromium.close()
 
@@ -203,14 +206,25 @@ def test_runs_list_pages_through_every_run(ui_queue: RunQueue, filled: dict[str,
     from hyperspace_explorer.web import views
 
     monkeypatch.setattr(views, "PAGE_SIZE", 4)
-    seen: list[str] = []
+    everything = ui_queue.runs_page(limit=100, fields=["order"])
+    assert len(everything) == 16
     with client(ui_queue) as http:
+        by_number, by_link = [], []
         for number in range(1, 5):
             html = http.get(f"/runs?page={number}").text
-            seen += re.findall(r'<tr data-run="([0-9a-f]+)">', html)
+            by_number += re.findall(r'<tr data-run="([0-9a-f]+)">', html)
         assert "page 4 of 4" in html
-    everything = [d["_id"] for d in ui_queue.store.find_runs(ui_queue.runs(), fields=["order"])]
-    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen)) == 16
+        address: str | None = "/runs"
+        while address:  # the "next" links: each page continues after the last run shown
+            html = http.get(address).text
+            by_link += re.findall(r'<tr data-run="([0-9a-f]+)">', html)
+            found = re.search(r'rel="next" href="([^"]+)"', html)
+            address = found.group(1).replace("&amp;", "&") if found else None
+        back = re.search(r'rel="prev" href="([^"]+)"', html)
+        assert back is not None and "before=" in back.group(1)
+        previous = http.get(back.group(1).replace("&amp;", "&")).text
+    assert by_number == by_link == [d["_id"] for d in everything]
+    assert re.findall(r'<tr data-run="([0-9a-f]+)">', previous) == by_number[8:12]
 
 
 def test_run_page_shows_everything_recorded(page: Any, site: str, ui_queue: RunQueue,
@@ -256,6 +270,9 @@ def test_results_page_has_the_numbers_of_hse_results(page: Any, site: str, ui_qu
     assert page.evaluate("document.getElementById('plot-box').data.length") == len(summary)
     page.wait_for_selector("#plot-param .main-svg")
     page.wait_for_selector("#plot-parcoords .main-svg")
+    assert "WebGL is not supported" not in (page.text_content("#plot-parcoords") or "")
+    dims = page.evaluate("document.getElementById('plot-parcoords').data[0].dimensions.length")
+    assert dims == len(summary.attrs["config_columns"]) + 1
     assert not page.errors
 
 
@@ -377,6 +394,7 @@ def test_requeue_failed_runs_of_a_task(page: Any, site: str, ui_queue: RunQueue,
 def test_rerun_with_changes(page: Any, site: str, ui_queue: RunQueue,
                             filled: dict[str, Any]) -> None:
     """Needs RunQueue.rerun (branch `repro`)."""
+    assert hasattr(RunQueue, "rerun"), "RunQueue.rerun is missing (it comes with branch repro)"
     source = filled["ok"][0]
     page.goto(f"{site}/runs/{source}/rerun")
     page.fill("textarea[name=overrides]", "epochs=7")
@@ -391,7 +409,8 @@ def test_rerun_with_changes(page: Any, site: str, ui_queue: RunQueue,
 
 # --------------------------------------------------------------------------- security
 def test_actions_refuse_cross_site_requests(ui_queue: RunQueue, filled: dict[str, Any]) -> None:
-    run_id = filled["queued"][1]
+    run_id = filled["failed"]
+    before = ui_queue.get(run_id)
     with client(ui_queue) as http:
         http.get("/")  # the CSRF cookie
         csrf = http.cookies["hse_csrf"]
@@ -405,12 +424,18 @@ def test_actions_refuse_cross_site_requests(ui_queue: RunQueue, filled: dict[str
         ]
         assert [r.status_code for r in refused] == [403] * 4
         assert http.get(f"/runs/{run_id}/requeue").status_code == 200  # only a confirm page
-        assert ui_queue.get(run_id)["status"] == "CANCELLED"
-        for path in ("/", "/runs", f"/runs/{run_id}", "/api/"):
+        assert ui_queue.get(run_id) == before
+        accepted = http.post(f"/runs/{run_id}/cancel", data={"csrf": csrf}, headers=own)
+        assert accepted.status_code == 303  # the same request from the page itself is let in
+        for path in ("/", "/runs", f"/runs/{run_id}", "/api/", "/tasks/toy/results",
+                     "/workers", "/tuning", f"/runs/{run_id}/cancel"):
             headers = http.get(path).headers
-            assert "frame-ancestors 'none'" in headers["content-security-policy"]
-            assert "unsafe-inline" not in headers["content-security-policy"].split(
-                "script-src")[1].split(";")[0]
+            policy = headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in policy
+            scripts = policy.split("script-src")[1].split(";")[0].split()
+            # eval only where Plotly's WebGL figures need it; inline scripts nowhere
+            assert scripts == (["'self'", "'unsafe-eval'"] if path.endswith("/results")
+                               else ["'self'"]), path
             assert headers["x-content-type-options"] == "nosniff"
 
 
@@ -481,3 +506,41 @@ def test_plotly_is_served_by_the_package(ui_queue: RunQueue) -> None:
     assert re.findall(r'<script src="([^"]+)"', html) == ["/static/plotly.min.js",
                                                           "/static/hse.js"]
     assert "<script>" not in html.replace(SCRIPT_PROBE, "")
+
+
+def test_hse_ui_off_loopback_prints_a_token_and_requires_it(filled: dict[str, Any],
+                                                           procs: list) -> None:
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hyperspace_explorer.cli", "ui", "--host", "0.0.0.0", "--port",
+         str(port), "--mongo-uri", filled["uri"], "--db", filled["db"]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs.append(proc)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"http://0\.0\.0\.0:(\d+)/\?token=([\w-]+)", line)
+    assert found and int(found.group(1)) == port, line
+    token = found.group(2)
+    base = f"http://127.0.0.1:{port}/api/"
+
+    def status(headers: dict[str, str]) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base, headers=headers),
+                                        timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0  # not listening yet
+
+    wait_for(lambda: status({}) == 401, 60, "the server to refuse a request without the token")
+    assert status({"X-HSE-Token": token}) == 200
+    assert status({"X-HSE-Token": token[:-1]}) == 401

@@ -33,7 +33,7 @@ from ..queue import RunQueue
 from ..status import FAILED, STATUSES, TIMEOUT
 from ..storage import redact_uri
 from . import views
-from .security import CSRF_FIELD, Guard, checked_form
+from .security import CSP_WITH_EVAL, CSRF_FIELD, Guard, checked_form
 
 HERE = Path(__file__).resolve().parent
 #: Polling period of a page's JSON twin (the browser never polls faster; the
@@ -73,9 +73,10 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         return HTMLResponse(html, status_code=status_code)
 
     def page(template: str, view: Callable[[Request], dict[str, Any]], *,
-             poll_ms: int = POLL_MS) -> tuple[Callable[[Request], Response],
-                                              Callable[[Request], Response]]:
-        """The HTML page and its JSON twin, from one view."""
+             poll_ms: int = POLL_MS, eval_scripts: bool = False
+             ) -> tuple[Callable[[Request], Response], Callable[[Request], Response]]:
+        """The HTML page and its JSON twin, from one view. `eval_scripts`: the page
+        draws WebGL figures (see `security.CSP_WITH_EVAL`)."""
         def html(request: Request) -> Response:
             try:
                 data = view(request)
@@ -85,7 +86,10 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
                 return render(request, "error.html", 400, message=str(exc))
             query = request.url.query
             live = "/api" + request.url.path + (f"?{query}" if query else "")
-            return render(request, template, live=live, poll_ms=poll_ms, **data)
+            response = render(request, template, live=live, poll_ms=poll_ms, **data)
+            if eval_scripts:
+                response.headers["Content-Security-Policy"] = CSP_WITH_EVAL
+            return response
 
         def api(request: Request) -> Response:
             try:
@@ -138,7 +142,8 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         "/workers": page("workers.html", lambda request: views.workers(queue)),
         "/runs": page("runs.html", runs_view),
         "/runs/{run_id}": page("run.html", run_view),
-        "/tasks/{task}/results": page("results.html", results_view, poll_ms=RESULTS_POLL_MS),
+        "/tasks/{task}/results": page("results.html", results_view, poll_ms=RESULTS_POLL_MS,
+                                      eval_scripts=True),
         "/compare": page("compare.html", compare_view),
         "/tuning": page("tuning.html", lambda request: views.tuning(queue),
                         poll_ms=RESULTS_POLL_MS),
