@@ -28,7 +28,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import HSEError, RunNotFound
+from ..errors import HSEError, RunNotFound, StoreUnavailable
 from ..queue import RunQueue
 from ..status import FAILED, STATUSES, TIMEOUT
 from ..storage import redact_uri
@@ -80,10 +80,9 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         def html(request: Request) -> Response:
             try:
                 data = view(request)
-            except RunNotFound as exc:
-                return render(request, "error.html", 404, message=str(exc).strip("'\""))
             except HSEError as exc:
-                return render(request, "error.html", 400, message=str(exc))
+                return render(request, "error.html", _status_of(exc),
+                              message=_message(exc))
             query = request.url.query
             live = "/api" + request.url.path + (f"?{query}" if query else "")
             response = render(request, template, live=live, poll_ms=poll_ms, **data)
@@ -95,8 +94,8 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
             try:
                 data = view(request)
             except HSEError as exc:
-                return JSONResponse({"error": redact_uri(str(exc))},
-                                    status_code=404 if isinstance(exc, RunNotFound) else 400)
+                return JSONResponse({"error": _message(exc)},
+                                    status_code=_status_of(exc))
             return JSONResponse({"fields": data["fields"], "figures": data["figures"]})
         return html, api
 
@@ -123,8 +122,9 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
 
         def link(**changes: Any) -> str:
             return "/runs?" + urlencode({**params, **{k: str(v) for k, v in changes.items()}})
-        data.update(tasks=sorted(queue.status_by_task()), query=params, link=link,
-                    sort=sort, order=request.query_params.get("order", "desc"))
+        if not request.url.path.startswith("/api/"):  # the filter form: not polled
+            data.update(tasks=sorted(queue.status_by_task()), query=params, link=link,
+                        sort=sort, order=request.query_params.get("order", "desc"))
         return data
 
     def run_view(request: Request) -> dict[str, Any]:
@@ -169,8 +169,9 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
             return render(request, "error.html", 404, message=f"no action {action!r}")
         try:
             doc = queue.get(request.path_params["run_id"])
-        except RunNotFound as exc:
-            return render(request, "error.html", 404, message=str(exc).strip("'\""))
+        except HSEError as exc:
+            return render(request, "error.html", _status_of(exc),
+                          message=_message(exc))
         return render(request, "confirm.html", action=action, run=doc,
                       target=f"/runs/{quote(str(doc['_id']), safe='')}/{action}",
                       **actions[action])
@@ -217,7 +218,8 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         try:
             target = await run_in_threadpool(action)
         except HSEError as exc:
-            return render(request, "error.html", 400, message=str(exc))
+            return render(request, "error.html", _status_of(exc),
+                          message=_message(exc))
         return RedirectResponse(target, status_code=303)
 
     def plotly(request: Request) -> Response:
@@ -229,7 +231,7 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
         try:
             name, content = views.artifact(queue, run_id, int(request.path_params["index"]))
         except HSEError as exc:
-            return PlainTextResponse(str(exc).strip("'\""), status_code=404)
+            return PlainTextResponse(_message(exc), status_code=404)
         # Downloaded, never rendered: an artifact is whatever a run wrote.
         return Response(content, media_type="application/octet-stream", headers={
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
@@ -248,6 +250,19 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.add_middleware(Guard, token=token)
     return app
+
+
+def _message(exc: HSEError) -> str:
+    """An error as the page shows it: without a password, and without the quotes a
+    KeyError (RunNotFound) puts around its message."""
+    return redact_uri(str(exc).strip("'\""))
+
+
+def _status_of(exc: HSEError) -> int:
+    """The HTTP status of a page that could not be shown: 404 for an unknown run, 503
+    while the database is unreachable, 400 for a bad request."""
+    return 404 if isinstance(exc, RunNotFound) else 503 if isinstance(
+        exc, StoreUnavailable) else 400
 
 
 def _run_action(queue: RunQueue, action: str, run_id: str, overrides: str, seed: str) -> str:
