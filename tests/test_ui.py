@@ -547,3 +547,23 @@ def test_hse_ui_off_loopback_prints_a_token_and_requires_it(filled: dict[str, An
     wait_for(lambda: status({}) == 401, 60, "the server to refuse a request without the token")
     assert status({"X-HSE-Token": token}) == 200
     assert status({"X-HSE-Token": token[:-1]}) == 401
+
+
+def test_pages_and_answers_never_carry_the_probes_unescaped(ui_queue: RunQueue,
+                                                           filled: dict[str, Any]) -> None:
+    """Byte-level: what a run wrote reaches pages (HTML, JSON in <script> blocks) and
+    JSON answers only in escaped form, and still arrives intact as data."""
+    probe = filled["probe"]
+    with client(ui_queue) as http:
+        box = None
+        for path in ("/", "/runs", f"/runs/{probe}", "/tasks/toy/results",
+                     f"/compare?ids={probe}&ids={filled['ok'][0]}", f"/runs/{probe}/rerun",
+                     "/api/runs", f"/api/runs/{probe}", "/api/tasks/toy/results"):
+            text = http.get(path).text
+            for raw in (SCRIPT_PROBE, ATTRIBUTE_PROBE, METRIC_PROBE, "<img"):
+                assert raw not in text, (path, raw)
+            if path == "/api/tasks/toy/results":
+                box = json.loads(text)["figures"]["box"]
+        assert box is not None and any(SCRIPT_PROBE in trace["name"] for trace in box["data"])
+        output = http.get(f"/api/runs/{probe}").json()["fields"]["output"]
+        assert SCRIPT_PROBE in output

@@ -9,6 +9,7 @@ thread pool, so a slow read never blocks other requests.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -53,6 +54,17 @@ def plotly_js() -> Path:
     return path
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with `<`, `>` and `&` written as \\u escapes, as Jinja's `tojson` writes
+    the JSON inside pages: whatever a run wrote never appears as markup, even to a
+    client that would sniff the answer as HTML."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace(
+            "&", "\\u0026").encode("utf-8")
+
+
 def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
     """The web application on `queue`'s Study. `token`: the access token every request
     must carry (None: none, for a server bound to a loopback address only)."""
@@ -94,9 +106,9 @@ def create_app(queue: RunQueue, *, token: str | None = None) -> Starlette:
             try:
                 data = view(request)
             except HSEError as exc:
-                return JSONResponse({"error": _message(exc)},
+                return SafeJSONResponse({"error": _message(exc)},
                                     status_code=_status_of(exc))
-            return JSONResponse({"fields": data["fields"], "figures": data["figures"]})
+            return SafeJSONResponse({"fields": data["fields"], "figures": data["figures"]})
         return html, api
 
     def arg(request: Request, name: str) -> str | None:
