@@ -567,3 +567,25 @@ def test_pages_and_answers_never_carry_the_probes_unescaped(ui_queue: RunQueue,
         assert box is not None and any(SCRIPT_PROBE in trace["name"] for trace in box["data"])
         output = http.get(f"/api/runs/{probe}").json()["fields"]["output"]
         assert SCRIPT_PROBE in output
+
+
+def test_run_page_follows_a_run_to_its_end_without_reloading(
+        page: Any, site: str, ui_queue: RunQueue, filled: dict[str, Any], procs: list,
+        tmp_path: Path) -> None:
+    (run_id,) = ui_queue.submit("toy", {"model": {"className": "Linear"}, "epochs": 5,
+                                        "behaviour": "sleep", "duration": 1.0},
+                                force=True, priority=10)  # before the queued `quadratic` runs
+    page.goto(f"{site}/runs/{run_id}")
+    assert page.text_content('[data-field="status"]') == "QUEUED"
+    assert "No series logged" in (page.text_content('[data-field="curves_note"]') or "")
+    procs.append(start_worker(filled["uri"], filled["db"], "--max-runs", "1",
+                              log=tmp_path / "worker.log"))
+    wait_for(lambda: page.text_content('[data-field="status"]') == "COMPLETED", 120,
+             "the run page to show the run COMPLETED")
+    page.wait_for_selector("#plot-curves .main-svg")
+    record = ui_queue.record(run_id)
+    assert page.evaluate("document.getElementById('plot-curves').data[0].y") == \
+        record["series"][0]["values"]
+    assert f"score={record['run']['metrics']['score']:.6g}" in (
+        page.text_content('[data-field="metrics"]') or "")
+    assert "training Linear on toy" in (page.text_content("#output") or "")

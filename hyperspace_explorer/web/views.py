@@ -216,7 +216,8 @@ def run_detail(q: RunQueue, run_id: str) -> dict[str, Any]:
               "host": str(doc.get("host") or "-"), "ended": when(doc.get("ended_at")),
               "error": record["error"] or "", "output": tail,
               "output_note": (f"last {len(tail):,} of {len(output):,} characters"
-                              if len(output) > len(tail) else f"{len(output):,} characters")}
+                              if len(output) > len(tail) else f"{len(output):,} characters"),
+              "curves_note": "" if record["series"] else "No series logged (log_scalar) yet."}
     return {"run": {"id": str(doc["_id"]), "task": doc.get("task"), "seed": doc.get("seed"),
                     "sacred_id": doc.get("sacred_id"), "queued": when(doc.get("queued_at")),
                     "started": when(doc.get("started_at")), "worker": doc.get("worker"),
@@ -226,6 +227,7 @@ def run_detail(q: RunQueue, run_id: str) -> dict[str, Any]:
             "result": pretty(sacred.get("result")) if sacred.get("result") is not None else "-",
             "code_version": pretty(doc.get("code_version")) if doc.get("code_version") else "-",
             "artifacts": artifacts, "previous": previous, "fields": fields,
+            "live_figures": True,  # curves may appear while the page is open
             "figures": {"curves": _curves_figure(record["series"])} if record["series"] else {}}
 
 
