@@ -589,3 +589,11 @@ def test_run_page_follows_a_run_to_its_end_without_reloading(
     assert f"score={record['run']['metrics']['score']:.6g}" in (
         page.text_content('[data-field="metrics"]') or "")
     assert "training Linear on toy" in (page.text_content("#output") or "")
+
+
+def test_missing_chromium_fails_the_browser_tests_with_the_fix(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium on it
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        chromium_path()
