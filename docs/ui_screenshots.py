@@ -65,7 +65,6 @@ def main() -> None:
                 time.sleep(0.05)
             base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
             pages = {**PAGES, "run": f"/runs/{ids['run']}", "compare": ids["compare"],
-                     "failed": f"/runs/{ids['failed']}",
                      "confirm": f"/runs/{ids['failed']}/requeue"}
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
@@ -75,7 +74,7 @@ def main() -> None:
                 for name, path in pages.items():
                     page.goto(base + path)
                     page.wait_for_load_state("networkidle")
-                    if page.query_selector(".plot"):
+                    if page.query_selector('script[id^="figure-"]'):  # figures to draw
                         page.wait_for_selector(".plot .main-svg")
                     page.screenshot(path=str(DOCS / f"ui-{name}.png"), full_page=name != "run")
                     print(f"docs/ui-{name}.png")
