@@ -37,8 +37,8 @@ def fill(q: RunQueue) -> dict[str, str]:
     q.wait(ids + failed, progress=False)
     slow = q.submit("toy", {"model": {"className": "Forest", "n_trees": 50},
                             "behaviour": "sleep", "duration": 600})
-    while q.get(slow[0])["status"] != "RUNNING":
-        time.sleep(0.2)
+    while not any(w.get("current_run") == slow[0] for w in q.workers()):
+        time.sleep(0.2)  # its worker's next heartbeat shows it
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="toy-tpe", storage=q.store.optuna_storage(),
                                 direction="minimize", sampler=optuna.samplers.TPESampler(seed=1))

@@ -597,3 +597,15 @@ def test_missing_chromium_fails_the_browser_tests_with_the_fix(
     monkeypatch.setattr(Path, "exists", lambda self: False)
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
         chromium_path()
+
+
+def test_runs_list_sorts_by_a_clicked_column(page: Any, site: str, ui_queue: RunQueue) -> None:
+    page.goto(site + "/runs?task=toy")
+    page.click('#runs thead >> text=seed')
+    page.wait_for_url("**sort=seed**")
+    seeds = [int(r[4]) for r in cell_texts(page, "#runs")]
+    assert seeds == sorted(seeds, reverse=True)
+    page.click('#runs thead >> text=seed')  # again: the other way
+    page.wait_for_url("**order=asc**")
+    seeds = [int(r[4]) for r in cell_texts(page, "#runs")]
+    assert seeds == sorted(seeds) and len(seeds) == sum(ui_queue.status("toy").values())
