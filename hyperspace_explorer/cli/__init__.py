@@ -46,6 +46,7 @@ examples:
   hse --db digits diff 3f9a0c1b2d4e 12      # what differs between two runs
   hse --db digits plot digits box -o accuracy.png
   hse demo                                  # everything above, on a bundled example
+  hse --db digits ui                        # the web page: http://127.0.0.1:8765
 
 environment: HSE_MONGO_URI (server), HSE_DB (database), HSE_TASKS_DIR (tasks),
 HSE_HOME (embedded server data, default ~/.hyperspace_explorer).
