@@ -537,6 +537,31 @@ class RunQueue:
 
         return run_diff(self.store, run_a, run_b)
 
+    # ------------------------------------------------------------------ browsing
+    def runs_page(self, task: str | None = None, *, status: str | Sequence[str] | None = None,
+                  config: Mapping[str, Any] | None = None, sort: str = "order",
+                  descending: bool = True, offset: int = 0, limit: int = 50,
+                  fields: Sequence[str] | None = None, after: Sequence[Any] | None = None,
+                  before: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """One page of this Study's runs matching `task`, `status` and `config` (as in
+        `runs()`), sorted by `sort` ("order" = when queued, "started_at", "ended_at",
+        "duration", "seed", "status", "task" or "metrics.<name>"): the `limit` runs
+        after the first `offset`, limited to `fields` (`host` filled in as in
+        `recent`). The web page's runs list: it never reads every run.
+
+        `after=[value, run_id]` (a run's `sort` field and id; sorts "order", "seed",
+        "status" and "task") continues after that run, `before=` ends before it, at
+        the cost of a first page however deep (see `Storage.page_runs`)."""
+        docs = self.store.page_runs(self.runs(task, status=status, config=config), sort=sort,
+                                    descending=descending, skip=offset, limit=limit,
+                                    fields=fields, after=after, before=before)
+        return [_with_host(doc) for doc in docs]
+
+    def ended_since(self, since: float, task: str | None = None) -> int:
+        """How many runs of this Study (or one task) ended at or after `since` (epoch
+        seconds): the throughput behind the web page's ETA."""
+        return self.store.count_ended_since(self.runs(task), since)
+
 
 def _seed_list(task: Task, seeds: int | Sequence[int] | None) -> list[int]:
     if seeds is None:

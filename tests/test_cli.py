@@ -96,7 +96,7 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
     names = sorted(subparsers.choices)
     assert names == ["best", "cancel", "demo", "diff", "ls", "plot", "recover", "requeue",
                      "results", "server", "show", "status", "submit", "tune", "tune-dashboard",
-                     "worker", "workers"]
+                     "ui", "worker", "workers"]
     for name in names:
         assert name in top
         assert main([name, "--help"]) == 0, name

@@ -628,3 +628,75 @@ def test_owns_says_whether_an_attempt_still_holds_its_run(store):
     assert store.owns(run_id, second["token"]) is True
     store.finish(run_id, second["token"], COMPLETED, {})
     assert store.owns(run_id, second["token"]) is False
+
+
+# ------------------------------------------------------------------ web page reads
+def _sort_key(doc, path):
+    value = doc
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return (0, 0) if value is None else (1, value)
+
+
+def test_page_runs_pages_through_queue_and_archive_in_sort_order(store, raw):
+    """Every run once, in the requested order, whether it waits in the queue or was
+    archived: finished runs with metrics, cancelled ones without, queued ones."""
+    ids = store.enqueue([queued(seed=i % 4) for i in range(9)])
+    for i, doc in enumerate(claim_all(store)[:6]):
+        store.finish(doc["_id"], doc["token"], COMPLETED,
+                     {"metrics": {"score": float((i * 7) % 5)}, "ended_at": 100.0 + i})
+    store.sweep_finished()
+    store.request_cancel(RunFilter(ids=tuple(ids[6:8])))
+    store.enqueue([queued(task="other", seed=0)])
+    assert raw.hse_queue.count_documents({}) and raw.hse_done.count_documents({})
+    runs = RunFilter(study="s", task="t")
+    every = list(store.find_runs(runs))
+    assert len(every) == 9
+    for sort in ("order", "seed", "status", "metrics.score", "ended_at"):
+        for descending in (True, False):
+            pages = []
+            for skip in range(0, 12, 4):
+                pages += store.page_runs(runs, sort=sort, descending=descending, skip=skip,
+                                         limit=4, fields=["seed", "status"])
+            expected = sorted(every, key=lambda d: (_sort_key(d, sort), d["_id"]),
+                              reverse=descending)
+            assert [d["_id"] for d in pages] == [d["_id"] for d in expected], (sort, descending)
+    page = store.page_runs(runs, sort="seed", limit=2, fields=["seed"])
+    assert set(page[0]) <= {"_id", "seed"}
+    with pytest.raises(QueryError, match="cannot sort runs by"):
+        store.page_runs(runs, sort="$where")
+    with pytest.raises(QueryError, match="limit"):
+        store.page_runs(runs, limit=0)
+
+
+def test_count_ended_since_counts_finished_runs_of_the_filter(store):
+    ids = store.enqueue([queued() for _ in range(4)])
+    for i, doc in enumerate(claim_all(store)[:3]):
+        store.finish(doc["_id"], doc["token"], COMPLETED, {"ended_at": 1000.0 + i})
+    store.sweep_finished()
+    assert store.count_ended_since(RunFilter(study="s"), 1001.0) == 2
+    assert store.count_ended_since(RunFilter(study="s", task="other"), 0) == 0
+    assert store.count_ended_since(RunFilter(study="s", ids=(ids[0],)), 0) == 1
+
+
+def test_page_runs_continues_after_and_before_a_run_without_skipping(store):
+    ids = store.enqueue([queued(seed=i % 3) for i in range(11)])
+    store.request_cancel(RunFilter(ids=tuple(ids[:4])))  # some archived, some queued
+    runs = RunFilter(study="s")
+    for sort in ("order", "seed"):
+        for descending in (True, False):
+            every = store.page_runs(runs, sort=sort, descending=descending, limit=100)
+            pages, last = [], None
+            while True:
+                page = store.page_runs(runs, sort=sort, descending=descending, limit=3,
+                                       after=last)
+                if not page:
+                    break
+                pages += page
+                last = [page[-1][sort], page[-1]["_id"]]
+            assert [d["_id"] for d in pages] == [d["_id"] for d in every]
+            back = store.page_runs(runs, sort=sort, descending=descending, limit=3,
+                                   before=[every[7][sort], every[7]["_id"]])
+            assert [d["_id"] for d in back] == [d["_id"] for d in every[4:7]]
+    with pytest.raises(QueryError, match="after=/before="):
+        store.page_runs(runs, sort="metrics.score", after=[1.0, ids[0]])

@@ -10,6 +10,7 @@ its group, so a reader finds a command by its name:
 - `results.py`  hse results, best, diff, plot
 - `admin.py`    hse recover, workers
 - `demo.py`     hse demo
+- `ui.py`       hse ui (the web page, `hyperspace_explorer.web`)
 
 The commands are a thin layer over the public API: each calls the `RunQueue` (or
 other library) function a notebook would and only parses arguments and renders the
@@ -24,7 +25,7 @@ import argparse
 import sys
 
 from ..errors import HSEError
-from . import admin, demo, results, runs, server, submit, tune, worker
+from . import admin, demo, results, runs, server, submit, tune, ui, worker
 from .common import PROG, Handler, Session, add_global_options, fail
 from .submit import parse_assignment, parse_grid, parse_value, split_top_level
 
@@ -45,6 +46,7 @@ examples:
   hse --db digits diff 3f9a0c1b2d4e 12      # what differs between two runs
   hse --db digits plot digits box -o accuracy.png
   hse demo                                  # everything above, on a bundled example
+  hse --db digits ui                        # the web page: http://127.0.0.1:8765
 
 environment: HSE_MONGO_URI (server), HSE_DB (database), HSE_TASKS_DIR (tasks),
 HSE_HOME (embedded server data, default ~/.hyperspace_explorer).
@@ -83,6 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue, execute and analyse the runs of a hyperspace_explorer Study.")
     add_global_options(parser, top_level=True)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (server, worker, submit, runs, results, tune, admin, demo):
+    for module in (server, worker, submit, runs, results, tune, admin, demo, ui):
         module.register(sub)  # in the order `hse --help` lists them
     return parser

@@ -109,7 +109,7 @@ def summary_table(summary: Any, title: str | None = None):
         cells = [text(row["rank"])]
         cells += [text(format_value(row[col])) for col in config_columns]
         cells.append(text(row["n"]))
-        cells += [text(_mean_std(row[f"{m}_mean"], row[f"{m}_std"])) for m in metrics]
+        cells += [text(mean_std(row[f"{m}_mean"], row[f"{m}_std"])) for m in metrics]
         p = row.get("p_welch_holm")
         cells.append(text("-" if pd.isna(p) else f"{p:.3g}"))
         flag = row.get("not_worse")
@@ -118,7 +118,8 @@ def summary_table(summary: Any, title: str | None = None):
     return table
 
 
-def _mean_std(mean: float, std: float) -> str:
+def mean_std(mean: float, std: float) -> str:
+    """A "mean ± std" cell as `hse results` prints it (the web page shows the same)."""
     if not math.isfinite(mean):
         return "-"
     return f"{mean:.4f} ± {std:.4f}" if math.isfinite(std) else f"{mean:.4f}"

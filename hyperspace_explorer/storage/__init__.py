@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .base import (
     DEFAULT_MAX_ATTEMPTS,
+    KEYSET_SORTS,
+    PAGE_SORTS,
     RunFilter,
     Storage,
     check_db_name,
@@ -19,7 +21,8 @@ from .base import (
     requirement,
 )
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "RunFilter", "Storage", "check_db_name", "connect",
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "KEYSET_SORTS", "PAGE_SORTS", "RunFilter", "Storage",
+           "check_db_name", "connect",
            "new_run_id", "now_ts", "now_utc", "queue_document_problem", "redact_uri",
            "requirement", "server_pid"]
 

@@ -37,6 +37,12 @@ T = TypeVar("T")
 log = logging.getLogger("hyperspace_explorer.storage")
 
 DEFAULT_MAX_ATTEMPTS = 3
+#: What `Storage.page_runs` sorts by, besides "metrics.<name>": queue order (the age of
+#: a run), when it started or ended, how long it ran, its seed, status and task.
+PAGE_SORTS = ("order", "started_at", "ended_at", "duration", "seed", "status", "task")
+#: The sorts whose field every run has: `page_runs` can continue after (or before) a
+#: run of a page without reading the pages before it.
+KEYSET_SORTS = ("order", "seed", "status", "task")
 _DB_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,63}$")
 
 
@@ -438,3 +444,26 @@ class Storage(abc.ABC):
     def metric_series(self, sacred_ids: Sequence[int],
                       name: str | None = None) -> list[dict[str, Any]]:
         """Metric series (`run_id`, `name`, `steps`, `values`) of the given runs."""
+
+    # -------------------------------------------------------------- web page reads
+    @abc.abstractmethod
+    def page_runs(self, runs: RunFilter, *, sort: str = "order", descending: bool = True,
+                  skip: int = 0, limit: int = 50, fields: Sequence[str] | None = None,
+                  after: Sequence[Any] | None = None,
+                  before: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """One page of the matching runs, ordered by `sort` (one of `PAGE_SORTS`, or
+        "metrics.<name>"; ties by run id; runs without the field come last when
+        descending, first otherwise): the `limit` runs after the first `skip`.
+
+        The web page lists runs with it: a database of 100,000 runs must not be read
+        whole to show 50 of them. The sort keys of at most `skip + limit` runs per
+        collection are read (index-served for `order`), then the page's documents by
+        id, limited to `fields`. With a sort of `KEYSET_SORTS`, `after=[value, run_id]`
+        (the last run of a page: its sort field's value and id) gives the runs that
+        follow it and `before=` those that precede it, in the same order, without
+        reading the runs in between: the next and previous pages cost the first's."""
+
+    @abc.abstractmethod
+    def count_ended_since(self, runs: RunFilter, since: float) -> int:
+        """Number of matching runs that ended at or after `since` (epoch seconds): the
+        queue's recent throughput, counted by the server."""

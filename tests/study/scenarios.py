@@ -89,6 +89,9 @@ class ToyScenario(Scenario):
                 with open(path, "w") as f:
                     f.write("id,label\n1,0\n")
                 self.add_artifact(path, content_type="text/csv", metadata={"rows": 1})
+        if behaviour == "echo":  # prints what it is told, and names a metric so
+            print(params["options"]["text"], flush=True)
+            return {"score": 0.5, params["options"]["metric"]: 1.0}
         if behaviour == "print":
             for i in range(int(params["duration"])):
                 print("x" * 99)
