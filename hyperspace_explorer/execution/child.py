@@ -34,7 +34,6 @@ from .sacred_settings import (
     MetricsLogger,
     RunObserver,
     SacredInterrupt,
-    linearize_metrics,
 )
 
 
@@ -111,7 +110,8 @@ class StreamedMetrics(MetricsLogger):
 
     def log_scalar_metric(self, metric_name, value, step=None):
         super().log_scalar_metric(metric_name, value, step)
-        self.pipe.send("log_metrics", linearize_metrics(super().get_last_metrics()), {})
+        for point in super().get_last_metrics():
+            self.pipe.send("log_point", point.name, point.step, point.timestamp, point.value)
 
     def get_last_metrics(self):
         return []  # every point was sent when logged

@@ -171,14 +171,27 @@ class RecordWriter(MongoObserver):
             self._write()
 
     def log_metrics(self, metrics_by_name, info):
-        """Metric points the run logged (`child.StreamedMetrics` sends each as it is
-        logged): kept, and pushed once `METRICS_WRITE_S` passed since the last push
+        """Points of several series ({name: {steps, values, timestamps}}, Sacred's
+        shape): kept, and pushed once `METRICS_WRITE_S` passed since the last push
         (else at the next write, lease beat or end of the run)."""
         for name, series in metrics_by_name.items():
-            pending = self._points.setdefault(
-                name, {"steps": [], "values": [], "timestamps": []})
+            pending = self._pending(name)
             for key in pending:
                 pending[key].extend(series[key])
+        self._push_if_due()
+
+    def log_point(self, name: str, step: Any, timestamp: Any, value: Any) -> None:
+        """One point, as `child.StreamedMetrics` sends each when it is logged."""
+        pending = self._pending(name)
+        pending["steps"].append(step)
+        pending["values"].append(value)
+        pending["timestamps"].append(timestamp)
+        self._push_if_due()
+
+    def _pending(self, name: str) -> dict[str, list[Any]]:
+        return self._points.setdefault(name, {"steps": [], "values": [], "timestamps": []})
+
+    def _push_if_due(self) -> None:
         if time.monotonic() - self._last_push >= self.METRICS_WRITE_S:
             self.push_metrics()
 

@@ -21,14 +21,14 @@ from ..sacred_compat import import_sacred
 import_sacred()  # before any `from sacred import`: works without pkg_resources too
 from sacred import SETTINGS, Experiment  # noqa: E402
 from sacred.host_info import get_host_info  # noqa: E402
-from sacred.metrics_logger import MetricsLogger, linearize_metrics  # noqa: E402
+from sacred.metrics_logger import MetricsLogger  # noqa: E402
 from sacred.observers import MongoObserver, RunObserver  # noqa: E402
 from sacred.observers.mongo import mimetype_detector  # noqa: E402
 from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds  # noqa: E402
 
 __all__ = ["DISABLED_HOST_INFO", "Experiment", "MetricsLogger", "MongoObserver",
            "RunObserver", "SacredInterrupt", "apply_backspaces_and_linefeeds",
-           "guess_content_type", "host_facts", "linearize_metrics"]
+           "guess_content_type", "host_facts"]
 
 SETTINGS.CAPTURE_MODE = "sys"
 #: Host facts Sacred no longer gathers per run (it stores them as null instead).

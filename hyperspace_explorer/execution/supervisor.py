@@ -176,8 +176,12 @@ class Executor:
         while True:
             now = time.monotonic()
             waits = [next_beat - now] + ([deadline - now] if deadline else [])
-            ready = multiprocessing.connection.wait(
-                ([conn] if conn_open else []) + [proc.sentinel], timeout=max(0.0, min(waits)))
+            if conn_open and conn.poll():  # events queued (metric points): no selector
+                ready = [conn]
+            else:
+                ready = multiprocessing.connection.wait(
+                    ([conn] if conn_open else []) + [proc.sentinel],
+                    timeout=max(0.0, min(waits)))
             if conn in ready:
                 try:
                     event = conn.recv()
