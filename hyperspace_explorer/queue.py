@@ -19,8 +19,10 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -72,6 +74,8 @@ class RunQueue:
         #: Run ids of the existing runs that the last successful submit skipped as
         #: duplicates (one per skipped run: the run it duplicates); empty after force=True.
         self.last_skipped: list[str] = []
+        #: How today's Study code differs from the code the last `rerun`'s run ran with.
+        self.last_code_changes: list[str] = []
 
     def close(self) -> None:
         """Close the database connection (also done when the object is collected)."""
@@ -133,15 +137,31 @@ class RunQueue:
             confs.append(conf)
         return self._enqueue(task_name, confs, **kwargs)
 
-    def _enqueue(self, task_name: str, confs: Sequence[Any], *,
+    def _enqueue(self, task_name: str | Task, confs: Sequence[Any], *,
                  seeds: int | Sequence[int] | None = None, priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None, force: bool = False,
                  gpus: int | None = None, tags: Sequence[str] | None = None,
-                 tuning: Mapping[str, Any] | None = None) -> list[str]:
-        if self.tasks_dir is None:
+                 tuning: Mapping[str, Any] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> list[str]:
+        docs, completes = self._documents(
+            task_name, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
+            max_runtime=max_runtime, gpus=gpus, tags=tags, tuning=tuning, extra=extra)
+        return self.store.enqueue(self._skip_duplicates(docs, completes, force))
+
+    def _documents(self, task_name: str | Task, confs: Sequence[Any], *,
+                   seeds: int | Sequence[int] | None, priority: int, max_attempts: int,
+                   max_runtime: float | None, gpus: int | None, tags: Sequence[str] | None,
+                   tuning: Mapping[str, Any] | None, extra: Mapping[str, Any] | None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The queue documents of `confs` x seeds, every one validated (and its
+        complete config), before anything is stored."""
+        if isinstance(task_name, Task):
+            task = task_name
+        elif self.tasks_dir is None:
             raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
-        task = load_task(self.tasks_dir, task_name)
+        else:
+            task = load_task(self.tasks_dir, task_name)
         seed_list = _seed_list(task, seeds)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise HSEError(f"priority must be an int, got {priority!r}")
@@ -185,8 +205,9 @@ class RunQueue:
                              "tags": tags})
                 if tuning is not None:
                     docs[-1]["tuning"] = dict(tuning)
+                docs[-1].update(extra or {})
                 completes.append(complete)
-        return self.store.enqueue(self._skip_duplicates(docs, completes, force))
+        return docs, completes
 
     def _skip_duplicates(self, docs: list[dict[str, Any]], completes: list[dict[str, Any]],
                          force: bool) -> list[dict[str, Any]]:
@@ -563,6 +584,155 @@ class RunQueue:
         return self.store.count_ended_since(self.runs(task), since)
 
 
+    # ------------------------------------------------------------------ reproducing
+    def code_version(self, task: str) -> dict[str, Any] | None:
+        """The code a worker with today's Study code would record for `task` (see
+        `versions.code_version`); None when the Study's code is not importable here."""
+        from .versions import code_version
+
+        cls = self.scenario_class(self.task(task))
+        return None if cls is None else code_version(study_root(sys.modules[cls.__module__]))
+
+    def rerun(self, run_id: str | int, overrides: Mapping[str, Any] | None = None, *,
+              seed: int | None = None) -> str:
+        """Queue a past run again: its exact stored config (complete, every default as
+        it ran) with `overrides` ({"model.C": 2.0}, dotted paths) applied, under its
+        task as it was queued, with its seed unless `seed` is given. Returns the new
+        run's id; the new run's `reproduces` names the old one (`q.diff` compares them).
+
+        A rerun is an explicit request: it is queued even when an identical run exists.
+        When today's Study code differs from the code the run ran with, a
+        `CodeChangedWarning` says how (also kept in `last_code_changes`).
+        """
+        doc = self.get(run_id)
+        config = copy.deepcopy(doc.get("config") or {})
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ConfigError("", f"overrides must be a dict of dotted path -> value, "
+                                  f"got {overrides!r}")
+        for path, value in (overrides or {}).items():
+            if not isinstance(path, str) or not path or path.startswith(".") \
+                    or path.endswith(".") or ".." in path:
+                raise ConfigError(str(path), "not a dotted config path (like 'model.C')")
+            set_dotted(config, path, json_like(value, path))
+        spec = doc.get("task_spec")
+        task = Task.from_doc(dict(spec)) if isinstance(spec, Mapping) else self.task(doc["task"])
+        self.last_code_changes = self._code_changes(doc, task)
+        if self.last_code_changes:
+            warnings.warn(CodeChangedWarning(
+                f"run {doc['_id']} ran with other code than today's: "
+                + "; ".join(self.last_code_changes)), stacklevel=2)
+        return self._enqueue(task, [config], seeds=[doc["seed"] if seed is None else seed],
+                             priority=int(doc.get("priority") or 0), force=True,
+                             max_runtime=doc.get("max_runtime"), gpus=doc.get("gpus"),
+                             tags=doc.get("tags"), extra={"reproduces": doc["_id"]})[0]
+
+    def _code_changes(self, doc: Mapping[str, Any], task: Task) -> list[str]:
+        """How today's Study code differs from the code a run recorded (none known:
+        nothing to say)."""
+        from .versions import differences
+
+        then = doc.get("code_version")
+        cls = self.scenario_class(task) if isinstance(then, Mapping) else None
+        if cls is None:
+            return []
+        from .versions import code_version
+
+        now = code_version(study_root(sys.modules[cls.__module__]))
+        out = []
+        for what, a, b in differences(then, now):
+            if what == "changed":
+                continue
+            out.append(f"{what}: {_short(a)} -> {_short(b)}")
+        if now.get("changed"):
+            out.append("uncommitted changes today in " + ", ".join(now["changed"][:10])
+                       + (" ..." if len(now["changed"]) > 10 else ""))
+        return out
+
+    def run_here(self, task: str, conf: Mapping[str, Any] | None = None, *,
+                 seed: int | None = None) -> dict[str, Any]:
+        """Run one config now, in this process, exactly as a worker would: defaults
+        filled, validated, seeded, under Sacred, recorded in this database as a run
+        of the Study (`results()` shows it). For trying and debugging a scenario in a
+        notebook before queueing a grid: prints appear here, and an exception of the
+        scenario is raised here (after the run is recorded FAILED), so `%debug` works.
+
+        Returns `run_id`, `sacred_id`, `status`, `metrics` and `error`.
+        """
+        from .execution import RunSpec
+        from .execution.supervisor import Executor
+        from .worker import final_fields
+
+        spec_task = self.task(task)
+        cls = self.scenario_class(spec_task)
+        if cls is None:
+            raise StudyError("run_here needs the Study's code: pass study_dir= to RunQueue")
+        docs, completes = self._documents(
+            spec_task, [{} if conf is None else conf], seeds=None if seed is None else [seed],
+            priority=0, max_attempts=1, max_runtime=None, gpus=None, tags=None, tuning=None,
+            extra={"run_here": socket.gethostname()})
+        doc = self._skip_duplicates(docs, completes, force=True)[0]
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:here"
+        self.store.start_here(doc, worker_id, _HERE_LEASE_S)
+        log_dir = Path(tempfile.gettempdir()) / "hse-run-here"
+        log_dir.mkdir(exist_ok=True)
+        spec = RunSpec(run_id=doc["_id"], task=spec_task, config=completes[0], seed=doc["seed"],
+                       sacred_id=self.store.reserve_sacred_ids(1)[0], attempt=1,
+                       token=doc["token"], max_runtime=None,
+                       log_path=log_dir / f"{doc['_id']}.log")
+        executor = Executor(self.store, sys.modules[cls.__module__], log_dir,
+                            heartbeat_s=_HERE_LEASE_S / 6, lease_s=_HERE_LEASE_S,
+                            interrupt=lambda: None, on_beat=lambda: None)
+        started = time.time()
+        outcome, raised = executor.execute_here(spec)
+        status: Status = outcome.status
+        if not outcome.fenced:
+            status, fields = final_fields(outcome, spec, doc, executor.code_version(spec_task),
+                                          started)
+            self.store.finish(doc["_id"], doc["token"], status, fields)
+        if raised is not None and status not in (COMPLETED, Status.PRUNED):
+            raise raised
+        return {"run_id": doc["_id"], "sacred_id": spec.sacred_id, "status": status,
+                "metrics": outcome.metrics, "error": outcome.error}
+
+    def backfill(self, task: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """Write today's defaults into the stored configs of the task's finished runs
+        (queue documents and Sacred records), so incense, Omniboard or any reader sees
+        complete configs without the Study's code. Each run's original config is kept
+        in `config_original` (the first time only). A second call changes nothing.
+
+        Runs whose config today's code refuses (a parameter renamed or removed) are
+        left as they are and reported. Returns {"runs": finished runs read, "changed":
+        runs updated (or that would be, `dry_run=True`), "unchanged", "refused":
+        {problem: number of runs}, "dry_run"}.
+        """
+        cls = self.scenario_class(self.task(task, require_runs=True))
+        if cls is None:
+            raise StudyError("backfill needs the Study's code (today's defaults): pass "
+                             "study_dir= to RunQueue")
+        changes: list[dict[str, Any]] = []
+        refused: dict[str, int] = {}
+        seen = 0
+        fields = ["config", "config_original", "sacred_id", "seed"]
+        for doc in self.store.find_runs(self.runs(task, status=FINAL), fields=fields):
+            seen += 1
+            stored = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+            try:
+                complete = cls.complete_run_config(stored)
+            except ConfigError as exc:
+                refused[str(exc)] = refused.get(str(exc), 0) + 1
+                continue
+            if _canonical(complete) == _canonical(stored):
+                continue
+            changes.append({"run_id": doc["_id"], "sacred_id": doc.get("sacred_id"),
+                            "seed": doc.get("seed"), "config": complete,
+                            "original": None if "config_original" in doc else stored})
+        if changes and not dry_run:
+            self.store.replace_configs(changes)
+        return {"runs": seen, "changed": len(changes),
+                "unchanged": seen - len(changes) - sum(refused.values()),
+                "refused": refused, "dry_run": dry_run}
+
+
 def _seed_list(task: Task, seeds: int | Sequence[int] | None) -> list[int]:
     if seeds is None:
         return [task.seed]
@@ -632,3 +802,15 @@ def _run_error(doc: Mapping[str, Any], sacred: Mapping[str, Any] | None) -> str 
                                 f"{doc.get('status')} ({reason or 'no reason recorded'})")
     last = doc.get("last_error")
     return last if isinstance(last, str) and last.strip() else None
+
+
+_HERE_LEASE_S = 60.0  # run_here's lease, renewed every 10 s by a thread
+
+
+class CodeChangedWarning(UserWarning):
+    """A rerun's run ran with other Study code than today's."""
+
+
+def _short(value: Any) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= 16 else text[:12] + "..."

@@ -242,6 +242,8 @@ def _differ(store: Storage, file_a: Any, file_b: Any) -> bool:
 def run_diff(store: Storage, run_a: str | int, run_b: str | int) -> dict[str, Any]:
     """What differs between two runs: config values, seed, task, code version
     (commit, dirty flag) and which recorded source files changed."""
+    from .versions import differences
+
     docs = [store.get_run(r) for r in (run_a, run_b)]
     flat = [flatten(d.get("config") or {}) for d in docs]
     config = [(path, flat[0].get(path, "<absent>"), flat[1].get(path, "<absent>"))
@@ -270,5 +272,7 @@ def run_diff(store: Storage, run_a: str | int, run_b: str | int) -> dict[str, An
         "config": config,
         "commit": [v.get("commit") for v in versions],
         "dirty": [v.get("dirty") for v in versions],
+        "code": differences(versions[0], versions[1]),
+        "reproduces": [d.get("reproduces") for d in docs],
         "sources": sources,
     }

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,7 @@ class Worker:
             return
         sacred_id = self._next_sacred_id()
         max_runtime = doc.get("max_runtime") or task.max_runtime
-        from .execution import TOO_LARGE, RunSpec
+        from .execution import RunSpec
 
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
@@ -344,18 +344,12 @@ class Worker:
         if outcome.fenced:
             log.warning("run %s: lease lost to a newer attempt; result discarded", run_id)
             return
-        fields = {**outcome.fields(), "config": config, "config_given": doc.get("config"),
-                  "sacred_id": sacred_id, "code_version": slot.executor.code_version(task),
-                  "host": socket.gethostname(), "duration": round(time.time() - started, 3),
-                  "log_file": str(spec.log_path)}
-        if outcome.status == QUEUED:
+        status, fields = final_fields(outcome, spec, doc, slot.executor.code_version(task),
+                                      started)
+        if status == QUEUED:
             fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
             self._requeue(run_id, token, fields)
         else:
-            status = outcome.status
-            if len(bson.encode(fields)) > MAX_RESULT_BYTES:
-                status = FAILED
-                fields.update(metrics=None, reason=Reason.ERROR.value, error=TOO_LARGE)
             self._finish(run_id, token, status, fields)
         with self._lock:
             self.executed += 1
@@ -409,6 +403,26 @@ class Worker:
             self.store.retry(lambda: self.store.supersede_sacred_runs(run_id, token, SUPERSEDED))
             log.warning("run %s: a newer attempt owns it; this attempt's outcome is dropped",
                         run_id)
+
+
+def final_fields(outcome: Any, spec: Any, doc: Mapping[str, Any],
+                 code_version: Mapping[str, Any], started: float
+                 ) -> tuple[Status, dict[str, Any]]:
+    """The status and fields an attempt's outcome writes to its queue document (a
+    worker's, or `RunQueue.run_here`'s): what it returned, the complete config it ran
+    with beside the config as given, its Sacred id, code version, host and duration.
+    Fields too large for a document fail the run instead of losing the write."""
+    from .execution import TOO_LARGE
+
+    fields = {**outcome.fields(), "config": spec.config, "config_given": doc.get("config"),
+              "sacred_id": spec.sacred_id, "code_version": dict(code_version),
+              "host": socket.gethostname(), "duration": round(time.time() - started, 3),
+              "log_file": str(spec.log_path)}
+    status = outcome.status
+    if status != QUEUED and len(bson.encode(fields)) > MAX_RESULT_BYTES:
+        status = FAILED
+        fields.update(metrics=None, reason=Reason.ERROR.value, error=TOO_LARGE)
+    return status, fields
 
 
 @dataclasses.dataclass

@@ -221,6 +221,10 @@ def cmd_diff(session: Session) -> int:
         add(f"metrics.{name}", [m.get(name) for m in metrics])
     add("commit", diff["commit"])
     add("dirty", diff["dirty"])
+    add("reproduces", diff["reproduces"])
+    for what, a, b in diff["code"]:
+        if what not in ("commit", "dirty"):
+            add(what, [a, b])
     console.print(side)
 
     if diff["sources"]:

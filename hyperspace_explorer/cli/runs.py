@@ -130,6 +130,9 @@ def cmd_show(session: Session) -> int:
              ("started", render.when(doc.get("started_at"))),
              ("ended", render.when(doc.get("ended_at"))),
              ("duration", render.duration(doc)), ("code version", _code_version(doc)),
+             ("changed files", ", ".join((doc.get("code_version") or {}).get("changed") or [])
+              or None),
+             ("reproduces", doc.get("reproduces")),
              ("worker log", doc.get("log_file")),
              ("last rejection", _rejection(doc.get("last_rejection")))]
     info = Table.grid(padding=(0, 2))
@@ -168,10 +171,19 @@ def cmd_show(session: Session) -> int:
 
 
 def _code_version(doc: Mapping[str, Any]) -> str | None:
-    version = doc.get("code_version") or {}
-    if not version.get("commit"):
-        return None
-    return f"{version['commit'][:12]}{' (dirty)' if version.get('dirty') else ''}"
+    from ..versions import short
+
+    version = doc.get("code_version")
+    text = short(version)
+    if text is None or not isinstance(version, Mapping):
+        return text
+    extra = [f"Python {version['python']}" if version.get("python") else None,
+             f"hyperspace_explorer {version['hyperspace_explorer']}"
+             if version.get("hyperspace_explorer") else None]
+    packages = version.get("packages") or {}
+    if packages:
+        extra.append(", ".join(f"{name} {v}" for name, v in sorted(packages.items())))
+    return "; ".join([text] + [e for e in extra if e])
 
 
 def _rejection(note: Any) -> str | None:

@@ -29,6 +29,35 @@ def register(sub: SubParsers) -> None:
                    help="only runs in these statuses (default with --task: "
                         "FAILED,TIMEOUT,CANCELLED)")
 
+    p = command(sub, "rerun", cmd_rerun,
+                "queue a past run again: its exact stored config, plus changes; prints the "
+                "new id",
+                "examples:\n"
+                "  hse rerun 3f9a0c1b2d4e                     # same config and seed\n"
+                "  hse rerun 12 --set model.C=2.0 --seed 7    # by Sacred id, with changes\n\n"
+                "The new run records the run it reproduces (hse show, hse diff OLD NEW). "
+                "It is queued\neven when an identical run exists. A note says when "
+                "today's Study code differs\nfrom the code the run ran with.")
+    p.add_argument("run", metavar="RUN", help="queue or Sacred id of the run to run again")
+    p.add_argument("--set", dest="assignments", action="append", default=[],
+                   type=parse_assignment, metavar="PATH=VALUE",
+                   help="change a config value by dotted path (repeatable)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="run it under this seed (default: the run's own)")
+
+    p = command(sub, "backfill", cmd_backfill,
+                "write today's defaults into the stored configs of a task's finished runs",
+                "examples:\n"
+                "  hse backfill digits --dry-run      # how many runs would change\n"
+                "  hse backfill digits\n\n"
+                "Queue documents and Sacred records get complete configs (incense and "
+                "Omniboard then\nshow every parameter without the Study's code); each "
+                "original is kept in\nconfig_original. Runs whose config today's code "
+                "refuses (a renamed or removed\nparameter) are reported and left as they "
+                "are. A second call changes nothing.")
+    p.add_argument("task", help="task name")
+    p.add_argument("--dry-run", action="store_true", help="only report what would change")
+
     p = command(sub, "submit", cmd_submit, "queue runs of a task; prints their ids",
                 "examples:\n"
                 "  hse submit digits --set model.className=LogisticModel --set model.C=0.5\n"
@@ -91,6 +120,39 @@ def cmd_requeue(session: Session) -> int:
     render.console().print(render.text(
         f"requeued {n} finished run(s) with a fresh attempt count (each keeps its earlier "
         f"outcome in previous_attempts)"))
+    return 0
+
+
+def cmd_rerun(session: Session) -> int:
+    import warnings
+
+    from ..queue import CodeChangedWarning
+
+    args = session.args
+    overrides: dict[str, Any] = {}
+    for path, value in args.assignments:
+        if path in overrides:
+            raise HSEError(f"--set {path} given twice")
+        overrides[path] = value
+    queue, console = session.queue, render.console()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CodeChangedWarning)  # printed below instead
+        new_id = queue.rerun(args.run, overrides or None, seed=args.seed)
+    for change in queue.last_code_changes:
+        console.print(render.text(f"note: today's code differs: {change}", "yellow"))
+    print(new_id)
+    return 0
+
+
+def cmd_backfill(session: Session) -> int:
+    args = session.args
+    report = session.queue.backfill(args.task, dry_run=args.dry_run)
+    console = render.console()
+    verb = "would change" if report["dry_run"] else "changed"
+    console.print(render.text(f"{report['runs']} finished run(s) of {args.task}: {verb} "
+                              f"{report['changed']}, {report['unchanged']} already complete"))
+    for problem, n in sorted(report["refused"].items()):
+        console.print(render.text(f"left as is ({n} run(s)): {problem}", "yellow"))
     return 0
 
 

@@ -195,6 +195,19 @@ def child_main(conn: multiprocessing.connection.Connection,
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     faulthandler.enable(file=sys.stderr)  # a segfault leaves a traceback in the log
     try:
+        run_attempt(spec, ex, pipe)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseException | None:
+    """Run one attempt of `spec` under Sacred in this process, every event going to
+    `pipe`; returns what the run raised (already reported as an "error"), else None.
+    The worker's child calls it after isolating itself; `RunQueue.run_here` calls it
+    in the notebook's own process, so the same code runs a run in both places."""
+    try:
         scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
         scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
         params = copy.deepcopy(spec.config)
@@ -214,6 +227,8 @@ def child_main(conn: multiprocessing.connection.Connection,
                 if _is_pruned(exc):
                     raise PrunedInterrupt(str(exc) or "pruned") from exc
                 raise
+            finally:
+                _SACRED_RUN.remove(_run)
             metrics.update(normalize_metrics(result, metric))
             # Sacred's `result` is the main metric, a number that Omniboard sorts and
             # incense projects; the record keeps them all in its info.
@@ -228,18 +243,19 @@ def child_main(conn: multiprocessing.connection.Connection,
                                   "attempt": spec.attempt, "token": spec.token,
                                   "scenario": spec.task.scenario}})
         pipe.send("done", metrics)
+        return None
     except PrunedInterrupt as exc:
         pipe.send("pruned", f"pruned by the tuner's pruner: {exc}")
+        return exc
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
             pipe.send("error", detail)
         except Exception:
             pass
+        return exc
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _TUNING[:] = []
 
 
 def _die_with_parent() -> None:

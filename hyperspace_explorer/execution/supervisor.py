@@ -27,8 +27,10 @@ from .. import logs
 from ..errors import StoreUnavailable
 from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, QUEUED, TIMEOUT, Reason, Status
 from ..storage import Storage, now_utc
+from ..study import study_root
 from ..task import Task
-from .child import RunSpec, child_main
+from ..versions import code_version
+from .child import RunSpec, child_main, run_attempt
 from .records import OUTPUT_LIMIT, RecordWriter, output_filter
 from .sacred_settings import Experiment, host_facts
 
@@ -86,7 +88,6 @@ class Executor:
         # Shared by the executors of a worker's slots (building one is slow).
         self._experiments: dict[str, Experiment] = {} if experiments is None else experiments
         self._source_cache: dict[tuple[str, str], Any] = {}
-        self._code_versions: dict[str, dict[str, Any] | None] = {}
         self._host_facts = host_facts()
         self._spare: _Child | None = None
         self._trials: Any = None  # tuning.link.TrialLinks, once a tuned run reports
@@ -112,15 +113,10 @@ class Executor:
             self._experiments[task.name] = ex
         return ex
 
-    def code_version(self, task: Task) -> dict[str, Any] | None:
-        """Commit and dirty flag of the Study's repository (None outside git)."""
-        if task.name not in self._code_versions:
-            info = self.experiment_for(task).get_experiment_info()
-            repos = info.get("repositories") or []
-            self._code_versions[task.name] = {
-                "commit": repos[0].get("commit"), "dirty": bool(repos[0].get("dirty")),
-                "url": repos[0].get("url")} if repos else None
-        return self._code_versions[task.name]
+    def code_version(self, task: Task) -> dict[str, Any]:
+        """The Study's code version now (see `versions.code_version`; computed again
+        only when the sources or the git state changed), its diff stored once."""
+        return code_version(study_root(self.study_module), self.store.store_blob)
 
     def execute(self, spec: RunSpec) -> Outcome:
         """Run one attempt to its end; never raises for anything the user code did."""
@@ -139,6 +135,42 @@ class Executor:
             proc.join()
             kill_run_group(proc.pid)
             logs.trim(spec.log_path, OUTPUT_LIMIT)
+
+    def execute_here(self, spec: RunSpec) -> tuple[Outcome, BaseException | None]:
+        """Run one attempt in this very process (`RunQueue.run_here`, for debugging in
+        a notebook): the same Sacred run, events and fenced record as in a child, the
+        lease renewed by a thread. Returns the outcome and what the run raised, which
+        the caller raises again once the run is recorded."""
+        ex = self.experiment_for(spec.task)
+        pipe = _LocalPipe(self, RecordWriter(self.store, self._source_cache,
+                                             self._host_facts, spec.log_path), spec)
+        stop, lost = threading.Event(), threading.Event()
+
+        def keep_lease() -> None:
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    if self._renew(spec) is None:
+                        lost.set()
+                        return
+                except StoreUnavailable:
+                    continue  # the final write decides
+                with pipe.lock:
+                    pipe.writer.push_metrics()
+
+        renewer = threading.Thread(target=keep_lease, name="hse-lease", daemon=True)
+        renewer.start()
+        try:
+            raised = run_attempt(spec, ex, pipe)
+        finally:
+            stop.set()
+            renewer.join()
+        if lost.is_set() or pipe.writer.superseded or (pipe.outcome is not None
+                                                       and pipe.outcome.fenced):
+            if not pipe.writer.superseded:
+                pipe.writer.close("FAILED", SUPERSEDED, now_utc())
+            return _LOST, raised
+        return pipe.outcome or Outcome(status=FAILED, reason=Reason.ERROR,
+                                       error="the run ended without a result"), raised
 
     def _fork(self) -> _Child:
         parent_conn, child_conn = _FORK.Pipe()
@@ -188,7 +220,7 @@ class Executor:
                 except (EOFError, OSError):
                     conn_open = False
                 else:
-                    outcome = self._handle(event, writer, conn, spec) or outcome
+                    outcome = self._handle(event, writer, conn.send, spec) or outcome
                     if writer.superseded or (outcome is not None and outcome.fenced):
                         _terminate(proc)
                         return _LOST
@@ -244,8 +276,9 @@ class Executor:
         return _LOST if writer.superseded else Outcome(status=FAILED, reason=Reason.KILLED,
                                                        error=why)
 
-    def _handle(self, event: tuple, writer: RecordWriter, conn: Any,
+    def _handle(self, event: tuple, writer: RecordWriter, reply: Callable[[Any], None],
                 spec: RunSpec) -> Outcome | None:
+        """One event of the run: written to its record, or answered with `reply`."""
         kind, *args = event
         if kind == "done":
             return Outcome(status=COMPLETED, metrics=args[0])
@@ -265,7 +298,7 @@ class Executor:
                     self._trials = TrialLinks(self.store)
                 answer = self._trials.handle(spec.tuning, kind, *args)
             if kind == "should_prune":
-                conn.send(bool(answer))
+                reply(bool(answer))
             return None
         if kind in _FINAL_EVENTS:
             # A final state only while the run is ours: wait for the store to say so
@@ -276,7 +309,7 @@ class Executor:
                 return _LOST
         getattr(writer, kind)(*args)
         if kind in ("artifact_event", "resource_event"):
-            conn.send("ok")
+            reply("ok")
         return None
 
     def _renew(self, spec: RunSpec) -> dict[str, Any] | None:
@@ -284,6 +317,31 @@ class Executor:
         when a newer attempt owns the run; StoreUnavailable after a lease of trying."""
         return self.store.retry(lambda: self.store.renew_lease(
             spec.run_id, spec.token, self.lease_s), patience_s=self.lease_s)
+
+
+class _LocalPipe:
+    """The child's pipe when the run executes in the caller's process: each event is
+    handled at once, as the worker handles what its child sends (one at a time: the
+    run's thread, Sacred's heartbeat thread and the lease thread all write)."""
+
+    def __init__(self, executor: Executor, writer: RecordWriter, spec: RunSpec):
+        self.executor, self.writer, self.spec = executor, writer, spec
+        self.lock = threading.RLock()
+        self.outcome: Outcome | None = None
+        self._answer: Any = None
+
+    def send(self, *event: Any) -> None:
+        with self.lock:
+            outcome = self.executor._handle(event, self.writer, self.answer, self.spec)
+        if outcome is not None:
+            self.outcome = outcome
+
+    def ask(self, *event: Any) -> Any:
+        self.send(*event)
+        return self._answer
+
+    def answer(self, value: Any) -> None:
+        self._answer = value
 
 
 def kill_run_group(pgid: int) -> None:

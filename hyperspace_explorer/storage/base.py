@@ -272,6 +272,13 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def start_here(self, doc: dict[str, Any], worker_id: str, lease_s: float) -> dict[str, Any]:
+        """Store a new run already leased to `worker_id` (RUNNING, attempt 1, with a
+        fresh token, as `claim` leaves a run): `RunQueue.run_here` executes it in the
+        caller's process, and no worker may take it meanwhile. If the caller dies, the
+        run's lease expires and recovery requeues it like any lost run's."""
+
+    @abc.abstractmethod
     def renew_lease(self, run_id: str, token: str, lease_s: float,
                     fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Extend our attempt's lease; None when a newer attempt owns the run. The
@@ -419,6 +426,24 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def read_file(self, file_id: Any) -> bytes | None:
         """Content of a stored source or artifact (None if it is gone)."""
+
+    @abc.abstractmethod
+    def replace_configs(self, changes: Sequence[Mapping[str, Any]]) -> int:
+        """Write back-filled configs (`RunQueue.backfill`): each change names a
+        `run_id`, its `sacred_id` (or None), the new `config` and, the first time only,
+        the `original` config, kept in `config_original` in the same single-document
+        write (so an interrupted back-fill never loses an original). Updates the run's
+        queue document and its Sacred record's `config` (with its `seed`) in bulk;
+        returns how many runs were updated."""
+
+    @abc.abstractmethod
+    def store_blob(self, key: str, content: bytes) -> None:
+        """Keep `content` under `key` (a content hash, e.g. a code version's diff) once:
+        storing the same key again is free, so per-run callers cost one read."""
+
+    @abc.abstractmethod
+    def read_blob(self, key: str) -> bytes | None:
+        """What `store_blob` kept under `key` (None when nothing is)."""
 
     @abc.abstractmethod
     def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:

@@ -426,6 +426,19 @@ class MongoStorage(Storage):
         return None
 
     @_translated
+    def start_here(self, doc: dict[str, Any], worker_id: str, lease_s: float) -> dict[str, Any]:
+        run_id, token, now = doc.setdefault("_id", new_run_id()), new_token(), now_ts()
+        doc.setdefault("gpus", 0)
+        doc.setdefault("tags", [])
+        doc.update(order=time.time_ns(), status=RUNNING.value, attempt=1, token=token,
+                   worker=worker_id, started_at=now, heartbeat=now, lease_until=now + lease_s,
+                   req=requirement(doc["gpus"], doc["tags"]))
+        self._leases.insert_one({"_id": run_id, "token": token, "worker": worker_id,
+                                 "lease_until": now + lease_s})
+        self._queue.insert_one(doc)
+        return doc
+
+    @_translated
     def renew_lease(self, run_id: str, token: str, lease_s: float,
                     fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         now = now_ts()
@@ -818,6 +831,41 @@ class MongoStorage(Storage):
             return self.fs.get(file_id).read()
         except gridfs.errors.NoFile:
             return None
+
+    @_translated
+    def replace_configs(self, changes: Sequence[Mapping[str, Any]]) -> int:
+        runs_ops, sacred_ops = [], []
+        for change in changes:
+            fields = {"config": change["config"]}
+            sacred_fields = {"config": {**change["config"], "seed": change.get("seed")}}
+            if change.get("original") is not None:
+                fields["config_original"] = change["original"]
+                sacred_fields["config_original"] = {**change["original"],
+                                                    "seed": change.get("seed")}
+            runs_ops.append(pymongo.UpdateOne({"_id": change["run_id"]}, {"$set": fields}))
+            if isinstance(change.get("sacred_id"), int):
+                sacred_ops.append(pymongo.UpdateOne({"_id": change["sacred_id"]},
+                                                    {"$set": sacred_fields}))
+        updated = 0
+        for start in range(0, len(runs_ops), _INSERT_BATCH):
+            batch = runs_ops[start:start + _INSERT_BATCH]
+            for coll in (self._done, self._queue):  # archived or not: one of them has it
+                updated += coll.bulk_write(batch, ordered=False).matched_count
+        for start in range(0, len(sacred_ops), _INSERT_BATCH):
+            self._runs.bulk_write(sacred_ops[start:start + _INSERT_BATCH], ordered=False)
+        return updated
+
+    @_translated
+    def store_blob(self, key: str, content: bytes) -> None:
+        if self._sources.find_one({"_id": key}, {"_id": 1}) is not None:
+            return
+        file_id = self.fs.put(content, filename=key)
+        self._sources.replace_one({"_id": key}, {"_id": key, "file_id": file_id}, upsert=True)
+
+    @_translated
+    def read_blob(self, key: str) -> bytes | None:
+        known = self._sources.find_one({"_id": key})
+        return None if known is None else self.read_file(known["file_id"])
 
     @_translated
     def sacred_run(self, sacred_id: int) -> dict[str, Any] | None:
