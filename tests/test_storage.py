@@ -700,3 +700,37 @@ def test_page_runs_continues_after_and_before_a_run_without_skipping(store):
             assert [d["_id"] for d in back] == [d["_id"] for d in every[4:7]]
     with pytest.raises(QueryError, match="after=/before="):
         store.page_runs(runs, sort="metrics.score", after=[1.0, ids[0]])
+
+
+# ------------------------------------------------------------------ reproducing
+def test_start_here_stores_a_leased_run_no_claim_takes(store):
+    doc = store.start_here(queued(), "notebook:1:here", 0.0)
+    assert doc["status"] == RUNNING and doc["attempt"] == 1 and doc["token"]
+    assert store.claim("s", ["t"], "w1", 60) is None  # never offered to workers
+    assert store.owns(doc["_id"], doc["token"])
+    assert [d["_id"] for d in store.expired_leases()] == [doc["_id"]]  # recoverable
+    assert store.finish(doc["_id"], doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+    assert store.get_run(doc["_id"])["status"] == COMPLETED
+
+
+def test_replace_configs_keeps_the_first_original_and_updates_sacred_records(store, raw):
+    [run_id] = store.enqueue([queued(config={"a": 1})])
+    raw.runs.insert_one({"_id": 7, "config": {"a": 1, "seed": 3}})
+    change = {"run_id": run_id, "sacred_id": 7, "seed": 3, "config": {"a": 1, "b": 2},
+              "original": {"a": 1}}
+    assert store.replace_configs([change]) == 1
+    doc = store.get_run(run_id)
+    assert doc["config"] == {"a": 1, "b": 2} and doc["config_original"] == {"a": 1}
+    record = raw.runs.find_one({"_id": 7})
+    assert record["config"] == {"a": 1, "b": 2, "seed": 3}
+    assert record["config_original"] == {"a": 1, "seed": 3}
+    store.replace_configs([{**change, "config": {"a": 1, "b": 3}, "original": None}])
+    assert store.get_run(run_id)["config_original"] == {"a": 1}
+
+
+def test_blobs_are_stored_once_per_key(store, raw):
+    assert store.read_blob("diff:none") is None
+    store.store_blob("diff:abc", b"+x = 1\n")
+    store.store_blob("diff:abc", b"+x = 1\n")
+    assert store.read_blob("diff:abc") == b"+x = 1\n"
+    assert raw.hse_sources.count_documents({"_id": "diff:abc"}) == 1
