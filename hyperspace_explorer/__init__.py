@@ -9,6 +9,7 @@ from .scenario import Scenario
 from .task import Task, load_task
 
 __all__ = ["Configurable", "Scenario", "Task", "load_task", "RunQueue", "Worker", "load_results",
+           "load_model",
            "HSEError", "ConfigError", "TaskError", "StoreError", "StudyError", "MetricError"]
 __version__ = "0.1.0"
 
@@ -21,6 +22,9 @@ def __getattr__(name: str):
     if name == "Worker":
         from .worker import Worker
         return Worker
+    if name == "load_model":
+        from .models import load_model
+        return load_model
     if name == "load_results":
         from .results import load_results
         return load_results

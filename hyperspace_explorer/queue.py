@@ -733,6 +733,21 @@ class RunQueue:
                 "refused": refused, "dry_run": dry_run}
 
 
+    # ------------------------------------------------------------------ models
+    def load_model(self, run_id: str | int, name: str = "model") -> Any:
+        """The model a run saved with `Scenario.save_model` (see `models`)."""
+        from .models import read_model
+
+        return read_model(self, run_id, name)
+
+    def export(self, run_id: str | int, directory: str | Path) -> Path:
+        """Write the run's models, complete config, code version and metrics to a new
+        or empty `directory` (see `models.export_run`); returns it."""
+        from .models import export_run
+
+        return export_run(self, run_id, directory)
+
+
 def _seed_list(task: Task, seeds: int | Sequence[int] | None) -> list[int]:
     if seeds is None:
         return [task.seed]

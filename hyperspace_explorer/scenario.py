@@ -75,6 +75,46 @@ class Scenario(Configurable):
         if run is not None:
             run.add_artifact(filename, name=name, metadata=metadata, content_type=content_type)
 
+    def save_model(self, obj: Any, name: str = "model") -> None:
+        """Keep a trained model with the run, for use outside the study: a torch module
+        or state dict (`<name>.pt`) or anything picklable, e.g. a scikit-learn
+        estimator (`<name>.pkl`), stored as an artifact of the run's Sacred record
+        with its content type. `hyperspace_explorer.load_model(run_id, db=...)` gives
+        it back; `hse export RUN DIR` writes it with its config and code version."""
+        from .models import save_model
+
+        save_model(self, obj, name)
+
+    def save_checkpoint(self, obj: Any) -> bool:
+        """Keep `obj` (e.g. {"epoch": e, "model": model.state_dict(), "optimizer": ...})
+        as the run's latest checkpoint in the database, replacing the previous one. If
+        the run is interrupted (its worker killed, lost or stopped) and queued again, the
+        next attempt's `load_checkpoint()` returns it, and the metric points logged up to
+        this call are carried over, so its curves continue. Returns whether it was kept
+        (False outside a worker's run, or when another attempt owns the run)."""
+        hook = _CHECKPOINTS[-1] if _CHECKPOINTS else None
+        if hook is None:
+            self.__dict__["_checkpoint"] = obj
+            return False
+        from .models import to_bytes
+
+        data, content_type = to_bytes(obj)
+        return bool(hook.save(data, content_type))
+
+    def load_checkpoint(self) -> Any:
+        """The latest checkpoint an earlier attempt of this run saved (see
+        `save_checkpoint`), None when there is none: start from scratch then."""
+        hook = _CHECKPOINTS[-1] if _CHECKPOINTS else None
+        if hook is None:
+            return self.__dict__.get("_checkpoint")
+        found = hook.load()
+        if found is None:
+            return None
+        from .models import from_bytes
+
+        data, content_type = found
+        return from_bytes(data, content_type, "the run's checkpoint")
+
     def report(self, value: float, step: int) -> None:
         """An intermediate value of the task's main metric at `step` (an epoch, a
         budget). It is logged as the metric series named after the task's metric
@@ -111,6 +151,9 @@ _SACRED_RUN: list[Any] = []
 #: In a worker's child: the channel of `report` / `should_prune` to the worker (set by
 #: `execution.child`); it has `.metric`, `.report(value, step)`, `.should_prune()`.
 _TUNING: list[Any] = []
+#: In a run: the channel of `save_checkpoint` / `load_checkpoint` to the worker, with
+#: `.save(data, content_type) -> bool` and `.load() -> (data, content_type) | None`.
+_CHECKPOINTS: list[Any] = []
 
 
 def _current_sacred_run() -> Any:

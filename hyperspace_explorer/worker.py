@@ -333,11 +333,13 @@ class Worker:
         max_runtime = doc.get("max_runtime") or task.max_runtime
         from .execution import RunSpec
 
+        checkpoint, resume_points = self._checkpoint(doc)
         spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
                        sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
                        max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
                        env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {},
-                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None)
+                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None,
+                       checkpoint=checkpoint, resume_points=resume_points)
         log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
                  doc["seed"], sacred_id)
         outcome = slot.executor.execute(spec)
@@ -356,6 +358,28 @@ class Worker:
         log.info("run %s %s%s", run_id, outcome.status.lower(),
                  f": {outcome.metrics}" if outcome.metrics else
                  f" ({outcome.reason})" if outcome.reason else "")
+
+    def _checkpoint(self, doc: Mapping[str, Any]
+                    ) -> tuple[tuple[bytes, str] | None, dict[str, dict[str, list[Any]]] | None]:
+        """The latest checkpoint of an earlier attempt of the run, and the metric points
+        it covers (read from that attempt's series), to resume from; (None, None)."""
+        if not isinstance(doc.get("checkpoint"), Mapping):
+            return None, None
+        found = self.store.retry(lambda: self.store.load_checkpoint(doc["_id"]))
+        if found is None:
+            return None, None
+        data, meta = found
+        counts = meta.get("points") if isinstance(meta.get("points"), Mapping) else {}
+        points: dict[str, dict[str, list[Any]]] = {}
+        if isinstance(meta.get("sacred_id"), int) and counts:
+            for series in self.store.retry(lambda: self.store.metric_series([meta["sacred_id"]])):
+                n = counts.get(series.get("name"))
+                if isinstance(n, int) and n > 0:
+                    points[series["name"]] = {key: list(series.get(key) or [])[:n] for key in
+                                              ("steps", "values", "timestamps")}
+        log.info("run %s resumes from the checkpoint of its attempt %s", doc["_id"],
+                 meta.get("attempt"))
+        return (data, str(meta.get("content_type") or "")), points
 
     def _reject(self, doc: dict[str, Any], exc: Exception) -> None:
         """This worker's code refuses the run's task or config. When the submitter

@@ -94,7 +94,7 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
     subparsers = next(a for a in build_parser()._actions
                       if isinstance(a, argparse._SubParsersAction))
     names = sorted(subparsers.choices)
-    assert names == ["backfill", "best", "cancel", "demo", "diff", "ls", "plot", "recover",
+    assert names == ["backfill", "best", "cancel", "demo", "diff", "export", "ls", "plot", "recover",
                      "requeue", "rerun", "results", "server", "show", "status", "submit", "tune", "tune-dashboard",
                      "ui", "worker", "workers"]
     for name in names:

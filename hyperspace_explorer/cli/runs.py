@@ -1,5 +1,6 @@
-"""`hse status`, `hse ls`, `hse show`, `hse cancel`: watch, inspect and cancel runs
-(`RunQueue.status_by_task`, `recent`, `record`, `cancel`)."""
+"""`hse status`, `hse ls`, `hse show`, `hse export`, `hse cancel`: watch, inspect,
+export and cancel runs (`RunQueue.status_by_task`, `recent`, `record`, `export`,
+`cancel`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -32,6 +33,15 @@ def register(sub: SubParsers) -> None:
     p.add_argument("run", help="queue id or Sacred id")
     p.add_argument("--lines", type=int, default=OUTPUT_LINES,
                    help="lines of captured output to print (default %(default)s)")
+
+    p = command(sub, "export", cmd_export,
+                "write a run's saved model(s) with its config, code version and metrics",
+                "example:\n  hse export 3f9a0c1b2d4e model_dir/\n\n"
+                "DIR must be new or empty. It gets each model file (.pt: torch, .pkl: "
+                "pickle), config.json,\ncode_version.json, metrics.json and run.json "
+                "(ids, status, how to load each model).")
+    p.add_argument("run", help="queue id or Sacred id")
+    p.add_argument("directory", metavar="DIR", help="new or empty directory")
 
     p = command(sub, "cancel", cmd_cancel,
                 "cancel queued runs; ask running ones to stop (they end CANCELLED)",
@@ -192,6 +202,13 @@ def _rejection(note: Any) -> str | None:
         return None if note is None else str(note)
     return (f"{note.get('error')} (worker {note.get('worker', '?')}, Study code "
             f"{note.get('code_digest', '?')}, {render.when(note.get('at'))})")
+
+
+def cmd_export(session: Session) -> int:
+    out = session.queue.export(session.args.run, session.args.directory)
+    render.console().print(render.text(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} "
+                                       f"to {out}"))
+    return 0
 
 
 def cmd_cancel(session: Session) -> int:

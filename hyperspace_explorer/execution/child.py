@@ -27,7 +27,14 @@ from typing import Any
 
 from ..configurable import resolve_class
 from ..errors import Pruned
-from ..scenario import _SACRED_RUN, _TUNING, Scenario, normalize_metrics, seed_everything
+from ..scenario import (
+    _CHECKPOINTS,
+    _SACRED_RUN,
+    _TUNING,
+    Scenario,
+    normalize_metrics,
+    seed_everything,
+)
 from ..task import Task
 from .sacred_settings import (
     Experiment,
@@ -52,6 +59,10 @@ class RunSpec:
     log_path: Path
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # e.g. the run's GPUs
     tuning: dict[str, Any] | None = None  # {"study", "trial"}: the Optuna trial it answers
+    # The latest checkpoint of an earlier attempt (data, content type), and the metric
+    # points it covers ({name: {"steps", "values", "timestamps"}}), to resume from.
+    checkpoint: tuple[bytes, str] | None = None
+    resume_points: dict[str, dict[str, list[Any]]] | None = None
 
 
 class PrunedInterrupt(SacredInterrupt):
@@ -96,6 +107,23 @@ class PipeTuning:
 
     def should_prune(self) -> bool:
         return bool(self.pipe.ask("should_prune"))
+
+
+class PipeCheckpoints:
+    """`Scenario.save_checkpoint` / `load_checkpoint` in a run: the worker stores each
+    checkpoint (fenced by the attempt's token); the latest one is kept here too."""
+
+    def __init__(self, pipe: Pipe, latest: tuple[bytes, str] | None):
+        self.pipe, self.latest = pipe, latest
+
+    def save(self, data: bytes, content_type: str) -> bool:
+        kept = bool(self.pipe.ask("checkpoint", data, content_type))
+        if kept:
+            self.latest = (data, content_type)
+        return kept
+
+    def load(self) -> tuple[bytes, str] | None:
+        return self.latest
 
 
 class StreamedMetrics(MetricsLogger):
@@ -236,6 +264,7 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseExceptio
             return metrics[metric]
 
         _TUNING[:] = [PipeTuning(pipe, metric)]
+        _CHECKPOINTS[:] = [PipeCheckpoints(pipe, spec.checkpoint)]
 
         ex.observers[:] = [PipeObserver(pipe, spec.sacred_id)]
         ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
@@ -256,6 +285,7 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseExceptio
         return exc
     finally:
         _TUNING[:] = []
+        _CHECKPOINTS[:] = []
 
 
 def _die_with_parent() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ class RecordWriter(MongoObserver):
         self._last_write = 0.0
         self._last_push = time.monotonic()  # a short run's points: one push, at its end
         self._points: dict[str, dict[str, list[Any]]] = {}  # logged, not pushed yet
+        self._counts: dict[str, int] = {}  # points per series in this record
         self._metric_notes: list[dict[str, str]] = []
         self.run_entry: dict[str, Any] = {}  # filled by started_event
         self.overwrite = None
@@ -186,7 +188,21 @@ class RecordWriter(MongoObserver):
         pending["steps"].append(step)
         pending["values"].append(value)
         pending["timestamps"].append(timestamp)
+        self._counts[name] = self._counts.get(name, 0) + 1
         self._push_if_due()
+
+    def point_counts(self) -> dict[str, int]:
+        """Points per series so far: what a checkpoint saved now covers."""
+        return dict(self._counts)
+
+    def carry_over(self, series: Mapping[str, Mapping[str, list[Any]]]) -> None:
+        """Start the record with an earlier attempt's points (those its checkpoint
+        covers), so that a resumed run's curves continue instead of restarting."""
+        for name, points in series.items():
+            pending = self._pending(name)
+            for key in ("steps", "values", "timestamps"):
+                pending[key][:0] = list(points.get(key) or [])
+            self._counts[name] = self._counts.get(name, 0) + len(points.get("steps") or [])
 
     def _pending(self, name: str) -> dict[str, list[Any]]:
         return self._points.setdefault(name, {"steps": [], "values": [], "timestamps": []})

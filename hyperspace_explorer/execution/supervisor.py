@@ -144,6 +144,7 @@ class Executor:
         ex = self.experiment_for(spec.task)
         pipe = _LocalPipe(self, RecordWriter(self.store, self._source_cache,
                                              self._host_facts, spec.log_path), spec)
+        pipe.writer.carry_over(spec.resume_points or {})
         stop, lost = threading.Event(), threading.Event()
 
         def keep_lease() -> None:
@@ -199,6 +200,7 @@ class Executor:
     def _supervise(self, proc: Any, conn: Any, spec: RunSpec) -> Outcome:
         writer = RecordWriter(self.store, self._source_cache, self._host_facts,
                               spec.log_path)
+        writer.carry_over(spec.resume_points or {})
         started = time.monotonic()
         next_beat = started + self.heartbeat_s
         deadline = started + spec.max_runtime if spec.max_runtime else None
@@ -286,6 +288,14 @@ class Executor:
             return Outcome(status=FAILED, reason=Reason.ERROR, error=args[0])
         if kind == "pruned":
             return Outcome(status=PRUNED, reason=Reason.PRUNED, error=args[0])
+        if kind == "checkpoint":  # Scenario.save_checkpoint: kept only while ours
+            data, content_type = args
+            writer.push_metrics()  # the points it covers are stored before it is
+            meta = {"content_type": content_type, "sacred_id": spec.sacred_id,
+                    "attempt": spec.attempt, "points": writer.point_counts()}
+            reply(bool(self.store.retry(lambda: self.store.save_checkpoint(
+                spec.run_id, spec.token, data, meta))))
+            return None
         if kind in ("report", "should_prune"):
             # Scenario.report / should_prune: the run's Optuna trial, if it has one
             # (Optuna is imported only then); a plain run logs and never prunes.

@@ -437,6 +437,18 @@ class Storage(abc.ABC):
         returns how many runs were updated."""
 
     @abc.abstractmethod
+    def save_checkpoint(self, run_id: str, token: str, data: bytes,
+                        meta: Mapping[str, Any]) -> bool:
+        """Keep `data` as the run's latest checkpoint, only while the attempt holding
+        `token` owns the run (False otherwise: nothing kept). The run's document points
+        at the new checkpoint (with `meta`) in one conditional write, then the previous
+        one is removed: a reader always finds a complete checkpoint."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, run_id: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The run's latest checkpoint and its meta, None when it saved none."""
+
+    @abc.abstractmethod
     def store_blob(self, key: str, content: bytes) -> None:
         """Keep `content` under `key` (a content hash, e.g. a code version's diff) once:
         storing the same key again is free, so per-run callers cost one read."""

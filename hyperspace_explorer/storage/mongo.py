@@ -856,6 +856,34 @@ class MongoStorage(Storage):
         return updated
 
     @_translated
+    def save_checkpoint(self, run_id: str, token: str, data: bytes,
+                        meta: Mapping[str, Any]) -> bool:
+        owned = {"_id": run_id, "token": token, "status": RUNNING.value}
+        before = self._queue.find_one(owned, {"checkpoint": 1})
+        if before is None:
+            return False
+        file_id = self.fs.put(data, filename=f"checkpoint://{run_id}")
+        res = self._queue.update_one(owned, {"$set": {"checkpoint": {
+            **meta, "file_id": file_id, "saved_at": now_ts(), "bytes": len(data)}}})
+        stale = (before.get("checkpoint") or {}).get("file_id") if res.matched_count == 1 \
+            else file_id
+        if stale is not None:
+            self.fs.delete(stale)
+        return res.matched_count == 1
+
+    @_translated
+    def load_checkpoint(self, run_id: str) -> tuple[bytes, dict[str, Any]] | None:
+        for coll in (self._queue, self._done):
+            doc = coll.find_one({"_id": run_id}, {"checkpoint": 1})
+            if doc is not None:
+                meta = doc.get("checkpoint")
+                if not isinstance(meta, dict) or meta.get("file_id") is None:
+                    return None
+                data = self.read_file(meta["file_id"])
+                return None if data is None else (data, meta)
+        return None
+
+    @_translated
     def store_blob(self, key: str, content: bytes) -> None:
         if self._sources.find_one({"_id": key}, {"_id": 1}) is not None:
             return

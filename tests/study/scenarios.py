@@ -164,3 +164,51 @@ class QuadraticScenario(Scenario):
             if self.should_prune():
                 raise Pruned(f"pruned at epoch {step}")
         return {"loss": loss}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    hidden: int = 8
+    stop_after: int = -1   # attempt 1 stops itself (SIGSTOP) right after this epoch's checkpoint
+    pidfile: str = ""      # where it writes its pid before stopping
+
+
+@dataclass
+class TorchTrainer(Scenario):
+    """A multi-epoch torch training that checkpoints every epoch and resumes from the
+    latest checkpoint: for the checkpoint/resume tests (torch imported lazily)."""
+
+    config_class = TrainConfig
+
+    def single_run(self, params):
+        import signal as _signal
+
+        import torch
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, params["hidden"]), torch.nn.ReLU(),
+                                    torch.nn.Linear(params["hidden"], 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        x = torch.linspace(-1, 1, 64).reshape(16, 4)
+        y = x.sum(dim=1, keepdim=True)
+        start = 0
+        checkpoint = self.load_checkpoint()
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            start = checkpoint["epoch"] + 1
+        for epoch in range(start, params["epochs"]):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+            self.log_scalar("loss", float(loss), epoch)
+            self.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict()})
+            if epoch == params["stop_after"] and checkpoint is None:
+                with open(params["pidfile"], "w") as f:
+                    f.write(str(os.getpid()))
+                os.kill(os.getpid(), _signal.SIGSTOP)
+        self.save_model(model)
+        return {"score": -float(loss), "start_epoch": float(start)}

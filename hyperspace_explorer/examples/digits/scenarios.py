@@ -173,3 +173,83 @@ class DigitsScenario(Scenario):
               f"{accuracy_score(y_test, predicted):.4f} test accuracy")
         return {"accuracy": accuracy_score(y_test, predicted),
                 "f1_macro": f1_score(y_test, predicted, average="macro")}
+
+
+# --------------------------------------------------------------------------- torch
+@dataclass
+class MLPConfig:
+    """A small multi-layer perceptron trained with Adam on the digits' pixels."""
+
+    hidden: int = 64
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 64
+
+
+@dataclass
+class TorchDigitsScenario(Scenario):
+    """The same digits and split as `DigitsScenario`, learnt by a torch MLP on the CPU
+    (a few seconds per run; `pip install "hyperspace_explorer[torch]"`).
+
+    It checkpoints every epoch (model and optimizer), so a run whose worker is lost
+    resumes where it stopped, logs `test_accuracy` and `train_loss` per epoch, and saves
+    its model (`hyperspace_explorer.load_model(run_id, db=...)`, `hse export`). torch is
+    imported inside the run: the Study loads without it.
+    """
+
+    config_class = MLPConfig
+    test_size: float = 0.25
+    split_seed: int = 0
+
+    def single_run(self, params: dict[str, Any]) -> dict[str, float]:
+        import torch
+
+        torch.set_num_threads(1)  # small batches: threads cost more than they bring
+        X, y = load_digits(return_X_y=True)
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=self.test_size, random_state=self.split_seed, stratify=y)
+        scaler = StandardScaler().fit(X_train)
+        X_train_t = torch.tensor(scaler.transform(X_train), dtype=torch.float32)
+        X_test_t = torch.tensor(scaler.transform(X_test), dtype=torch.float32)
+        y_train_t = torch.tensor(y_train)
+        model = torch.nn.Sequential(  # torch's own classes: loadable anywhere
+            torch.nn.Linear(X.shape[1], params["hidden"]), torch.nn.ReLU(),
+            torch.nn.Linear(params["hidden"], 10))
+        optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
+        generator = torch.Generator().manual_seed(int(np.random.randint(0, 2**31 - 1)))
+        start = 0
+        checkpoint = self.load_checkpoint()
+        if checkpoint is not None:  # an earlier attempt was interrupted: go on from there
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            generator.set_state(checkpoint["generator"])
+            start = checkpoint["epoch"] + 1
+            print(f"resuming after epoch {checkpoint['epoch']}")
+        for epoch in range(start, params["epochs"]):
+            model.train()
+            order = torch.randperm(len(y_train_t), generator=generator)
+            total = 0.0
+            for i in range(0, len(order), params["batch_size"]):
+                batch = order[i:i + params["batch_size"]]
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(X_train_t[batch]),
+                                                         y_train_t[batch])
+                loss.backward()
+                optimizer.step()
+                total += float(loss) * len(batch)
+            model.eval()
+            with torch.no_grad():
+                predicted = model(X_test_t).argmax(dim=1).numpy()
+            self.log_scalar("train_loss", total / len(order), epoch)
+            self.log_scalar("test_accuracy", accuracy_score(y_test, predicted), epoch)
+            self.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict(),
+                                  "generator": generator.get_state()})
+        model.eval()
+        with torch.no_grad():
+            predicted = model(X_test_t).argmax(dim=1).numpy()
+        self.save_model(model)
+        print(f"MLP({params['hidden']}) after {params['epochs']} epochs: "
+              f"{accuracy_score(y_test, predicted):.4f} test accuracy")
+        return {"accuracy": accuracy_score(y_test, predicted),
+                "f1_macro": f1_score(y_test, predicted, average="macro")}
