@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,16 @@ from .storage import RunFilter, Storage, queue_document_problem
 from .study import find_study, study_candidates
 
 # What a results frame reads of each run (not its logs, given config or history).
-_FIELDS = ["sacred_id", "task", "status", "reason", "seed", "queued_at", "started_at",
-           "ended_at", "duration", "host", "attempt", "error", "code_version", "config",
-           "metrics", "task_spec"]
+FIELDS = ["sacred_id", "task", "status", "reason", "seed", "queued_at", "started_at",
+          "ended_at", "duration", "host", "attempt", "error", "code_version", "config",
+          "metrics", "task_spec"]
 _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
 
 def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | None = None,
-                  tasks_dir: str | Path | None = None):
+                  tasks_dir: str | Path | None = None,
+                  docs: Iterable[dict[str, Any]] | None = None):
     """Build the results DataFrame (see the module docstring) of the runs `runs` selects.
 
     Stored configs are completed with today's defaults, so runs from before a parameter
@@ -43,12 +44,14 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
     without one would stand as a config of its own in summaries and rankings. One
     warning names those runs and their problem (`storage.queue_document_problem`);
     `RunQueue.get(run_id)` shows them as stored.
+
+    `docs`: the documents `runs` selects (their `FIELDS`), when the caller has them.
     """
     import pandas as pd
 
     completers = _Completers(study_dir, tasks_dir)
     rows, malformed = [], []
-    for doc in store.find_runs(runs, fields=_FIELDS):
+    for doc in store.find_runs(runs, fields=FIELDS) if docs is None else docs:
         if _unreadable(doc):
             whole = store.get_run(doc["_id"])  # rare: read it all to name the problem
             malformed.append(f"{doc['_id']} ({queue_document_problem(whole)})")

@@ -191,3 +191,30 @@ def test_backfill_writes_todays_defaults_once_and_reports_unknown_keys(
     assert "config_original" not in docs[ids[2]] and "noise" not in docs[ids[2]]["config"]
     assert q.backfill("toy")["changed"] == 0  # a second call changes nothing
     assert _finished_docs(q)[ids[0]]["config_original"] == docs[ids[0]]["config_original"]
+
+
+def test_results_reuse_the_last_read_only_while_nothing_changed(q, mongo_uri, db_name,
+                                                                 tmp_path, monkeypatch):
+    ids = q.submit("toy", BASE, seeds=2)
+    reads = []
+    find_runs = q.store.find_runs
+    def counted(*args, **kwargs):  # counts the reads of whole results, then does them
+        if kwargs.get("fields", ()) is None and args[0].ids is None:
+            reads.append(args[0])
+        return find_runs(*args, **kwargs)
+
+    monkeypatch.setattr(q.store, "find_runs", counted)
+    assert set(q.results("toy")["status"]) == {"QUEUED"} and len(reads) == 1
+    assert len(q.results("toy", status="COMPLETED")) == 0 and len(reads) == 1  # from the last
+    _run_all(q, mongo_uri, db_name, 2, tmp_path)                                 # read
+    frame = q.results("toy")
+    assert list(frame["status"]) == ["COMPLETED"] * 2 and len(reads) == 2
+    q.summary("toy")
+    assert len(reads) == 2
+    q.requeue(ids[0], status="COMPLETED")
+    assert sorted(q.results("toy")["status"]) == ["COMPLETED", "QUEUED"] and len(reads) == 3
+    db = raw_db(q.store)
+    for coll in ("hse_queue", "hse_done"):
+        db[coll].update_many({"_id": ids[1]}, {"$unset": {"config.noise": ""}})
+    q.backfill("toy")
+    assert len(q.results("toy")) == 2 and len(reads) == 4  # the backfill is seen

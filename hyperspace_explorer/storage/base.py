@@ -364,6 +364,14 @@ class Storage(abc.ABC):
         (`_id` always comes)."""
 
     @abc.abstractmethod
+    def change_stamp(self, runs: RunFilter) -> Any:
+        """A value that changes whenever a matching run is added, claimed, ended,
+        requeued, moved or has its config rewritten (counted by the server per status:
+        runs, latest `order`, `started_at`, `ended_at`, `updated_at`). Equal stamps:
+        what `find_runs` answers for the filter has not changed, so a reader may reuse
+        what it read (`RunQueue.results`) at the cost of one small aggregate."""
+
+    @abc.abstractmethod
     def count_by_status(self, runs: RunFilter) -> dict[Status, int]:
         """Number of matching runs in each status (every status present)."""
 
