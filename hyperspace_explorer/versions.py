@@ -118,7 +118,9 @@ def imported_packages(study_dir: str | Path) -> dict[str, str]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
     names -= own | set(sys.stdlib_module_names)
-    dists = importlib.metadata.packages_distributions()
+    dists = dict(importlib.metadata.packages_distributions())
+    if names - set(dists):
+        dists = _inferred_distributions(dists)
     out: dict[str, str] = {}
     for name in sorted(names):
         for dist in dists.get(name, []):
@@ -126,6 +128,21 @@ def imported_packages(study_dir: str | Path) -> dict[str, str]:
                 out[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
                 continue
+    return out
+
+
+def _inferred_distributions(known: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`known` completed from the installed files of each distribution: Python 3.10's
+    `packages_distributions` reads only `top_level.txt`, which many wheels (numpy's)
+    no longer ship."""
+    out = {name: list(dists) for name, dists in known.items()}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        for path in dist.files or ():
+            top = path.parts[0] if path.parts else ""
+            top = top[:-3] if top.endswith(".py") else top
+            if top.isidentifier() and name and name not in out.setdefault(top, []):
+                out[top].append(name)
     return out
 
 
