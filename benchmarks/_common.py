@@ -148,6 +148,8 @@ def run_python(code: str, cwd: Path | None = None, timeout: float = 600) -> str:
 
 BARE_SACRED = """
 import logging, time
+from hyperspace_explorer.sacred_compat import import_sacred
+import_sacred()  # Sacred 0.8.7 needs it where setuptools >= 82 has no pkg_resources
 from sacred import Experiment, SETTINGS
 from sacred.observers import MongoObserver
 # LEAN: SETTINGS.CAPTURE_MODE = "sys"

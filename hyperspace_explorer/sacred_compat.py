@@ -70,10 +70,24 @@ class Distribution:
 
 
 class WorkingSet:
-    """`pkg_resources.working_set`: the installed distributions, read when used (not at
-    import), first on sys.path wins, as in pkg_resources."""
+    """`pkg_resources.working_set`: the installed distributions, read when first used
+    (not at import) and then kept while `sys.path` stays the same, as pkg_resources
+    keeps the set it read at import; first on sys.path wins, as in pkg_resources.
+
+    Sacred asks for it at every run (the versions of the experiment's dependencies):
+    reading every installed distribution's metadata each time cost ~80 ms per run
+    with 800 distributions installed."""
+
+    def __init__(self) -> None:
+        self._read: tuple[tuple[str, ...], list[Distribution]] | None = None
 
     def _distributions(self) -> list[Distribution]:
+        path = tuple(sys.path)
+        if self._read is None or self._read[0] != path:
+            self._read = (path, self._read_distributions())
+        return self._read[1]
+
+    def _read_distributions(self) -> list[Distribution]:
         seen: dict[str, Distribution] = {}
         for found in importlib.metadata.distributions():
             try:
