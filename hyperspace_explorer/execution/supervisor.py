@@ -113,7 +113,10 @@ class Executor:
             # What every run asks Sacred for, read once here: children forked from
             # this process inherit it (the versions of installed packages, from
             # their metadata, cost ~80 ms a run when read in each child).
-            ex.get_experiment_info()
+            try:
+                ex.get_experiment_info()
+            except Exception as exc:  # the run reports it, as it would without this
+                log.warning("reading the Study's experiment info failed: %s", exc)
             self._experiments[task.name] = ex
         return ex
 
