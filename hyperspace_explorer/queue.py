@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import socket
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,43 +123,95 @@ class RunQueue:
                              tuning=tuning)
 
     def submit_grid(self, task_name: str, base_conf: Mapping[str, Any] | None,
-                    grid: Mapping[str, Sequence[Any]], **kwargs: Any) -> list[str]:
+                    grid: Mapping[str, Sequence[Any]], *, progress: bool | None = None,
+                    **kwargs: Any) -> list[str]:
         """Queue the cartesian product of `grid` ({"model.C": [0.1, 1], ...}) applied
         on top of `base_conf`. All configs are validated before any is queued; as
-        in `submit`, duplicates are skipped (`last_skipped`) unless `force=True`."""
+        in `submit`, duplicates are skipped (`last_skipped`) unless `force=True`.
+        `progress` shows a progress bar (default: for grids of 1,000 runs or more,
+        which take seconds)."""
         if not isinstance(grid, Mapping) or not grid:
             raise ConfigError("", "grid must be a non-empty dict of dotted path -> list of values")
         for path, values in grid.items():
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
                 raise ConfigError(path, f"grid values must be a non-empty list, got {values!r}")
         base = validate_config({} if base_conf is None else base_conf)  # before copying it
-        confs = []
-        for combo in itertools.product(*grid.values()):
-            conf = copy.deepcopy(base)
-            for path, value in zip(grid, combo):
-                set_dotted(conf, path, json_like(value, path))  # a checked copy, any depth
-            confs.append(conf)
-        return self._enqueue(task_name, confs, **kwargs)
+        # Each value is checked once, not once per combination; every combination is
+        # still validated whole (check_run_config copies it) before any is queued.
+        checked = [[json_like(value, path) for value in values] for path, values in grid.items()]
 
-    def _enqueue(self, task_name: str | Task, confs: Sequence[Any], *,
-                 seeds: int | Sequence[int] | None = None, priority: int = 0,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        def combinations() -> Iterator[dict[str, Any]]:
+            for combo in itertools.product(*checked):
+                conf = copy.deepcopy(base)
+                for path, value in zip(grid, combo):  # containers copied: paths may nest
+                    set_dotted(conf, path, copy.deepcopy(value)
+                               if isinstance(value, (dict, list)) else value)
+                yield conf
+
+        return self._enqueue(task_name, combinations(), configs=math.prod(map(len, checked)),
+                             progress=progress, **kwargs)
+
+    def _enqueue(self, task_name: str | Task, confs: Iterable[Any], *, configs: int = 1,
+                 progress: bool | None = None, seeds: int | Sequence[int] | None = None,
+                 priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  max_runtime: float | None = None, force: bool = False,
                  gpus: int | None = None, tags: Sequence[str] | None = None,
                  tuning: Mapping[str, Any] | None = None,
                  extra: Mapping[str, Any] | None = None) -> list[str]:
-        docs, completes = self._documents(
-            task_name, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
-            max_runtime=max_runtime, gpus=gpus, tags=tags, tuning=tuning, extra=extra)
-        return self.store.enqueue(self._skip_duplicates(docs, completes, force))
+        """Validate `confs` (`configs` of them) x seeds, leave out duplicates and queue
+        the rest in batches, with a progress bar when asked (by default from 1,000
+        runs on: a grid that size takes seconds)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-    def _documents(self, task_name: str | Task, confs: Sequence[Any], *,
+        from tqdm.auto import tqdm
+
+        per_config = len(seeds) if isinstance(seeds, Sequence) else \
+            seeds if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0 else 1
+        runs = configs * per_config
+        show = runs >= _PROGRESS_RUNS if progress is None else bool(progress)
+        docs: list[dict[str, Any]] = []
+        keys: list[tuple[str, ...]] = []
+        with tqdm(total=runs, disable=not show, desc="checking configs", unit="run") as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="hse-submit") as pool:
+            # Existing runs are looked up a batch at a time while the next configs are
+            # checked (the server's time and ours overlap); nothing is written until
+            # every config is valid.
+            lookups = []
+            for doc, doc_keys, _ in self._documents(
+                    task_name, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
+                    max_runtime=max_runtime, gpus=gpus, tags=tags, tuning=tuning, extra=extra):
+                docs.append(doc)
+                keys.append(doc_keys)
+                bar.update(1)
+                if not force and (len(keys) % _SUBMIT_BATCH == 0):
+                    lookups.append(pool.submit(self._existing, keys[-_SUBMIT_BATCH:]))
+            if not force and len(keys) % _SUBMIT_BATCH:
+                lookups.append(pool.submit(self._existing, keys[-(len(keys) % _SUBMIT_BATCH):]))
+            known: dict[str, str] = {}
+            for lookup in lookups:
+                known.update(lookup.result())
+            kept = self._skip_duplicates(docs, keys, None if force else known)
+            del docs, keys
+            bar.reset(total=len(kept))
+            bar.set_description("queueing")
+            ids: list[str] = []
+            for start in range(0, len(kept), _SUBMIT_BATCH):
+                batch = kept[start:start + _SUBMIT_BATCH]
+                ids += self.store.enqueue(batch)
+                bar.update(len(batch))
+            return ids
+
+    def _documents(self, task_name: str | Task, confs: Iterable[Any], *,
                    seeds: int | Sequence[int] | None, priority: int, max_attempts: int,
                    max_runtime: float | None, gpus: int | None, tags: Sequence[str] | None,
                    tuning: Mapping[str, Any] | None, extra: Mapping[str, Any] | None
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The queue documents of `confs` x seeds, every one validated (and its
-        complete config), before anything is stored."""
+                   ) -> Iterator[tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]]:
+        """The queue documents of `confs` x seeds, each validated (its config and the
+        arguments), with its `_id` and `fingerprint` (task, complete config, seed);
+        beside each, the fingerprints it is looked up by (the complete config's, and
+        that of the config as given: a run submitted without the Study's code carries
+        that one) and its complete config. A generator: a grid's complete configs are
+        not held, and the caller stores nothing before the last one is checked."""
         if isinstance(task_name, Task):
             task = task_name
         elif self.tasks_dir is None:
@@ -190,46 +244,42 @@ class RunQueue:
         # differs and refuses a config leaves the run to another worker.
         validated_with = None if scenario_cls is None else \
             source_digest(study_root(sys.modules[scenario_cls.__module__]))
-        docs, completes = [], []
         now, host, task_doc = now_ts(), socket.gethostname(), task.to_doc()
         for conf in confs:
             # storable (keys, nesting, size, a dict at all), then valid for the Scenario;
-            # every config is checked before any is queued
             # a fresh copy of the given config (documents may share it), and complete
             given, complete = (validate_config(conf),) * 2 if scenario_cls is None else \
                 scenario_cls.check_run_config(conf)  # raises ConfigError naming the path
-            for seed in seed_list:
-                docs.append({"study": self.study, "task": task.name, "task_spec": task_doc,
-                             "config": given, "seed": seed, "priority": priority,
-                             "max_attempts": max_attempts, "max_runtime": max_runtime,
-                             "queued_at": now, "submitted_from": host,
-                             "validated_with": validated_with, "gpus": gpus,
-                             "tags": tags})
+            fingerprints = run_fingerprints(task.name, complete, seed_list)
+            as_given = fingerprints if given == complete else \
+                run_fingerprints(task.name, given, seed_list)
+            for seed, fingerprint, given_fingerprint in zip(seed_list, fingerprints, as_given):
+                doc = {"_id": new_run_id(), "study": self.study, "task": task.name,
+                       "task_spec": task_doc, "config": given, "seed": seed,
+                       "priority": priority, "max_attempts": max_attempts,
+                       "max_runtime": max_runtime, "queued_at": now, "submitted_from": host,
+                       "validated_with": validated_with, "gpus": gpus, "tags": tags,
+                       "fingerprint": fingerprint}
                 if tuning is not None:
-                    docs[-1]["tuning"] = dict(tuning)
-                docs[-1].update(extra or {})
-                completes.append(complete)
-        return docs, completes
+                    doc["tuning"] = dict(tuning)
+                doc.update(extra or {})
+                yield doc, tuple(dict.fromkeys((fingerprint, given_fingerprint))), complete
 
-    def _skip_duplicates(self, docs: list[dict[str, Any]], completes: list[dict[str, Any]],
-                         force: bool) -> list[dict[str, Any]]:
-        """Give each new run its `fingerprint` (task, complete config, seed) and, unless
-        `force`, leave out those already queued, running or completed in the Study or
-        earlier in `docs`, noting the runs they duplicate in `last_skipped`. Looked up
-        with batched `$in` reads on an index: one round trip per thousand runs."""
-        keys: list[tuple[str, ...]] = []
-        for doc, complete in zip(docs, completes):
-            doc["_id"] = new_run_id()
-            doc["fingerprint"] = run_fingerprint(doc["task"], complete, doc["seed"])
-            # Also the config as given: a run submitted without the Study's code
-            # carries that fingerprint.
-            keys.append(tuple(dict.fromkeys(
-                [doc["fingerprint"], run_fingerprint(doc["task"], doc["config"], doc["seed"])])))
+    def _existing(self, keys: Sequence[tuple[str, ...]]) -> dict[str, str]:
+        """Which of the fingerprints in `keys` belong to runs QUEUED, RUNNING or
+        COMPLETED in the Study: fingerprint -> run id."""
+        return self.store.find_fingerprints(self.study, (k for ks in keys for k in ks),
+                                            (QUEUED, RUNNING, COMPLETED))
+
+    def _skip_duplicates(self, docs: list[dict[str, Any]], keys: list[tuple[str, ...]],
+                         known: dict[str, str] | None) -> list[dict[str, Any]]:
+        """Leave out the runs whose fingerprints (`keys`, a tuple per document) are
+        `known` (fingerprint -> id of a run stored already: `_existing`) or come earlier
+        in `docs`, noting the runs they duplicate in `last_skipped`; `known=None`
+        (force) keeps them all."""
         self.last_skipped = []
-        if force:
+        if known is None:
             return docs
-        known = self.store.find_fingerprints(self.study, (k for ks in keys for k in ks),
-                                             (QUEUED, RUNNING, COMPLETED))
         kept = []
         for doc, doc_keys in zip(docs, keys):
             existing = next((known[k] for k in doc_keys if k in known), None)
@@ -690,16 +740,15 @@ class RunQueue:
         cls = self.scenario_class(spec_task)
         if cls is None:
             raise StudyError("run_here needs the Study's code: pass study_dir= to RunQueue")
-        docs, completes = self._documents(
+        doc, _, complete = next(self._documents(
             spec_task, [{} if conf is None else conf], seeds=None if seed is None else [seed],
             priority=0, max_attempts=1, max_runtime=None, gpus=None, tags=None, tuning=None,
-            extra={"run_here": socket.gethostname()})
-        doc = self._skip_duplicates(docs, completes, force=True)[0]
+            extra={"run_here": socket.gethostname()}))
         worker_id = f"{socket.gethostname()}:{os.getpid()}:here"
         self.store.start_here(doc, worker_id, _HERE_LEASE_S)
         log_dir = Path(tempfile.gettempdir()) / "hse-run-here"
         log_dir.mkdir(exist_ok=True)
-        spec = RunSpec(run_id=doc["_id"], task=spec_task, config=completes[0], seed=doc["seed"],
+        spec = RunSpec(run_id=doc["_id"], task=spec_task, config=complete, seed=doc["seed"],
                        sacred_id=self.store.reserve_sacred_ids(1)[0], attempt=1,
                        token=doc["token"], max_runtime=None,
                        log_path=log_dir / f"{doc['_id']}.log")
@@ -793,9 +842,20 @@ def run_fingerprint(task: str, config: Mapping[str, Any], seed: int) -> str:
     """What identifies a run for duplicate detection: a hash of the task name, the
     config (as canonical JSON: keys sorted, integral floats written as ints, as config
     completion treats them) and the seed. The same in every Python version."""
-    payload = json.dumps({"v": 1, "task": task, "config": _canonical(config), "seed": seed},
-                         sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return run_fingerprints(task, config, [seed])[0]
+
+
+def run_fingerprints(task: str, config: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """`run_fingerprint` of `config` under each seed, the config serialised once: the
+    text hashed is `{"config": ..., "seed": ..., "task": ..., "v": 1}` with its keys
+    sorted, so the config's JSON is the same text for every seed."""
+    head = '{"config":' + _dumps(_canonical(config)) + ',"seed":'
+    tail = ',"task":' + _dumps(task) + ',"v":1}'
+    return [hashlib.sha256((head + _dumps(seed) + tail).encode()).hexdigest()[:32]
+            for seed in seeds]
+
+
+_dumps = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def _canonical(value: Any) -> Any:
@@ -843,6 +903,8 @@ def _run_error(doc: Mapping[str, Any], sacred: Mapping[str, Any] | None) -> str 
     return last if isinstance(last, str) and last.strip() else None
 
 
+_PROGRESS_RUNS = 1000  # runs from which a submit shows a progress bar by default
+_SUBMIT_BATCH = 5000  # runs queued per call of Storage.enqueue (the bar moves between)
 _RESULTS_CACHE_RUNS = 200_000  # runs whose documents `results` keeps for the next call
 _HERE_LEASE_S = 60.0  # run_here's lease, renewed every 10 s by a thread
 

@@ -90,6 +90,25 @@ def test_submit_grid_is_the_cartesian_product(q, raw):
     assert raw.hse_queue.count_documents({}) == 24
 
 
+def test_a_large_grid_shows_a_progress_bar_and_a_small_submit_none(q, capsys):
+    q.submit("toy", LINEAR, seeds=3)
+    assert capsys.readouterr().err == ""
+    ids = q.submit_grid("toy", LINEAR, {"epochs": list(range(10, 1010))})
+    err = capsys.readouterr().err
+    assert len(ids) == 1000 and "checking configs" in err and "queueing" in err
+    assert "1000/1000" in err
+    q.submit_grid("toy", LINEAR, {"epochs": [5, 6]}, progress=True)  # asked for: shown
+    assert "queueing: 100%" in capsys.readouterr().err
+    q.submit_grid("toy", LINEAR, {"epochs": list(range(1010, 2010))}, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_grid_paths_that_nest_give_each_run_its_own_values(q):
+    ids = q.submit_grid("toy", LINEAR, {"options": [{"verbose": True}], "options.scale": [1, 2]})
+    assert [q.get(i)["config"]["options"] for i in ids] == [
+        {"verbose": True, "scale": 1}, {"verbose": True, "scale": 2}]
+
+
 def test_submit_grid_over_a_polymorphic_choice(q):
     ids = q.submit_grid("toy", None, {"model": [{"className": "Linear"},
                                                 {"className": "Forest", "n_trees": 3}]})
