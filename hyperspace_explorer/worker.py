@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,7 @@ class Worker:
         self._claimed = 0
         self._sacred_ids: list[int] = []
         self._cannot_run: dict[str, str] = {}  # run id -> why this worker's code refused it
+        self._outcomes = ThreadPoolExecutor(1, thread_name_prefix="hse-outcomes")  # `_record`
         self.executed = 0
 
     # -------------------------------------------------------------- signals
@@ -197,6 +199,7 @@ class Worker:
         finally:
             for slot in self.slots:
                 slot.executor.release_spare()
+            self._outcomes.shutdown(wait=True)  # every ended run recorded before leaving
             self._quietly(lambda: self.store.sweep_finished())
             self._quietly(lambda: self.store.remove_worker(self.id))
         return self.executed
@@ -352,7 +355,7 @@ class Worker:
             fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
             self._requeue(run_id, token, fields)
         else:
-            self._finish(run_id, token, status, fields)
+            self._record(run_id, token, status, fields)
         with self._lock:
             self.executed += 1
         log.info("run %s %s%s", run_id, outcome.status.lower(),
@@ -412,6 +415,22 @@ class Worker:
     def _requeue(self, run_id: str, token: str, fields: dict[str, Any]) -> None:
         if not self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
             log.warning("run %s: a newer attempt owns it; not requeued by this worker", run_id)
+
+    def _record(self, run_id: str, token: str, status: Status, fields: dict[str, Any]) -> None:
+        """`_finish` an attempt by the outcome thread, while its slot claims and starts
+        the next run: on short runs the final writes (the queue document, the lease)
+        would otherwise sit between two runs. The write is fenced by the attempt's
+        token wherever it runs, and the lease holds until it lands (if the worker dies
+        first, recovery requeues the run as for any lost attempt). Outcomes are
+        written in the order the runs ended; the worker waits for all before it exits."""
+        def write() -> None:
+            try:
+                self._finish(run_id, token, status, fields)
+            except Exception as exc:  # StoreUnavailable after retrying, or a bug
+                log.error("run %s: its outcome could not be recorded (%s); its lease will "
+                          "expire and the run be requeued", run_id, str(exc)[:200])
+
+        self._outcomes.submit(write)
 
     def _finish(self, run_id: str, token: str, status: Status, fields: dict[str, Any]) -> None:
         """Record our attempt's outcome. When a newer attempt owns the run, our Sacred
