@@ -103,6 +103,13 @@ def registered_classes(base: type = Configurable) -> dict[str, type[Configurable
     }
 
 
+def registry_state() -> tuple[tuple[str, int], ...]:
+    """The identity of every registered class: it changes when a Study's module is
+    imported again (edited classes replace their old selves), so what was worked
+    out with the old classes can tell it is out of date."""
+    return tuple((name, id(cls)) for name, cls in _REGISTRY.items())
+
+
 def resolve_class(base: type[C], class_name: Any, path: str = "") -> type[C]:
     """The registered subclass of `base` called `class_name`, or a ConfigError."""
     choices = registered_classes(base)

@@ -77,7 +77,7 @@ class RunQueue:
         #: Run ids of the existing runs that the last successful submit skipped as
         #: duplicates (one per skipped run: the run it duplicates); empty after force=True.
         self.last_skipped: list[str] = []
-        self._results_cache: tuple[RunFilter, Any, list[dict[str, Any]]] | None = None
+        self._results_cache: tuple[RunFilter, Any, list[dict[str, Any]], Any] | None = None
         #: How today's Study code differs from the code the last `rerun`'s run ran with.
         self.last_code_changes: list[str] = []
 
@@ -521,29 +521,31 @@ class RunQueue:
         from .results import results_frame
 
         runs = self.runs(task, status=status, config=config)
+        docs, memo = self._results_docs(runs)
         return results_frame(self.store, runs, study_dir=self.study_dir,
-                             tasks_dir=self.tasks_dir, docs=self._results_docs(runs))
+                             tasks_dir=self.tasks_dir, docs=docs, memo=memo)
 
-    def _results_docs(self, runs: RunFilter) -> list[dict[str, Any]]:
-        """The documents `results` builds its frame from. The last read is kept with the
-        store's `change_stamp` of its filter: while the stamp is unchanged, the next
-        call for that filter, or for it narrowed to some statuses (as `summary` asks
-        after `results`), costs one small aggregate instead of reading every run."""
+    def _results_docs(self, runs: RunFilter) -> tuple[list[dict[str, Any]], Any]:
+        """The documents `results` builds its frame from, and the `RowMemo` of the
+        rows built from them. The last read is kept with the store's `change_stamp`
+        of its filter: while the stamp is unchanged, the next call for that filter,
+        or for it narrowed to some statuses (as `summary` asks after `results`), costs
+        one small aggregate instead of reading every run, and reuses its rows."""
+        from .results import RowMemo
+
         broad = dataclasses.replace(runs, status=None)
         cached = self._results_cache
         if cached is not None and cached[0] in (runs, broad) \
                 and self.store.change_stamp(cached[0]) == cached[1]:
-            docs = cached[2]
+            docs, memo = cached[2], cached[3]
             if cached[0] == runs:
-                return docs
-            return [d for d in docs if d.get("status") in (runs.status or ())]
+                return docs, memo
+            return [d for d in docs if d.get("status") in (runs.status or ())], memo
         stamp = self.store.change_stamp(runs)  # before reading: a change meanwhile shows
-        # Whole documents: the embedded server answers a projection of the frame's 16
-        # fields ~15% slower than no projection (benchmarks/scale.py); on MongoDB the
-        # extra bytes (logs' paths, earlier attempts) are small next to a run's config.
-        docs = list(self.store.find_runs(runs, fields=None))
-        self._results_cache = (runs, stamp, docs) if len(docs) <= _RESULTS_CACHE_RUNS else None
-        return docs
+        docs, memo = list(self.store.find_results(runs, stamp=stamp)), RowMemo()
+        self._results_cache = (runs, stamp, docs, memo) \
+            if len(docs) <= _RESULTS_CACHE_RUNS else None
+        return docs, memo
 
     def task(self, task_name: str, *, require_runs: bool = False) -> Task:
         """The task as its file says now, or as last queued if the file is gone.

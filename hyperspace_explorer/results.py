@@ -13,23 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .configurable import flatten, registered_classes, resolve_class
+from .configurable import flatten, registered_classes, registry_state, resolve_class
 from .errors import HSEError, StudyError
 from .scenario import Scenario
-from .storage import RunFilter, Storage, queue_document_problem
+from .storage import RunFilter, Storage, bulk_objects, queue_document_problem
 from .study import find_study, study_candidates
 
-# What a results frame reads of each run (not its logs, given config or history).
-FIELDS = ["sacred_id", "task", "status", "reason", "seed", "queued_at", "started_at",
-          "ended_at", "duration", "host", "attempt", "error", "code_version", "config",
-          "metrics", "task_spec"]
 _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at",
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
 
 def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | None = None,
                   tasks_dir: str | Path | None = None,
-                  docs: Iterable[dict[str, Any]] | None = None):
+                  docs: Iterable[dict[str, Any]] | None = None, memo: RowMemo | None = None):
     """Build the results DataFrame (see the module docstring) of the runs `runs` selects.
 
     Stored configs are completed with today's defaults, so runs from before a parameter
@@ -45,24 +41,40 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
     warning names those runs and their problem (`storage.queue_document_problem`);
     `RunQueue.get(run_id)` shows them as stored.
 
-    `docs`: the documents `runs` selects (their `FIELDS`), when the caller has them.
+    `docs`: what `store.find_results(runs)` answers, when the caller has it; `memo`:
+    the rows already built from those very documents (`RowMemo`), to reuse.
     """
     import pandas as pd
 
-    completers = _Completers(study_dir, tasks_dir)
+    if memo is None:
+        completers = _Completers(study_dir, tasks_dir)
+        built: dict[int, dict[str, Any]] = {}
+    else:
+        if memo.completers is None or memo.classes != registry_state():  # Study reloaded
+            memo.completers, memo.rows = _Completers(study_dir, tasks_dir), {}
+        completers, built = memo.completers, memo.rows
+        completers.missing = {}  # counted again for this frame's runs
     rows, malformed = [], []
-    for doc in store.find_runs(runs, fields=FIELDS) if docs is None else docs:
-        if _unreadable(doc):
-            whole = store.get_run(doc["_id"])  # rare: read it all to name the problem
-            malformed.append(f"{doc['_id']} ({queue_document_problem(whole)})")
-        else:
-            rows.append(_row(doc, completers))
+    with bulk_objects():
+        for doc in store.find_results(runs) if docs is None else docs:
+            if _unreadable(doc):
+                whole = store.get_run(doc["_id"])  # rare: read it all to name the problem
+                malformed.append(f"{doc['_id']} ({queue_document_problem(whole)})")
+                continue
+            row = built.get(id(doc))
+            if row is None:
+                row = built[id(doc)] = _row(doc, completers)
+            else:  # counted as `_Completers.columns` counts a config it cannot complete
+                completers.shown_as_stored(row["_class"])
+            rows.append(row)
+    if memo is not None:
+        memo.classes = registry_state()  # after any import of the Study the rows caused
     for message in (completers.warning(), _malformed_warning(malformed)):
         if message:
             warnings.warn(message, stacklevel=2)
     if not rows:
         return pd.DataFrame(columns=_FIXED)
-    frame = pd.DataFrame.from_records(rows)
+    frame = pd.DataFrame.from_records(rows, exclude=["_class"])
     _keep_stored_config_values(frame, rows)
     for col in ("queued_at", "start_time", "stop_time"):
         frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s",
@@ -111,12 +123,25 @@ def _row(doc: dict[str, Any], completers: _Completers) -> dict[str, Any]:
         "stop_time": doc.get("ended_at"), "duration": doc.get("duration"),
         "host": doc.get("host"), "attempt": doc.get("attempt"), "error": doc.get("error"),
         "code_version": f"{commit}{'+dirty' if version.get('dirty') else ''}" if commit else None,
+        "_class": class_name,  # for `RowMemo` reuse; not a column
     }
     row.update(completers.columns(class_name, doc.get("config") or {}))
     metrics = doc.get("metrics")
     if isinstance(metrics, dict):
         row.update({f"metrics.{k}": v for k, v in metrics.items()})
     return row
+
+
+class RowMemo:
+    """The rows `results_frame` built from the documents of one read, by document, and
+    the completers it used: `RunQueue` keeps one with the documents it keeps, so a
+    frame of some of them (`summary` after `results`) reuses their rows instead of
+    building them again; the warnings are those of a frame built afresh."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}  # id(document) -> row
+        self.completers: _Completers | None = None
+        self.classes: tuple[tuple[str, int], ...] = ()  # `registry_state` they were built with
 
 
 class _Completers:
@@ -145,9 +170,14 @@ class _Completers:
                 except HSEError:
                     pass  # a config the current code rejects is shown as stored
             columns = self.seen[key] = {f"config.{k}": v for k, v in flatten(config).items()}
-        elif isinstance(class_name, str) and self.cache.get(class_name, True) is None:
-            self.missing[class_name] += 1
+        else:
+            self.shown_as_stored(class_name)
         return columns
+
+    def shown_as_stored(self, class_name: Any) -> None:
+        """Count one more run of a Scenario whose configs cannot be completed here."""
+        if isinstance(class_name, str) and self.cache.get(class_name, True) is None:
+            self.missing[class_name] = self.missing.get(class_name, 0) + 1
 
     def __call__(self, class_name: str):
         if class_name not in self.cache:

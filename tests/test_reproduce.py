@@ -193,17 +193,37 @@ def test_backfill_writes_todays_defaults_once_and_reports_unknown_keys(
     assert _finished_docs(q)[ids[0]]["config_original"] == docs[ids[0]]["config_original"]
 
 
+def test_a_frame_of_some_of_the_last_read_runs_reuses_their_rows(q, monkeypatch):
+    import pandas as pd
+
+    from hyperspace_explorer import results
+
+    ids = q.submit("toy", BASE, seeds=3) + q.submit("toy", {"model": {"className": "Forest"}})
+    q.cancel(ids[-1])
+    built = []
+    row = results._row
+    monkeypatch.setattr(results, "_row", lambda doc, completers: built.append(doc["_id"])
+                        or row(doc, completers))
+    everything = q.results("toy")
+    assert sorted(built) == sorted(ids)
+    queued = q.results("toy", status="QUEUED")  # as summary() asks after results()
+    assert sorted(built) == sorted(ids), "no row built twice"
+    afresh = results.results_frame(q.store, q.runs("toy", status="QUEUED"), study_dir=STUDY,
+                                   tasks_dir=TASKS)
+    pd.testing.assert_frame_equal(queued, afresh)  # the same frame as one built anew
+    assert len(queued) == 3 and len(everything) == 4 and "_class" not in everything
+
+
 def test_results_reuse_the_last_read_only_while_nothing_changed(q, mongo_uri, db_name,
                                                                  tmp_path, monkeypatch):
     ids = q.submit("toy", BASE, seeds=2)
     reads = []
-    find_runs = q.store.find_runs
-    def counted(*args, **kwargs):  # counts the reads of whole results, then does them
-        if kwargs.get("fields", ()) is None and args[0].ids is None:
-            reads.append(args[0])
-        return find_runs(*args, **kwargs)
+    find_results = q.store.find_results
+    def counted(runs, **kwargs):  # counts the reads of whole results, then does them
+        reads.append(runs)
+        return find_results(runs, **kwargs)
 
-    monkeypatch.setattr(q.store, "find_runs", counted)
+    monkeypatch.setattr(q.store, "find_results", counted)
     assert set(q.results("toy")["status"]) == {"QUEUED"} and len(reads) == 1
     assert len(q.results("toy", status="COMPLETED")) == 0 and len(reads) == 1  # from the last
     _run_all(q, mongo_uri, db_name, 2, tmp_path)                                 # read

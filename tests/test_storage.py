@@ -734,3 +734,96 @@ def test_blobs_are_stored_once_per_key(store, raw):
     store.store_blob("diff:abc", b"+x = 1\n")
     assert store.read_blob("diff:abc") == b"+x = 1\n"
     assert raw.hse_sources.count_documents({"_id": "diff:abc"}) == 1
+
+
+# ------------------------------------------------------------------ results reads (packs)
+def _as_results(store, runs):
+    from hyperspace_explorer.storage.base import RESULT_FIELDS, result_fields
+
+    return sorted((result_fields(d) for d in store.find_runs(runs, fields=RESULT_FIELDS)),
+                  key=lambda d: d["_id"])
+
+
+def _results(store, runs):
+    found = list(store.find_results(runs))
+    assert len({d["_id"] for d in found}) == len(found), "each run once"
+    return sorted(found, key=lambda d: d["_id"])
+
+
+def _finished(store, n, task="t", status=COMPLETED, **fields):
+    ids = store.enqueue([queued(task=task, config={"k": i}, seed=i,
+                                task_spec={"scenario": {"className": "S", "x": 1}},
+                                code_version={"commit": "c" * 8, "dirty": False, "diff": "x"},
+                                **fields) for i in range(n)])
+    for doc in claim_all(store, tasks=(task,)):
+        store.finish(doc["_id"], doc["token"], status, {"metrics": {"score": doc["seed"] / 2}})
+    return ids
+
+
+def test_find_results_answers_what_find_runs_does_cut_to_result_fields(store, raw):
+    done = _finished(store, 30)
+    failed = _finished(store, 5, status=FAILED)
+    while store.sweep_finished(limit=7):  # several packs
+        pass
+    queued_now = store.enqueue([queued(config={"k": 99}, seed=99, task_spec={})])
+    assert raw.hse_results.count_documents({}) >= 5
+    for runs in (RunFilter(study="s"), RunFilter(study="s", task="t"),
+                 RunFilter(study="s", status=COMPLETED), RunFilter(study="s", status="FAILED,QUEUED"),
+                 RunFilter(study="s", task="other"), RunFilter(study="s", config={"k": 3}),
+                 RunFilter(study="s", ids=(done[0], queued_now[0]))):
+        assert _results(store, runs) == _as_results(store, runs), runs
+    entry = next(d for d in store.find_results(RunFilter(study="s", ids=(done[0],))))
+    assert entry["code_version"] == {"commit": "c" * 8, "dirty": False}  # no diff
+    assert entry["task_spec"] == {"scenario": {"className": "S"}}
+    assert len(_results(store, RunFilter(study="s"))) == 36 and len(failed) == 5
+
+
+def test_find_results_follows_requeues_config_rewrites_and_writes_behind_its_back(store, raw):
+    ids = _finished(store, 12)
+    store.sweep_finished()
+    everything = RunFilter(study="s")
+    # requeued: back in the queue, no longer in any pack
+    assert store.requeue_finished(RunFilter(study="s", ids=(ids[0], ids[1]))) == 2
+    assert _results(store, everything) == _as_results(store, everything)
+    assert {d["_id"]: d["status"] for d in store.find_results(everything)}[ids[0]] == QUEUED
+    assert not any(ids[0] in p["ids"] for p in raw.hse_results.find({}, {"ids": 1}))
+    # a rewritten config (back-fill) shows at once
+    store.replace_configs([{"run_id": ids[2], "config": {"k": 2, "new": True}}])
+    row = next(d for d in store.find_results(everything) if d["_id"] == ids[2])
+    assert row["config"] == {"k": 2, "new": True}
+    # documents archived by another client (or an older version), one removed by hand,
+    # one rewritten by hand: the packs are found out of date and made again
+    raw.hse_done.insert_one({**raw.hse_done.find_one({"_id": ids[3]}), "_id": "by-hand",
+                             "order": 1, "ended_at": 1.0})
+    raw.hse_done.delete_one({"_id": ids[4]})
+    raw.hse_done.update_one({"_id": ids[5]}, {"$set": {"metrics": {"score": -1.0},
+                                                        "updated_at": time.time()}})
+    assert _results(store, everything) == _as_results(store, everything)
+    rows = {d["_id"]: d for d in store.find_results(everything)}
+    assert "by-hand" in rows and ids[4] not in rows and rows[ids[5]]["metrics"] == {"score": -1.0}
+    assert raw.hse_results.count_documents({}) == 1  # packed again, as one pack
+
+
+def test_results_packs_of_many_small_sweeps_are_compacted(store, raw):
+    for _ in range(8):
+        _finished(store, 2)
+        store.sweep_finished()
+    assert raw.hse_results.count_documents({}) == 8
+    everything = RunFilter(study="s", task="t")
+    assert _results(store, everything) == _as_results(store, everything)
+    assert raw.hse_results.count_documents({}) == 1
+    assert _results(store, everything) == _as_results(store, everything)
+
+
+def test_a_run_in_two_packs_counts_once_as_its_latest_state(store, raw):
+    [run_id] = _finished(store, 1)
+    store.sweep_finished()
+    stale = raw.hse_results.find_one({})
+    # the run is requeued, runs again and is archived again; an old pack survived
+    assert store.requeue_finished(RunFilter(study="s", ids=(run_id,))) == 1
+    doc = store.claim("s", ["t"], "w", 60)
+    store.finish(run_id, doc["token"], COMPLETED, {"metrics": {"score": 9.0}})
+    store.sweep_finished()
+    raw.hse_results.insert_one({**stale, "_id": "0" + stale["_id"]})
+    (row,) = store.find_results(RunFilter(study="s"))
+    assert row["metrics"] == {"score": 9.0}

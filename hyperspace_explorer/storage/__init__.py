@@ -12,6 +12,7 @@ from .base import (
     PAGE_SORTS,
     RunFilter,
     Storage,
+    bulk_objects,
     check_db_name,
     new_run_id,
     now_ts,
@@ -22,7 +23,7 @@ from .base import (
 )
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "KEYSET_SORTS", "PAGE_SORTS", "RunFilter", "Storage",
-           "check_db_name", "connect",
+           "bulk_objects", "check_db_name", "connect",
            "new_run_id", "now_ts", "now_utc", "queue_document_problem", "redact_uri",
            "requirement", "server_pid"]
 

@@ -21,7 +21,9 @@ number}`, runs submitted by a `Tuner`) names the Optuna trial a run answers.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+import gc
 import logging
 import re
 import secrets
@@ -87,6 +89,22 @@ class RunFilter:
 
 
 # ---------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def bulk_objects() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while the block builds many small
+    objects (a results read decodes a hundred thousand runs' dicts): each of its
+    collections walks every object still alive, so a bulk build with it on took more
+    than twice as long. Decoded documents hold no reference cycles, so nothing is
+    left for it; it runs again after the block if it was on before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def now_utc() -> datetime:
     """Current time, truncated to BSON's millisecond resolution (for Sacred records)."""
     now = datetime.now(timezone.utc)
@@ -173,6 +191,28 @@ def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
             return (f"malformed queue document: field '{name}' must be {expected}, "
                     f"got {type(doc[name]).__name__} {value}")
     return None
+
+
+#: What a results frame reads of a run (`find_results`): not its logs, given config or
+#: earlier attempts; of `code_version` only `commit` and `dirty`, of `task_spec` only
+#: its Scenario's `className` (the rest is the same for every run of the task).
+RESULT_FIELDS = ("sacred_id", "task", "status", "reason", "seed", "queued_at", "started_at",
+                 "ended_at", "duration", "host", "attempt", "error", "code_version", "config",
+                 "metrics", "task_spec")
+
+
+def result_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """`doc` cut to `_id` and RESULT_FIELDS, as `find_results` answers it."""
+    out = {key: doc[key] for key in ("_id", *RESULT_FIELDS) if key in doc}
+    version = out.get("code_version")
+    if isinstance(version, Mapping):
+        out["code_version"] = {k: version[k] for k in ("commit", "dirty") if k in version}
+    spec = out.get("task_spec")
+    if isinstance(spec, Mapping):
+        scenario = spec.get("scenario")
+        out["task_spec"] = {"scenario": {k: scenario[k] for k in ("className",) if k in scenario}
+                            if isinstance(scenario, Mapping) else scenario}
+    return out
 
 
 #: What `attempt_record` keeps of a finished round of attempts when it is requeued.
@@ -362,6 +402,14 @@ class Storage(abc.ABC):
                   newest_first: bool = False, limit: int = 0) -> Iterator[dict[str, Any]]:
         """Matching runs, active ones first, each once; `fields` limits what is read
         (`_id` always comes)."""
+
+    @abc.abstractmethod
+    def find_results(self, runs: RunFilter, *, stamp: Any = None) -> Iterator[dict[str, Any]]:
+        """`result_fields` of every matching run, each once, active ones first: what a
+        results frame is built from. Read in bulk (tens of thousands of runs at
+        once), where the cost of each document read decides. `stamp`: the
+        `change_stamp(runs)` the caller took just before, if any (it spares the
+        store counting the runs again)."""
 
     @abc.abstractmethod
     def change_stamp(self, runs: RunFilter) -> Any:
