@@ -827,3 +827,32 @@ def test_a_run_in_two_packs_counts_once_as_its_latest_state(store, raw):
     raw.hse_results.insert_one({**stale, "_id": "0" + stale["_id"]})
     (row,) = store.find_results(RunFilter(study="s"))
     assert row["metrics"] == {"score": 9.0}
+
+
+def test_a_pack_that_cannot_be_written_never_blocks_archiving(store, raw, monkeypatch):
+    import pymongo.errors
+
+    ids = _finished(store, 6)
+
+    def refuse(*args, **kwargs):
+        raise pymongo.errors.DocumentTooLarge("pack over the limit")
+
+    monkeypatch.setattr(store, "_insert_packs", refuse)
+    assert store.sweep_finished() == 6  # archived all the same
+    assert raw.hse_queue.count_documents({}) == 0 and raw.hse_results.count_documents({}) == 0
+    everything = RunFilter(study="s")
+    assert _results(store, everything) == _as_results(store, everything)  # from the archive
+    assert store.requeue_finished(RunFilter(study="s", ids=(ids[0],))) == 1
+    monkeypatch.undo()
+    assert _results(store, everything) == _as_results(store, everything)
+    assert raw.hse_results.count_documents({}) == 1  # packed by that read
+
+
+def test_packs_written_twice_by_racing_readers_are_merged(store, raw):
+    _finished(store, 5)
+    store.sweep_finished()
+    for pack in list(raw.hse_results.find({})):  # a second reader packed the same runs
+        raw.hse_results.insert_one({**pack, "_id": pack["_id"] + "-again"})
+    everything = RunFilter(study="s")
+    assert _results(store, everything) == _as_results(store, everything)
+    assert raw.hse_results.count_documents({}) == 1

@@ -625,7 +625,7 @@ class MongoStorage(Storage):
                     self._done.replace_one({"_id": run_id}, by_id[run_id])
         # Their results pack after the archive: a crash between the two leaves runs
         # without one, which `find_results` notices (and repacks).
-        self._write_packs(docs)
+        self._quietly_packed(lambda: self._write_packs(docs))
         self._queue.delete_many({"_id": {"$in": [d["_id"] for d in docs]}, "status": final})
         return len(docs)
 
@@ -677,7 +677,7 @@ class MongoStorage(Storage):
             ids = [d["_id"] for d in batch]
             in_queue = [d["_id"] for d in self._queue.find({"_id": {"$in": ids}}, {"_id": 1})]
             self._done.delete_many({"_id": {"$in": in_queue}})
-            self._repack(in_queue)
+            self._quietly_packed(lambda: self._repack(in_queue))
         self._offer(offered)
         return requeued
 
@@ -782,36 +782,51 @@ class MongoStorage(Storage):
             archived = _archived_counts(stamp[1]) if stamp is not None and runs.status is None \
                 else None
             for _ in range(2):  # twice: a sweep between its two writes, seen once
-                packs, entries = self._read_packs(scope)
+                packs, entries, decoded = self._read_packs(scope)
                 if self._packs_current(scope, entries, archived):
                     break
                 archived = None
             else:
                 entries = self._pack_again(scope, packs)
-            if len(packs) > 2 * (len(entries) // PACK_RUNS + 1):  # many small sweeps'
-                self._compact(runs.study, packs, entries)
+                decoded = len(entries)
+            if len(packs) > 2 * (len(entries) // PACK_RUNS + 1) or decoded > 1.2 * len(entries):
+                self._compact(runs.study, packs, entries)  # many small sweeps', or repeats
         except _DRIVER_ERRORS as exc:
             raise translate_errors(self.uri, exc) from None
         for entry, _ in entries.values():
             if entry["_id"] not in seen and (wanted is None or str(entry.get("status")) in wanted):
                 yield entry
 
+    @staticmethod
+    def _quietly_packed(write: Callable[[], None]) -> None:
+        """Keep packs in step with a write to the archive that has already landed. If
+        that fails (a pack over the size limit, the server gone), the write stands:
+        the next results read finds the packs out of date and makes them again."""
+        try:
+            write()
+        except _DRIVER_ERRORS as exc:
+            log.warning("results packs not updated (%s): the next results read packs "
+                        "the archive again", _first_line(exc))
+
     def _read_packs(self, scope: dict[str, Any]
-                    ) -> tuple[list[Any], dict[str, tuple[dict[str, Any], list[Any]]]]:
-        """The ids of the packs in `scope`, and their entries by run id: (result
-        fields, [order, updated_at]), in archive order. A run in two packs (a repack
-        or a sweep racing another) counts once, as its latest state."""
+                    ) -> tuple[list[Any], dict[str, tuple[dict[str, Any], list[Any]]], int]:
+        """The ids of the packs in `scope`, their entries by run id: (result fields,
+        [order, updated_at]), in archive order, and how many entries were decoded. A
+        run in two packs (a repack or a sweep racing another) counts once, as its
+        latest state."""
         options = self._db.codec_options
         packs = sorted(self._packs.find(scope, {"d": 1}, batch_size=4), key=lambda p: p["_id"])
         entries: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+        decoded = 0
         with bulk_objects():
             for pack in packs:
                 body = bson.decode(pack["d"], codec_options=options)
+                decoded += len(body["r"])
                 for entry, meta in zip(body["r"], body["m"]):
                     known = entries.get(entry["_id"])
                     if known is None or _pack_age(entry, meta) >= _pack_age(*known):
                         entries[entry["_id"]] = (entry, meta)
-        return [p["_id"] for p in packs], entries
+        return [p["_id"] for p in packs], entries, decoded
 
     def _packs_current(self, scope: dict[str, Any],
                        entries: Mapping[str, tuple[dict[str, Any], list[Any]]],
@@ -1073,7 +1088,8 @@ class MongoStorage(Storage):
             self._runs.bulk_write(sacred_ops[start:start + _INSERT_BATCH], ordered=False)
         ids = [change["run_id"] for change in changes]
         for start in range(0, len(ids), BATCH):
-            self._repack(ids[start:start + BATCH])
+            batch_ids = ids[start:start + BATCH]
+            self._quietly_packed(lambda: self._repack(batch_ids))
         return updated
 
     @_translated
