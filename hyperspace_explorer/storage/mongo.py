@@ -783,10 +783,11 @@ class MongoStorage(Storage):
                 else None
             for _ in range(2):  # twice: a sweep between its two writes, seen once
                 packs, entries, decoded = self._read_packs(scope)
-                if self._packs_current(scope, entries, archived):
+                current = self._packs_current(scope, entries, archived)
+                if current or not packs:  # none yet (runs of an older version): pack them
                     break
                 archived = None
-            else:
+            if not current:
                 entries = self._pack_again(scope, packs)
                 decoded = len(entries)
             if len(packs) > 2 * (len(entries) // PACK_RUNS + 1) or decoded > 1.2 * len(entries):
@@ -854,36 +855,44 @@ class MongoStorage(Storage):
         ones read) by new ones. A pack a sweep wrote meanwhile is kept (its runs are
         then in two packs: the reader counts them once). A failure to write (a user
         allowed to read only) leaves the packs for the next read to try again."""
-        docs = list(self._done.find(scope, batch_size=_READ_BATCH))
+        with bulk_objects():
+            entries = {doc["_id"]: (result_fields(doc), _pack_meta(doc))
+                       for doc in self._done.find(scope, batch_size=_READ_BATCH)}
         try:
-            self._write_packs(docs, PACK_RUNS)
+            self._insert_entries(scope["study"], entries)
             self._packs.delete_many({"_id": {"$in": list(packs)}})
         except _DRIVER_ERRORS as exc:
             log.debug("results packs not rewritten: %s", _first_line(exc))
-        return {doc["_id"]: (result_fields(doc), _pack_meta(doc)) for doc in docs}
+        return entries
+
+    def _insert_entries(self, study: str,
+                        entries: Mapping[str, tuple[dict[str, Any], list[Any]]]) -> None:
+        """Large packs of `entries` (result fields and meta by run id), one or more per
+        task."""
+        by_task: dict[Any, list[tuple[dict[str, Any], list[Any]]]] = {}
+        for entry, meta in entries.values():
+            by_task.setdefault(entry.get("task"), []).append((entry, meta))
+        for task, members in by_task.items():
+            self._insert_packs(study, task, members, PACK_RUNS)
 
     def _compact(self, study: str, packs: Sequence[Any],
                  entries: Mapping[str, tuple[dict[str, Any], list[Any]]]) -> None:
         """Rewrite the small packs of many short sweeps (`packs`, holding `entries`)
         as few large ones."""
-        by_task: dict[Any, list[tuple[dict[str, Any], list[Any]]]] = {}
-        for entry, meta in entries.values():
-            by_task.setdefault(entry.get("task"), []).append((entry, meta))
         try:
-            for task, members in by_task.items():
-                self._insert_packs(study, task, members, PACK_RUNS)
+            self._insert_entries(study, entries)
             self._packs.delete_many({"_id": {"$in": list(packs)}})
         except _DRIVER_ERRORS as exc:
             log.debug("results packs not compacted: %s", _first_line(exc))
 
-    def _write_packs(self, docs: Sequence[Mapping[str, Any]], size: int = PACK_RUNS) -> None:
-        """The results packs of archived documents `docs`: one or more per task."""
+    def _write_packs(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """The results packs of documents `docs` a sweep archived: one per task."""
         by_task: dict[tuple[Any, Any], list[tuple[dict[str, Any], list[Any]]]] = {}
         for doc in docs:
             by_task.setdefault((doc.get("study"), doc.get("task")), []).append(
                 (result_fields(doc), _pack_meta(doc)))
         for (study, task), members in by_task.items():
-            self._insert_packs(study, task, members, size)
+            self._insert_packs(study, task, members, PACK_RUNS)
 
     def _insert_packs(self, study: Any, task: Any,
                       members: Sequence[tuple[dict[str, Any], list[Any]]], size: int) -> None:
