@@ -165,9 +165,8 @@ class RunQueue:
 
         from tqdm.auto import tqdm
 
-        per_config = len(seeds) if isinstance(seeds, Sequence) else \
-            seeds if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0 else 1
-        runs = configs * per_config
+        task = self._submit_task(task_name)
+        runs = configs * len(_seed_list(task, seeds))
         show = runs >= _PROGRESS_RUNS if progress is None else bool(progress)
         docs: list[dict[str, Any]] = []
         keys: list[tuple[str, ...]] = []
@@ -176,17 +175,18 @@ class RunQueue:
             # Existing runs are looked up a batch at a time while the next configs are
             # checked (the server's time and ours overlap); nothing is written until
             # every config is valid.
-            lookups = []
+            lookups, looked_up = [], 0
             for doc, doc_keys, _ in self._documents(
-                    task_name, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
+                    task, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
                     max_runtime=max_runtime, gpus=gpus, tags=tags, tuning=tuning, extra=extra):
                 docs.append(doc)
                 keys.append(doc_keys)
                 bar.update(1)
-                if not force and (len(keys) % _SUBMIT_BATCH == 0):
-                    lookups.append(pool.submit(self._existing, keys[-_SUBMIT_BATCH:]))
-            if not force and len(keys) % _SUBMIT_BATCH:
-                lookups.append(pool.submit(self._existing, keys[-(len(keys) % _SUBMIT_BATCH):]))
+                if not force and len(keys) - looked_up >= _SUBMIT_BATCH:
+                    lookups.append(pool.submit(self._existing, keys[looked_up:]))
+                    looked_up = len(keys)
+            if not force and len(keys) > looked_up:
+                lookups.append(pool.submit(self._existing, keys[looked_up:]))
             known: dict[str, str] = {}
             for lookup in lookups:
                 known.update(lookup.result())
@@ -212,12 +212,7 @@ class RunQueue:
         that of the config as given: a run submitted without the Study's code carries
         that one) and its complete config. A generator: a grid's complete configs are
         not held, and the caller stores nothing before the last one is checked."""
-        if isinstance(task_name, Task):
-            task = task_name
-        elif self.tasks_dir is None:
-            raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
-        else:
-            task = load_task(self.tasks_dir, task_name)
+        task = self._submit_task(task_name)
         seed_list = _seed_list(task, seeds)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise HSEError(f"priority must be an int, got {priority!r}")
@@ -264,6 +259,14 @@ class RunQueue:
                     doc["tuning"] = dict(tuning)
                 doc.update(extra or {})
                 yield doc, tuple(dict.fromkeys((fingerprint, given_fingerprint))), complete
+
+    def _submit_task(self, task_name: str | Task) -> Task:
+        """The task runs are submitted to: given, or read from the tasks directory."""
+        if isinstance(task_name, Task):
+            return task_name
+        if self.tasks_dir is None:
+            raise HSEError("this RunQueue has no tasks directory: pass tasks_dir= to submit")
+        return load_task(self.tasks_dir, task_name)
 
     def _existing(self, keys: Sequence[tuple[str, ...]]) -> dict[str, str]:
         """Which of the fingerprints in `keys` belong to runs QUEUED, RUNNING or

@@ -837,7 +837,7 @@ def test_a_pack_that_cannot_be_written_never_blocks_archiving(store, raw, monkey
     def refuse(*args, **kwargs):
         raise pymongo.errors.DocumentTooLarge("pack over the limit")
 
-    monkeypatch.setattr(store, "_insert_packs", refuse)
+    monkeypatch.setattr(store, "_insert_entries", refuse)
     assert store.sweep_finished() == 6  # archived all the same
     assert raw.hse_queue.count_documents({}) == 0 and raw.hse_results.count_documents({}) == 0
     everything = RunFilter(study="s")
