@@ -52,6 +52,7 @@ DEFAULT_LEASE_S = 60.0     # a worker silent this long is presumed dead
 SACRED_ID_BLOCK = 8        # Sacred ids reserved per round trip
 MAX_RESULT_BYTES = 8 << 20  # what a run may add to its queue document
 STUDY_CHECK_S = 1.0        # how often an idle worker looks for edited Study sources
+DEFAULT_RUNS_PER_PROCESS = 100  # runs one forked child executes before a fresh fork
 
 
 def recover_expired(store: Storage) -> int:
@@ -88,7 +89,9 @@ class Worker:
     the GPU ids this worker may hand out: a run that requires k GPUs is claimed only
     when k of them are free, and its child sees just those (CUDA_VISIBLE_DEVICES).
     `tags` are what this worker offers (e.g. "big-mem"): it claims only runs whose
-    required tags it has; untagged runs go to any worker.
+    required tags it has; untagged runs go to any worker. A slot's child executes up to
+    `runs_per_process` runs in turn, as long as each leaves no process or thread
+    behind (1: a fresh process for every run; see `execution.child`).
 
     Between runs it notices edits of the Study's sources; it then stops with
     `reload_requested` set, and the command-line entry point re-executes itself so
@@ -100,7 +103,8 @@ class Worker:
                  interval: float = DEFAULT_INTERVAL_S, heartbeat: float = DEFAULT_HEARTBEAT_S,
                  lease: float = DEFAULT_LEASE_S, max_runs: int | None = None,
                  idle_exit: float | None = None, log_dir: str | Path | None = None,
-                 concurrency: int = 1, gpus: Sequence[str] = (), tags: Iterable[str] = ()):
+                 concurrency: int = 1, gpus: Sequence[str] = (), tags: Iterable[str] = (),
+                 runs_per_process: int = DEFAULT_RUNS_PER_PROCESS):
         from .server import home_dir, resolve_uri
 
         check_worker_imports()  # Sacred & co. importable, or one clear line, before any claim
@@ -109,6 +113,10 @@ class Worker:
                            f"({heartbeat}s), or live runs would look dead")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise HSEError(f"--concurrency must be a positive integer, got {concurrency!r}")
+        if (isinstance(runs_per_process, bool) or not isinstance(runs_per_process, int)
+                or runs_per_process < 1):
+            raise HSEError(f"--runs-per-process must be a positive integer, got "
+                           f"{runs_per_process!r}")
         self.gpus = [str(g).strip() for g in gpus]
         if len(set(self.gpus)) != len(self.gpus) or not all(self.gpus):
             raise HSEError(f"--gpus must list distinct GPU ids (e.g. 0,1), got {list(gpus)}")
@@ -135,7 +143,8 @@ class Worker:
         experiments: dict[str, Any] = {}  # shared: building one is slow
         self.slots = [_Slot(i, Executor(self.store, self.module, self.log_dir, heartbeat,
                                         lease, interrupt=self._interrupt_request,
-                                        on_beat=self._beat, experiments=experiments))
+                                        on_beat=self._beat, experiments=experiments,
+                                        runs_per_process=runs_per_process))
                       for i in range(concurrency)]
         self._signals = 0
         self._wake = threading.Event()

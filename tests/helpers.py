@@ -55,6 +55,15 @@ def run_worker(mongo_uri: str, db_name: str, log_dir: Path | None = None, *,
         worker.store.close()
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process `pid` ended (a zombie only waits for its parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
 def assert_written(path: Path, kind: str) -> None:
     """`path` holds a real, non-trivial PNG or SVG image."""
     data = path.read_bytes()

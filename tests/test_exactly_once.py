@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import STUDY, TASKS, raw_db, wait_for
+from helpers import STUDY, TASKS, process_gone, raw_db, wait_for
 from proxy import Proxy
 from pymongo.uri_parser import parse_uri
 
@@ -234,12 +234,6 @@ def _spawned_pid(log: Path) -> int:
     return int(text.split("spawned pid ")[1].split()[0])
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")  # killed; only waiting for its new parent to reap it
 
 
 @pytest.mark.parametrize("ending", ["COMPLETED", "TIMEOUT", "CANCELLED"])
@@ -256,4 +250,4 @@ def test_processes_started_by_a_run_end_with_it(queue, procs, tmp_path, mongo_ur
         queue.cancel(run_id)
     worker.wait(120)
     assert queue.get(run_id)["status"] == ending
-    wait_for(lambda: _gone(pid), 30, f"the helper process {pid} of a {ending} run to end")
+    wait_for(lambda: process_gone(pid), 30, f"the helper process {pid} of a {ending} run to end")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import wait_for
 
+from hyperspace_explorer.errors import HSEError
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.status import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
 from hyperspace_explorer.storage import new_run_id
@@ -204,6 +205,56 @@ def test_sacred_ids_are_unique_integers_beyond_ten(q, raw, tmp_path, mongo_uri, 
         record = records[doc["sacred_id"]]
         assert record["meta"]["hse"]["run_id"] == doc["_id"]
         assert record["config"]["seed"] == doc["seed"] and record["status"] == COMPLETED
+
+
+# ------------------------------------------------------------------ the run's process
+def _run_pid(doc) -> int:
+    """The pid a "block" run printed in its log."""
+    text = Path(doc["log_file"]).read_text()
+    return int(text.split(" points in pid ")[1].split()[0])
+
+
+def test_a_child_runs_run_after_run_until_one_leaves_a_process_behind(q, raw, tmp_path,
+                                                                       mongo_uri, db_name):
+    block = {**LINEAR, "behaviour": "block", "epochs": 1}
+    first = q.submit("toy", {**block, "options": {"first": 1}})
+    second = q.submit("toy", {**block, "options": {"second": 2}})
+    spawns = q.submit("toy", {**LINEAR, "behaviour": "spawn"})
+    after = q.submit("toy", block)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=4) == 4
+    docs = docs_of(q, first + second + spawns + after)
+    assert [d["status"] for d in docs] == [COMPLETED] * 4
+    pids = [_run_pid(docs[0]), _run_pid(docs[1]), _run_pid(docs[3])]
+    assert pids[0] == pids[1], "the second run should reuse the first run's process"
+    assert pids[2] != pids[1], "a run that left a process behind retires its process"
+    # the process it left behind ended with its run
+    helper = int(Path(docs[2]["log_file"]).read_text().split("spawned pid ")[1].split()[0])
+    wait_for(lambda: helpers.process_gone(helper), 30, f"the helper process {helper} to end")
+    # nothing of the first run's config reaches the second run's Sacred record
+    record = raw.runs.find_one({"_id": docs[1]["sacred_id"]})
+    assert record["config"]["options"] == docs[1]["config"]["options"]
+    assert "first" not in record["config"]["options"]
+    assert record["config"]["seed"] == docs[1]["seed"]
+
+
+@pytest.mark.parametrize("per_process", [1, 2])
+def test_runs_per_process_bounds_the_runs_of_one_child(q, tmp_path, mongo_uri, db_name,
+                                                       per_process):
+    ids = q.submit("toy", {**LINEAR, "behaviour": "block", "epochs": 1}, seeds=4)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=4,
+                      runs_per_process=per_process) == 4
+    docs = sorted(docs_of(q, ids), key=lambda d: d["started_at"])
+    pids = [_run_pid(d) for d in docs]
+    if per_process == 1:
+        assert len(set(pids)) == 4
+    else:
+        assert pids[0] == pids[1] and pids[2] == pids[3] and pids[1] != pids[2]
+
+
+def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_path):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(HSEError, match="--runs-per-process must be a positive integer"):
+            run_worker(mongo_uri, db_name, tmp_path, max_runs=1, runs_per_process=bad)
 
 
 # ------------------------------------------------------------------ what a worker refuses

@@ -12,7 +12,12 @@ import os
 import sys
 
 from ..errors import HSEError
-from ..worker import DEFAULT_HEARTBEAT_S, DEFAULT_INTERVAL_S, DEFAULT_LEASE_S
+from ..worker import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_LEASE_S,
+    DEFAULT_RUNS_PER_PROCESS,
+)
 from .common import Session, SubParsers, command
 
 log = logging.getLogger("hyperspace_explorer.worker")
@@ -66,6 +71,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", type=names, default=[], metavar="TAGS",
                         help="what this worker offers, e.g. gpu,big-mem: it also takes runs "
                              "submitted with those tags (untagged runs go to any worker)")
+    parser.add_argument("--runs-per-process", type=int, default=DEFAULT_RUNS_PER_PROCESS,
+                        metavar="N",
+                        help="runs one forked process executes in turn, as long as each "
+                             "leaves no process or thread behind; 1 gives every run a fresh "
+                             "process (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -85,7 +95,8 @@ def run_worker_from_args(args: argparse.Namespace) -> int:
     worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
                     study=args.study, interval=args.interval, heartbeat=args.heartbeat,
                     lease=args.lease, max_runs=args.max_runs, idle_exit=args.idle_exit,
-                    concurrency=args.concurrency, gpus=args.gpus, tags=args.tags)
+                    concurrency=args.concurrency, gpus=args.gpus, tags=args.tags,
+                    runs_per_process=args.runs_per_process)
     worker.run()
     worker.store.close()
     if worker.reload_requested:

@@ -1,15 +1,22 @@
-"""The forked child that runs user code: one attempt of one run, under Sacred.
+"""The forked child that runs user code: attempts of runs, one at a time, under Sacred.
 
-A child is a fork of the warmed-up worker, so no import is repeated. A segfault,
-`os._exit`, an out-of-memory kill or a hang here ends only the child. It never talks
-to the database: its Sacred observer (`PipeObserver`) forwards every event over a
-pipe to the worker, which writes the record (`records.RecordWriter`), and each metric
-point goes to the worker as soon as it is logged (`StreamedMetrics`), so that a run
-stopped from outside keeps its points.
+A child (a *runner*) is a fork of the warmed-up worker, so no import is repeated. A
+segfault, `os._exit`, an out-of-memory kill or a hang here ends only the child. It
+never talks to the database: its Sacred observer (`PipeObserver`) forwards every event
+over a pipe to the worker, which writes the record (`records.RecordWriter`), and each
+metric point goes to the worker as soon as it is logged (`StreamedMetrics`), so that a
+run stopped from outside keeps its points.
 
-Each child leads its own process group, so that whatever user code starts (a
-subprocess, DataLoader workers, a shell) can be killed with it when the run ends,
-whatever the way it ended (see `supervisor.kill_run_group`).
+A runner executes the next run the worker sends it when the last one left nothing
+behind (no process, no thread): forking a worker and the copy-on-write faults of the
+fresh process cost 20-50 ms a run on small virtual machines, as much as a short run
+itself. What a run leaves in the interpreter (module globals, caches) is seen by the
+next runs of the same runner; the worker's `--runs-per-process 1` gives each run a
+fresh process.
+
+Each child leads its own process group and adopts the orphans of its descendants, so
+that whatever user code starts (a subprocess, DataLoader workers, a shell) is seen when
+the run ends, and killed with the runner (see `supervisor.kill_run_group`).
 """
 from __future__ import annotations
 
@@ -195,21 +202,35 @@ def _plain(value: Any) -> Any:
 def child_main(conn: multiprocessing.connection.Connection,
                experiments: dict[str, Experiment],
                worker_end: multiprocessing.connection.Connection) -> None:
-    """Body of the forked child: wait for a RunSpec, run its Sacred experiment,
-    report, exit. Children are forked ahead of need (see Executor), so they get
-    the spec over the pipe rather than at fork time."""
+    """Body of the forked child: wait for a RunSpec, run its Sacred experiment, report
+    ("idle", reusable) and wait for the next, until the worker closes the pipe or a run
+    leaves something behind. Children are forked before their first run is known, so
+    they get each spec over the pipe rather than at fork time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setpgid(0, 0)  # our own process group: the run's processes die together
     _die_with_parent()
+    _adopt_orphans()
     worker_end.close()  # else closing it in the worker would not reach us as EOF
-    try:
-        spec: RunSpec = conn.recv()
-    except (EOFError, OSError):
-        os._exit(0)  # the worker discarded this spare child
     pipe = Pipe(conn)
+    while True:
+        try:
+            spec: RunSpec = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the worker let this runner go
+        reusable = _run_logged(spec, experiments[spec.task.name], pipe)
+        try:
+            pipe.send("idle", reusable)
+        except OSError:
+            os._exit(0)
+        if not reusable:
+            os._exit(0)
+
+
+def _run_logged(spec: RunSpec, ex: Experiment, pipe: Pipe) -> bool:
+    """One attempt, its output in its log file; whether this process may run another
+    (the run left no process and no thread behind)."""
     os.environ.update(spec.env)  # before user code can initialise CUDA
-    ex = experiments[spec.task.name]
     try:
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -227,7 +248,25 @@ def child_main(conn: multiprocessing.connection.Connection,
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+    # Between runs nothing writes to the log the worker may now trim.
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    return not _left_behind()
+
+
+def _left_behind() -> bool:
+    """Whether the run left a thread or a live process (reaping the ended ones)."""
+    if threading.active_count() > 1:
+        return True
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False  # no child at all
+        if pid == 0:
+            return True  # a child still running
 
 
 def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseException | None:
@@ -235,6 +274,9 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseExceptio
     `pipe`; returns what the run raised (already reported as an "error"), else None.
     The worker's child calls it after isolating itself; `RunQueue.run_here` calls it
     in the notebook's own process, so the same code runs a run in both places."""
+    # The Experiment serves every run of its task in this process: what this run adds
+    # to it (its config, its main function) is taken out again in `finally`.
+    configs, functions = len(ex.configurations), len(ex.captured_functions)
     try:
         scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
         scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
@@ -286,6 +328,19 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any) -> BaseExceptio
     finally:
         _TUNING[:] = []
         _CHECKPOINTS[:] = []
+        del ex.configurations[configs:]
+        del ex.captured_functions[functions:]
+
+
+def _adopt_orphans() -> None:
+    """Linux: what the run's processes start and abandon becomes our child rather than
+    init's (PR_SET_CHILD_SUBREAPER), so `_left_behind` sees it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent() -> None:

@@ -39,7 +39,24 @@ log = logging.getLogger("hyperspace_explorer.worker")
 _FORK = multiprocessing.get_context("fork")
 SUPERSEDED = "superseded: this worker lost its lease and the run went to a newer attempt"
 _FINAL_EVENTS = ("completed_event", "failed_event", "interrupted_event")
-_Child = tuple[Any, Any, frozenset[str]]  # (process, parent end of the pipe, tasks)
+
+
+@dataclasses.dataclass
+class _Runner:
+    """A forked child and what decides whether it may take a run: the tasks whose
+    Experiments it inherited, the environment its first run set (CUDA_VISIBLE_DEVICES
+    cannot change once CUDA is initialised) and the runs it executed."""
+
+    proc: Any
+    conn: Any  # the worker's end of the pipe
+    tasks: frozenset[str]
+    env: dict[str, str] | None = None
+    runs: int = 0
+    reusable: bool = False  # it said so after its last run
+
+    def fits(self, spec: RunSpec, limit: int) -> bool:
+        return (self.proc.is_alive() and spec.task.name in self.tasks and self.runs < limit
+                and (self.env is None or self.env == spec.env))
 
 
 @dataclasses.dataclass
@@ -65,7 +82,8 @@ _LOST = Outcome(status=FAILED, fenced=True, error="lease lost to another attempt
 
 
 class Executor:
-    """Runs attempts in forked children; one per worker process.
+    """Runs attempts in forked children, one attempt at a time; one per worker slot.
+    A child runs up to `runs_per_process` attempts in turn (see `child`).
 
     `experiment_for(task)` builds the Sacred Experiment of a task once (source and
     git discovery is slow), in the Study's namespace so that Sacred records the
@@ -77,7 +95,8 @@ class Executor:
     def __init__(self, store: Storage, study_module: Any, log_dir: Path,
                  heartbeat_s: float, lease_s: float, *,
                  interrupt: Callable[[], str | None], on_beat: Callable[[], None],
-                 experiments: dict[str, Experiment] | None = None):
+                 experiments: dict[str, Experiment] | None = None,
+                 runs_per_process: int = 1):
         self.store = store
         self.study_module = study_module
         self.log_dir = log_dir
@@ -85,11 +104,12 @@ class Executor:
         self.lease_s = lease_s
         self.interrupt = interrupt
         self.on_beat = on_beat
+        self.runs_per_process = runs_per_process
         # Shared by the executors of a worker's slots (building one is slow).
         self._experiments: dict[str, Experiment] = {} if experiments is None else experiments
         self._source_cache: dict[tuple[str, str], Any] = {}
         self._host_facts = host_facts()
-        self._spare: _Child | None = None
+        self._spare: _Runner | None = None  # idle, waiting for its next run
         self._trials: Any = None  # tuning.link.TrialLinks, once a tuned run reports
 
     def experiment_for(self, task: Task) -> Experiment:
@@ -128,19 +148,16 @@ class Executor:
     def execute(self, spec: RunSpec) -> Outcome:
         """Run one attempt to its end; never raises for anything the user code did."""
         self.experiment_for(spec.task)
-        proc, parent_conn = self._take_child(spec.task.name)
-        parent_conn.send(spec)
-        # Fork the next run's child now, while this one runs: forking a warmed-up
-        # worker costs milliseconds that would otherwise sit between two runs.
-        self._spare = self._fork()
+        runner = self._take_runner(spec)
+        runner.env, runner.runs, runner.reusable = dict(spec.env), runner.runs + 1, False
         try:
-            return self._supervise(proc, parent_conn, spec)
+            runner.conn.send(spec)
+            return self._supervise(runner, spec)
         finally:
-            parent_conn.close()
-            if proc.is_alive():
-                proc.kill()
-            proc.join()
-            kill_run_group(proc.pid)
+            if runner.reusable and runner.proc.is_alive():
+                self._spare = runner
+            else:
+                _discard(runner)
             logs.trim(spec.log_path, OUTPUT_LIMIT)
 
     def execute_here(self, spec: RunSpec) -> tuple[Outcome, BaseException | None]:
@@ -180,31 +197,34 @@ class Executor:
         return pipe.outcome or Outcome(status=FAILED, reason=Reason.ERROR,
                                        error="the run ended without a result"), raised
 
-    def _fork(self) -> _Child:
+    def _fork(self) -> _Runner:
         parent_conn, child_conn = _FORK.Pipe()
         proc = _FORK.Process(target=child_main,
                              args=(child_conn, dict(self._experiments), parent_conn),
                              name="hse-run", daemon=True)
         proc.start()
         child_conn.close()
-        return proc, parent_conn, frozenset(self._experiments)
+        return _Runner(proc, parent_conn, frozenset(self._experiments))
 
-    def _take_child(self, task_name: str) -> tuple[Any, Any]:
+    def _take_runner(self, spec: RunSpec) -> _Runner:
+        """The idle child if it can run `spec`, else a fresh one."""
         spare, self._spare = self._spare, None
-        if spare is not None and task_name in spare[2] and spare[0].is_alive():
-            return spare[0], spare[1]
+        if spare is not None and spare.fits(spec, self.runs_per_process):
+            return spare
         if spare is not None:
             _discard(spare)
-        proc, conn, _ = self._fork()
-        return proc, conn
+        return self._fork()
 
     def release_spare(self) -> None:
-        """Let the forked-ahead child go (an idle worker should stay small)."""
+        """Let the idle child go (an idle worker should stay small)."""
         spare, self._spare = self._spare, None
         if spare is not None:
             _discard(spare)
 
-    def _supervise(self, proc: Any, conn: Any, spec: RunSpec) -> Outcome:
+    def _supervise(self, runner: _Runner, spec: RunSpec) -> Outcome:
+        """Serve the attempt's events and keep its lease until the child says the run
+        is over ("idle") or ends; `runner.reusable` then says whether it may run more."""
+        proc, conn = runner.proc, runner.conn
         writer = RecordWriter(self.store, self._source_cache, self._host_facts,
                               spec.log_path)
         writer.carry_over(spec.resume_points or {})
@@ -229,6 +249,12 @@ class Executor:
                 except (EOFError, OSError):
                     conn_open = False
                 else:
+                    if event[0] == "idle":  # the attempt's last event
+                        runner.reusable = bool(event[1]) and stop is None and (
+                            outcome is not None)
+                        if event[1] and not runner.reusable:
+                            _terminate(proc)  # else it would wait for another run
+                        break
                     outcome = self._handle(event, writer, conn.send, spec) or outcome
                     if writer.superseded or (outcome is not None and outcome.fenced):
                         _terminate(proc)
@@ -264,7 +290,8 @@ class Executor:
                     stop = (CANCELLED, Reason.CANCELLED, "cancelled while running")
                     _terminate(proc)
                 writer.push_metrics()  # points logged since the last write, at least once a beat
-        proc.join()
+        if not runner.reusable:
+            proc.join()
         if stop is not None:
             status, reason, message = stop
             writer.close("TIMEOUT" if status == TIMEOUT else "INTERRUPTED", message, now_utc())
@@ -371,10 +398,12 @@ def kill_run_group(pgid: int) -> None:
         pass  # nothing left
 
 
-def _discard(spare: _Child) -> None:
-    proc, conn, _ = spare
-    conn.close()  # the child reads EOF and exits
-    proc.join(1.0)
+def _discard(runner: _Runner) -> None:
+    """End a child and whatever is left in its process group."""
+    proc = runner.proc
+    runner.conn.close()  # an idle child reads EOF and exits
+    if runner.reusable:
+        proc.join(1.0)
     if proc.is_alive():
         proc.kill()
         proc.join()
