@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from .storage import (
     redact_uri,
 )
 from .study import load_scenarios, source_digest, source_stamp, study_root
-from .task import Task, task_names
+from .task import Task, load_task, task_names
 
 log = logging.getLogger("hyperspace_explorer.worker")
 
@@ -53,6 +54,7 @@ SACRED_ID_BLOCK = 8        # Sacred ids reserved per round trip
 MAX_RESULT_BYTES = 8 << 20  # what a run may add to its queue document
 STUDY_CHECK_S = 1.0        # how often an idle worker looks for edited Study sources
 DEFAULT_RUNS_PER_PROCESS = 100  # runs one forked child executes before a fresh fork
+AHEAD_S = 1.0  # after a run shorter than this, a slot claims its next one during the next
 
 
 def recover_expired(store: Storage) -> int:
@@ -193,6 +195,7 @@ class Worker:
         # ever claim, and Sacred records left open by a worker that lost its run.
         self._quietly(lambda: self.store.quarantine_orphans())
         self._quietly(lambda: self.store.close_orphan_sacred_runs())
+        self._warm_up()
         try:
             if len(self.slots) == 1:
                 self._serve(self.slots[0])
@@ -215,16 +218,28 @@ class Worker:
 
     def _serve(self, slot: _Slot) -> None:
         """One slot's loop: claim, execute, record; until asked to stop, idle too long,
-        --max-runs reached or the Study's code changed."""
+        --max-runs reached or the Study's code changed. A run claimed ahead and not
+        started then goes back to the queue."""
+        try:
+            self._serve_runs(slot)
+        finally:
+            self._give_back(slot)
+
+    def _serve_runs(self, slot: _Slot) -> None:
         idle_since = time.monotonic()
         while self._signals == 0 and not self.reload_requested:
-            if self.max_runs is not None and self._claimed >= self.max_runs:
+            if (self.max_runs is not None and self._claimed >= self.max_runs
+                    and slot.ahead is None):
                 log.info("claimed %d run(s): --max-runs reached", self._claimed)
                 break
             if self._study_changed():
                 break
             self._maybe_maintain()
-            doc = self._claim(slot)
+            doc, slot.ahead = slot.ahead, None  # claimed ahead: never with GPUs
+            ahead = doc is not None
+            if doc is None:
+                doc = self._claim(slot)
+            slot.current = None if doc is None else doc["_id"]
             if doc is None:
                 slot.executor.release_spare()
                 if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
@@ -233,7 +248,7 @@ class Worker:
                 self._wake.wait(self.interval)
                 continue
             try:
-                self._process(slot, doc)
+                self._process(slot, doc, ahead)
             except StoreUnavailable as exc:
                 # The run stays leased to us; once the lease expires, recovery
                 # requeues it. The worker itself keeps going.
@@ -247,6 +262,21 @@ class Worker:
             finally:
                 self._release(slot)
             idle_since = time.monotonic()
+
+    def _warm_up(self) -> None:
+        """Build the Sacred Experiment of each task and the Study's code version before
+        the first claim, rather than inside the first run: source, package and git
+        discovery take about half a second on a small machine, which would otherwise
+        delay the first run and hold its lease."""
+        executor, task = self.slots[0].executor, None
+        for name in task_names(self.tasks_dir):
+            try:
+                task = load_task(self.tasks_dir, name)
+                executor.experiment_for(task)
+            except Exception as exc:  # noqa: BLE001 - a run of that task reports it
+                log.warning("task %s: not prepared ahead (%s)", name, str(exc)[:200])
+        if task is not None:
+            self._quietly(lambda: executor.code_version(task))
 
     def _study_changed(self) -> bool:
         """Whether the Study's sources were edited since this worker loaded them (then
@@ -264,7 +294,10 @@ class Worker:
         self.reload_requested = True
         return True
 
-    def _claim(self, slot: _Slot) -> dict[str, Any] | None:
+    def _claim(self, slot: _Slot, *, ahead: bool = False) -> dict[str, Any] | None:
+        """The next run this worker may execute, leased to it, with the GPUs it needs
+        handed to `slot`; None when there is none. Ahead of need (`_Ahead`), one try:
+        the slot's running run waits for it."""
         try:
             names = task_names(self.tasks_dir)
         except HSEError as exc:
@@ -273,22 +306,39 @@ class Worker:
         with self._lock:  # slots claim one at a time: GPUs are handed out here
             if self.max_runs is not None and self._claimed >= self.max_runs:
                 return None
+
+            def claim() -> dict[str, Any] | None:
+                return self.store.claim(self.study, names, self.id, self.lease,
+                                        exclude=self._cannot_run,
+                                        gpus=len(self._free_gpus), tags=self.tags)
             try:
-                doc = self.store.retry(
-                    lambda: self.store.claim(self.study, names, self.id, self.lease,
-                                             exclude=self._cannot_run,
-                                             gpus=len(self._free_gpus), tags=self.tags),
-                    give_up=lambda: self._signals > 0)
+                doc = claim() if ahead else self.store.retry(
+                    claim, give_up=lambda: self._signals > 0)
             except StoreUnavailable:
-                if self._signals:
+                if self._signals or ahead:
                     return None  # asked to stop while the database was away
                 raise
             if doc is not None:
                 self._claimed += 1
-                wanted = doc.get("gpus") or 0
-                slot.gpus, self._free_gpus = self._free_gpus[:wanted], self._free_gpus[wanted:]
-                slot.current = doc["_id"]
+                if not ahead:
+                    wanted = doc.get("gpus") or 0
+                    slot.gpus, self._free_gpus = (self._free_gpus[:wanted],
+                                                  self._free_gpus[wanted:])
             return doc
+
+    def _give_back(self, slot: _Slot) -> None:
+        """Put the run the slot claimed ahead back in the queue, as it was."""
+        doc, slot.ahead = slot.ahead, None
+        if doc is None:
+            return
+        with self._lock:
+            self._claimed -= 1
+        fields = {"attempt": max(0, doc.get("attempt", 1) - 1)}
+        try:  # for a heartbeat at most: the slot's running run waits
+            self.store.retry(lambda: self.store.requeue(doc["_id"], doc["token"], fields),
+                             patience_s=self.heartbeat)
+        except StoreUnavailable as exc:  # its lease expires and recovery requeues it
+            log.warning("run %s: claimed ahead, not given back (%s)", doc["_id"], str(exc)[:200])
 
     def _release(self, slot: _Slot) -> None:
         with self._lock:
@@ -324,7 +374,7 @@ class Worker:
         except StoreUnavailable as exc:
             log.warning("database unreachable during maintenance: %s", str(exc)[:200])
 
-    def _process(self, slot: _Slot, doc: dict[str, Any]) -> None:
+    def _process(self, slot: _Slot, doc: dict[str, Any], claimed_ahead: bool = False) -> None:
         run_id, token = doc["_id"], doc["token"]
         started = time.time()
         problem = queue_document_problem(doc)
@@ -354,7 +404,12 @@ class Worker:
                        checkpoint=checkpoint, resume_points=resume_points)
         log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
                  doc["seed"], sacred_id)
-        outcome = slot.executor.execute(spec)
+        # Short runs: the next one is claimed while this one executes (not with GPUs to
+        # hand out: its GPUs would have to be free already).
+        ahead = (_Ahead(self, slot) if slot.last_s < AHEAD_S and not self.gpus
+                 and self._signals == 0 else None)
+        outcome = slot.executor.execute(spec, ahead)
+        slot.last_s = time.time() - started
         if outcome.fenced:
             log.warning("run %s: lease lost to a newer attempt; result discarded", run_id)
             return
@@ -364,7 +419,9 @@ class Worker:
             fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
             self._requeue(run_id, token, fields)
         else:
-            self._record(run_id, token, status, fields)
+            if claimed_ahead:  # its claim said when the run before it started
+                fields["started_at"] = started
+            self._record(run_id, token, status, fields, outcome.close_record)
         with self._lock:
             self.executed += 1
         log.info("run %s %s%s", run_id, outcome.status.lower(),
@@ -425,15 +482,21 @@ class Worker:
         if not self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
             log.warning("run %s: a newer attempt owns it; not requeued by this worker", run_id)
 
-    def _record(self, run_id: str, token: str, status: Status, fields: dict[str, Any]) -> None:
-        """`_finish` an attempt by the outcome thread, while its slot claims and starts
-        the next run: on short runs the final writes (the queue document, the lease)
-        would otherwise sit between two runs. The write is fenced by the attempt's
-        token wherever it runs, and the lease holds until it lands (if the worker dies
-        first, recovery requeues the run as for any lost attempt). Outcomes are
-        written in the order the runs ended; the worker waits for all before it exits."""
+    def _record(self, run_id: str, token: str, status: Status, fields: dict[str, Any],
+                close_record: Callable[[], bool] | None = None) -> None:
+        """`_finish` an attempt by the outcome thread, after `close_record` (the Sacred
+        record's final event, fenced), while its slot starts the next run: on short runs
+        the final writes (the record, the queue document, the lease) would otherwise
+        sit between two runs. The writes are fenced by the attempt's token wherever
+        they run, and the lease holds until they land (if the worker dies first,
+        recovery requeues the run as for any lost attempt). Outcomes are written in the
+        order the runs ended; the worker waits for all before it exits."""
         def write() -> None:
             try:
+                if close_record is not None and not close_record():
+                    log.warning("run %s: lease lost to a newer attempt; result discarded",
+                                run_id)
+                    return
                 self._finish(run_id, token, status, fields)
             except Exception as exc:  # StoreUnavailable after retrying, or a bug
                 log.error("run %s: its outcome could not be recorded (%s); its lease will "
@@ -479,12 +542,35 @@ def final_fields(outcome: Any, spec: Any, doc: Mapping[str, Any],
 
 @dataclasses.dataclass
 class _Slot:
-    """One run at a time of a worker: its executor, its run, the GPUs it holds."""
+    """One run at a time of a worker: its executor, its run, the GPUs it holds, the run
+    it claimed ahead (leased, not started) and how long its last run took."""
 
     index: int
     executor: Any
     current: str | None = None
     gpus: list[str] = dataclasses.field(default_factory=list)
+    ahead: dict[str, Any] | None = None
+    last_s: float = math.inf
+
+
+class _Ahead:
+    """Claims a slot's next run while its current one executes (`execution.Ahead`): on
+    short runs the claim's round trips would otherwise sit between two runs. A run
+    claimed ahead shows RUNNING from its claim, at most one short run early; one not
+    started after all (the current run lasted a lease renewal, or the worker stops) goes
+    back to the queue with its attempt count as it was."""
+
+    def __init__(self, worker: Worker, slot: _Slot):
+        self.worker, self.slot = worker, slot
+
+    def claim(self) -> None:
+        self.slot.ahead = self.worker._claim(self.slot, ahead=True)
+
+    def give_back(self) -> None:
+        if self.slot.ahead is not None:
+            log.info("run %s, claimed ahead, goes back to the queue: the current run is "
+                     "long", self.slot.ahead["_id"])
+        self.worker._give_back(self.slot)
 
 
 def worker_state(doc: dict[str, Any], now: float) -> tuple[str, float, float | None]:

@@ -31,7 +31,7 @@ FAST = ("--lease", "2", "--heartbeat", "0.4", "--interval", "0.1", "--idle-exit"
 # Wraps one storage method of the worker so that the worker stops itself right before
 # that write (the test then decides what happens while it is frozen).
 _PAUSE_HOOK = textwrap.dedent("""
-    import os, signal
+    import os, signal, threading
     point = os.environ.get("HSE_TEST_PAUSE_AT")
     if point:
         from hyperspace_explorer.storage import mongo
@@ -42,7 +42,9 @@ _PAUSE_HOOK = textwrap.dedent("""
             def wrapper(self, *args, **kwargs):
                 if not paused and when(*args):
                     paused.append(True)
-                    os.kill(os.getpid(), signal.SIGSTOP)
+                    # to this very thread: a signal sent to the process may be taken
+                    # by another thread while this one goes on and writes
+                    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
                 return method(self, *args, **kwargs)
             return wrapper
 

@@ -68,3 +68,40 @@ def test_tagged_runs_go_only_to_workers_with_those_tags(q, procs, mongo_uri, db_
                               "--idle-exit", "2"))
     wait_for(lambda: q.get(tagged)["status"] == "COMPLETED", 60, "the tagged run")
     assert q.unclaimable() == []
+
+
+def test_a_run_claimed_ahead_goes_back_to_the_queue_when_the_current_run_is_long(
+        q, procs, mongo_uri, db_name, tmp_path):
+    """After a short run, a slot claims its next run while the current one executes; a
+    current run that lasts a lease renewal gives it back, for another worker to take."""
+    short = run(q, priority=2)
+    long_ = run(q, "sleep", 120.0, priority=1)
+    after = run(q)
+    log = tmp_path / "first.log"
+    first = start_worker(mongo_uri, db_name, *FAST, log=log)
+    procs.append(first)
+    wait_for(lambda: "claimed ahead, goes back" in log.read_text(), 60,
+             "the first worker to give back the run it claimed ahead")
+    assert q.get(short)["status"] == "COMPLETED" and q.get(long_)["status"] == "RUNNING"
+    second = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
+    procs.append(second)
+    assert second.wait(120) == 0
+    doc = q.get(after)
+    assert doc["status"] == "COMPLETED" and doc["attempt"] == 1  # the give-back was no attempt
+    assert doc["worker"].split(":")[1] == str(second.pid)
+    assert q.get(long_)["status"] == "RUNNING"
+    q.cancel([long_])
+    wait_for(lambda: q.get(long_)["status"] == "CANCELLED", 60, "the long run to stop")
+
+
+def test_a_run_claimed_ahead_records_when_it_really_started(q, procs, mongo_uri, db_name):
+    ids = [run(q) for _ in range(6)]
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    docs = sorted((q.get(i) for i in ids), key=lambda d: d["started_at"])
+    assert {d["status"] for d in docs} == {"COMPLETED"}
+    for before, doc in zip(docs, docs[1:]):  # one slot: each run started after the last
+        stopped = q.store.sacred_run(before["sacred_id"])["stop_time"].timestamp()
+        assert doc["started_at"] >= stopped - 0.002, (before, doc)
+        assert doc["duration"] <= doc["ended_at"] - doc["started_at"] + 0.002

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import logs
 from ..errors import StoreUnavailable
@@ -68,6 +68,9 @@ class Outcome:
     metrics: dict[str, float] | None = None
     error: str | None = None
     fenced: bool = False  # our lease was taken over: record nothing
+    # The Sacred record's final event, left to whoever records the outcome (so that the
+    # child starts its next run meanwhile); False when the run is no longer ours.
+    close_record: Callable[[], bool] | None = None
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": None if self.reason is None else self.reason.value,
@@ -75,6 +78,16 @@ class Outcome:
         if self.metrics is not None:
             out["metrics"] = self.metrics
         return out
+
+
+class Ahead(Protocol):
+    """A slot's next run, claimed while the current one executes (`Worker._serve`):
+    `claim()` is called once the run was handed to its child, `give_back()` at its first
+    lease renewal (a run that long no longer hides a claim, and others may take it)."""
+
+    def claim(self) -> None: ...
+
+    def give_back(self) -> None: ...
 
 
 _BUILDING = threading.Lock()  # one Sacred Experiment built at a time (slots share them)
@@ -145,14 +158,15 @@ class Executor:
         only when the sources or the git state changed), its diff stored once."""
         return code_version(study_root(self.study_module), self.store.store_blob)
 
-    def execute(self, spec: RunSpec) -> Outcome:
-        """Run one attempt to its end; never raises for anything the user code did."""
+    def execute(self, spec: RunSpec, ahead: Ahead | None = None) -> Outcome:
+        """Run one attempt to its end; never raises for anything the user code did.
+        `ahead`: the slot's next run is claimed while this one executes (see `Ahead`)."""
         self.experiment_for(spec.task)
         runner = self._take_runner(spec)
         runner.env, runner.runs, runner.reusable = dict(spec.env), runner.runs + 1, False
         try:
             runner.conn.send(spec)
-            return self._supervise(runner, spec)
+            return self._supervise(runner, spec, ahead)
         finally:
             if runner.reusable and runner.proc.is_alive():
                 self._spare = runner
@@ -221,7 +235,7 @@ class Executor:
         if spare is not None:
             _discard(spare)
 
-    def _supervise(self, runner: _Runner, spec: RunSpec) -> Outcome:
+    def _supervise(self, runner: _Runner, spec: RunSpec, ahead: Ahead | None) -> Outcome:
         """Serve the attempt's events and keep its lease until the child says the run
         is over ("idle") or ends; `runner.reusable` then says whether it may run more."""
         proc, conn = runner.proc, runner.conn
@@ -234,6 +248,9 @@ class Executor:
         outcome: Outcome | None = None
         stop: tuple[Status, Reason | None, str] | None = None  # what we imposed
         conn_open = True
+        final: tuple | None = None  # the record's final event, not yet applied
+        if ahead is not None:
+            ahead.claim()  # while the child starts the run
         while True:
             now = time.monotonic()
             waits = [next_beat - now] + ([deadline - now] if deadline else [])
@@ -255,6 +272,9 @@ class Executor:
                         if event[1] and not runner.reusable:
                             _terminate(proc)  # else it would wait for another run
                         break
+                    if event[0] in _FINAL_EVENTS and final is None:
+                        final = event  # applied once the run is over (below)
+                        continue
                     outcome = self._handle(event, writer, conn.send, spec) or outcome
                     if writer.superseded or (outcome is not None and outcome.fenced):
                         _terminate(proc)
@@ -275,6 +295,9 @@ class Executor:
                 _terminate(proc)
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
+                if ahead is not None:
+                    ahead.give_back()
+                    ahead = None
                 self.on_beat()
                 try:
                     doc = self._renew(spec)
@@ -292,6 +315,12 @@ class Executor:
                 writer.push_metrics()  # points logged since the last write, at least once a beat
         if not runner.reusable:
             proc.join()
+        if final is not None:
+            if runner.reusable and stop is None and outcome is not None:
+                outcome = dataclasses.replace(outcome, close_record=lambda: self._close_record(
+                    final, writer, spec))
+            elif not self._close_record(final, writer, spec):
+                return _LOST
         if stop is not None:
             status, reason, message = stop
             writer.close("TIMEOUT" if status == TIMEOUT else "INTERRUPTED", message, now_utc())
@@ -355,6 +384,12 @@ class Executor:
         if kind in ("artifact_event", "resource_event"):
             reply("ok")
         return None
+
+    def _close_record(self, event: tuple, writer: RecordWriter, spec: RunSpec) -> bool:
+        """Apply the record's final event; False (the record closed as superseded) when
+        a newer attempt owns the run."""
+        outcome = self._handle(event, writer, lambda _: None, spec)
+        return outcome is None or not outcome.fenced
 
     def _renew(self, spec: RunSpec) -> dict[str, Any] | None:
         """Our lease renewed (the queue document's cancel flag and attempt), or None
