@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
 
@@ -44,6 +44,9 @@ from .storage import (
 )
 from .study import load_scenarios, source_digest, source_stamp, study_root
 from .task import Task, load_task, task_names
+
+if TYPE_CHECKING:  # Sacred is imported by running workers only
+    from .execution import RunSpec
 
 log = logging.getLogger("hyperspace_explorer.worker")
 
@@ -64,6 +67,14 @@ def recover_expired(store: Storage) -> int:
     handled = 0
     for doc in store.expired_leases():
         attempt = doc.get("attempt", 1)
+        if doc.get("ahead") and not store.attempt_started(doc["_id"], doc["token"]):
+            # Claimed ahead by a worker that stopped before starting it: as it was.
+            if store.expire(doc["_id"], doc["token"], {"attempt": max(0, attempt - 1)}):
+                handled += 1
+                log.warning("run %s: claimed ahead by worker %s, which stopped renewing its "
+                            "lease before starting it; requeued", doc["_id"],
+                            doc.get("worker", "?"))
+            continue
         limit = doc.get("max_attempts") or DEFAULT_MAX_ATTEMPTS
         note = f"worker {doc.get('worker', '?')} stopped renewing its lease (attempt {attempt})"
         if attempt >= limit:
@@ -223,22 +234,25 @@ class Worker:
         try:
             self._serve_runs(slot)
         finally:
+            if slot.ahead_started is not None:  # the loop failed: stop that attempt first
+                slot.executor.release_spare()
             self._give_back(slot)
 
     def _serve_runs(self, slot: _Slot) -> None:
         idle_since = time.monotonic()
-        while self._signals == 0 and not self.reload_requested:
-            if (self.max_runs is not None and self._claimed >= self.max_runs
-                    and slot.ahead is None):
-                log.info("claimed %d run(s): --max-runs reached", self._claimed)
-                break
-            if self._study_changed():
-                break
-            self._maybe_maintain()
-            doc, slot.ahead = slot.ahead, None  # claimed ahead: never with GPUs
-            ahead = doc is not None
-            if doc is None:
-                doc = self._claim(slot)
+        while ((self._signals == 0 and not self.reload_requested)
+               or slot.ahead_started is not None):
+            if slot.ahead_started is None:  # else its child already runs it: finish it
+                if (self.max_runs is not None and self._claimed >= self.max_runs
+                        and slot.ahead is None):
+                    log.info("claimed %d run(s): --max-runs reached", self._claimed)
+                    break
+                if self._study_changed():
+                    break
+                self._maybe_maintain()
+            ahead, started = slot.ahead, slot.ahead_started
+            slot.ahead, slot.ahead_started = None, None
+            doc, spec = ahead if ahead is not None else (self._claim(slot), None)
             slot.current = None if doc is None else doc["_id"]
             if doc is None:
                 slot.executor.release_spare()
@@ -248,7 +262,8 @@ class Worker:
                 self._wake.wait(self.interval)
                 continue
             try:
-                self._process(slot, doc, ahead)
+                self._process(slot, doc, spec, claimed_ahead=ahead is not None,
+                              started=started)
             except StoreUnavailable as exc:
                 # The run stays leased to us; once the lease expires, recovery
                 # requeues it. The worker itself keeps going.
@@ -310,7 +325,8 @@ class Worker:
             def claim() -> dict[str, Any] | None:
                 return self.store.claim(self.study, names, self.id, self.lease,
                                         exclude=self._cannot_run,
-                                        gpus=len(self._free_gpus), tags=self.tags)
+                                        gpus=len(self._free_gpus), tags=self.tags,
+                                        ahead=ahead)
             try:
                 doc = claim() if ahead else self.store.retry(
                     claim, give_up=lambda: self._signals > 0)
@@ -328,9 +344,10 @@ class Worker:
 
     def _give_back(self, slot: _Slot) -> None:
         """Put the run the slot claimed ahead back in the queue, as it was."""
-        doc, slot.ahead = slot.ahead, None
-        if doc is None:
+        ahead, slot.ahead = slot.ahead, None
+        if ahead is None:
             return
+        doc = ahead[0]
         with self._lock:
             self._claimed -= 1
         fields = {"attempt": max(0, doc.get("attempt", 1) - 1)}
@@ -374,36 +391,17 @@ class Worker:
         except StoreUnavailable as exc:
             log.warning("database unreachable during maintenance: %s", str(exc)[:200])
 
-    def _process(self, slot: _Slot, doc: dict[str, Any], claimed_ahead: bool = False) -> None:
+    def _process(self, slot: _Slot, doc: dict[str, Any], spec: RunSpec | None = None, *,
+                 claimed_ahead: bool = False, started: float | None = None) -> None:
+        """Execute a claimed run (its `spec` when it was prepared ahead; `started`: when
+        its child was given it, if that happened already) and record how it ended."""
         run_id, token = doc["_id"], doc["token"]
-        started = time.time()
-        problem = queue_document_problem(doc)
-        if problem is not None:
-            log.error("run %s quarantined: %s", run_id, problem)
-            self._finish(run_id, token, FAILED, {"reason": Reason.INVALID.value,
-                                                 "error": problem})
+        started = started or time.time()
+        spec = spec or self._prepare(slot, doc)
+        if spec is None:
             return
-        try:
-            task = Task.from_doc(doc["task_spec"])
-            scenario_cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
-            scenario_cls.complete_config(task.scenario, "Scenario")
-            config = scenario_cls.complete_run_config(doc.get("config"))
-        except (HSEError, TypeError, KeyError) as exc:
-            self._reject(doc, exc)
-            return
-        sacred_id = self._next_sacred_id()
-        max_runtime = doc.get("max_runtime") or task.max_runtime
-        from .execution import RunSpec
-
-        checkpoint, resume_points = self._checkpoint(doc)
-        spec = RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
-                       sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
-                       max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
-                       env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {},
-                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None,
-                       checkpoint=checkpoint, resume_points=resume_points)
-        log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, task.name,
-                 doc["seed"], sacred_id)
+        log.info("run %s (task %s, seed %s, sacred id %s) started", run_id, spec.task.name,
+                 doc["seed"], spec.sacred_id)
         # Short runs: the next one is claimed while this one executes (not with GPUs to
         # hand out: its GPUs would have to be free already).
         ahead = (_Ahead(self, slot) if slot.last_s < AHEAD_S and not self.gpus
@@ -413,8 +411,8 @@ class Worker:
         if outcome.fenced:
             log.warning("run %s: lease lost to a newer attempt; result discarded", run_id)
             return
-        status, fields = final_fields(outcome, spec, doc, slot.executor.code_version(task),
-                                      started)
+        status, fields = final_fields(outcome, spec, doc,
+                                      slot.executor.code_version(spec.task), started)
         if status == QUEUED:
             fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
             self._requeue(run_id, token, fields)
@@ -427,6 +425,36 @@ class Worker:
         log.info("run %s %s%s", run_id, outcome.status.lower(),
                  f": {outcome.metrics}" if outcome.metrics else
                  f" ({outcome.reason})" if outcome.reason else "")
+
+    def _prepare(self, slot: _Slot, doc: dict[str, Any]) -> RunSpec | None:
+        """What the run's child needs (its config completed, a Sacred id, the
+        checkpoint it resumes from); None when the run was refused (and recorded so)."""
+        run_id, token = doc["_id"], doc["token"]
+        problem = queue_document_problem(doc)
+        if problem is not None:
+            log.error("run %s quarantined: %s", run_id, problem)
+            self._finish(run_id, token, FAILED, {"reason": Reason.INVALID.value,
+                                                 "error": problem})
+            return None
+        try:
+            task = Task.from_doc(doc["task_spec"])
+            scenario_cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
+            scenario_cls.complete_config(task.scenario, "Scenario")
+            config = scenario_cls.complete_run_config(doc.get("config"))
+        except (HSEError, TypeError, KeyError) as exc:
+            self._reject(doc, exc)
+            return None
+        sacred_id = self._next_sacred_id()
+        max_runtime = doc.get("max_runtime") or task.max_runtime
+        from .execution import RunSpec
+
+        checkpoint, resume_points = self._checkpoint(doc)
+        return RunSpec(run_id=run_id, task=task, config=config, seed=doc["seed"],
+                       sacred_id=sacred_id, attempt=doc.get("attempt", 1), token=token,
+                       max_runtime=max_runtime, log_path=self.log_dir / f"{run_id}.log",
+                       env={"CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)} if self.gpus else {},
+                       tuning=doc.get("tuning") if isinstance(doc.get("tuning"), dict) else None,
+                       checkpoint=checkpoint, resume_points=resume_points)
 
     def _checkpoint(self, doc: Mapping[str, Any]
                     ) -> tuple[tuple[bytes, str] | None, dict[str, dict[str, list[Any]]] | None]:
@@ -549,7 +577,8 @@ class _Slot:
     executor: Any
     current: str | None = None
     gpus: list[str] = dataclasses.field(default_factory=list)
-    ahead: dict[str, Any] | None = None
+    ahead: tuple[dict[str, Any], RunSpec | None] | None = None  # its queue document, spec
+    ahead_started: float | None = None  # when it was handed to the child: it now runs
     last_s: float = math.inf
 
 
@@ -563,13 +592,31 @@ class _Ahead:
     def __init__(self, worker: Worker, slot: _Slot):
         self.worker, self.slot = worker, slot
 
-    def claim(self) -> None:
-        self.slot.ahead = self.worker._claim(self.slot, ahead=True)
+    def claim(self) -> RunSpec | None:
+        doc = self.worker._claim(self.slot, ahead=True)
+        if doc is None:
+            return None
+        try:
+            spec = self.worker._prepare(self.slot, doc)
+        except Exception as exc:  # noqa: BLE001 - the slot's loop prepares it again
+            log.warning("run %s: not prepared ahead (%s)", doc["_id"], str(exc)[:200])
+            self.slot.ahead = (doc, None)
+            return None
+        if spec is not None:  # else refused, and recorded so
+            self.slot.ahead = (doc, spec)
+        return spec
+
+    def start(self) -> RunSpec | None:
+        if (self.slot.ahead is None or self.slot.ahead[1] is None or self.worker._signals
+                or self.worker.reload_requested):
+            return None
+        self.slot.ahead_started = time.time()
+        return self.slot.ahead[1]
 
     def give_back(self) -> None:
         if self.slot.ahead is not None:
             log.info("run %s, claimed ahead, goes back to the queue: the current run is "
-                     "long", self.slot.ahead["_id"])
+                     "long", self.slot.ahead[0]["_id"])
         self.worker._give_back(self.slot)
 
 

@@ -64,6 +64,21 @@ def test_claim_sets_the_lease_and_a_fresh_token(store, raw):
     assert raw.hse_queue.find_one({"_id": run_id})["status"] == RUNNING
 
 
+def test_a_claim_ahead_is_marked_until_the_attempt_ends_or_goes_back(store, raw):
+    first, second = store.enqueue([queued(i=0), queued(i=1)])
+    doc = store.claim("s", ["t"], "w", 60, ahead=True)
+    assert doc["_id"] == first and doc["ahead"]
+    assert raw.hse_queue.find_one({"_id": first})["ahead"]
+    assert "ahead" not in store.claim("s", ["t"], "w", 60)  # a plain claim is not marked
+    assert store.finish(first, doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+    assert "ahead" not in raw.hse_queue.find_one({"_id": first})
+    assert store.requeue(second, raw.hse_queue.find_one({"_id": second})["token"], {})
+    again = store.claim("s", ["t"], "w", 60, ahead=True)
+    assert again["_id"] == second and again["ahead"]
+    assert store.requeue(second, again["token"], {"attempt": 0})
+    assert "ahead" not in raw.hse_queue.find_one({"_id": second})
+
+
 def test_claim_returns_none_on_an_empty_queue(store, raw):
     assert store.claim("s", ["t"], "w", 60) is None
     # nothing claimable: other study, other task, not QUEUED

@@ -24,6 +24,7 @@ from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.status import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
 from hyperspace_explorer.storage import new_run_id
 from hyperspace_explorer.task import load_task
+from hyperspace_explorer.worker import recover_expired
 
 STUDY = Path(__file__).resolve().parent / "study"
 TASKS = STUDY / "tasks"
@@ -255,6 +256,28 @@ def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_pat
     for bad in (0, -1, 1.5, True):
         with pytest.raises(HSEError, match="--runs-per-process must be a positive integer"):
             run_worker(mongo_uri, db_name, tmp_path, max_runs=1, runs_per_process=bad)
+
+
+def test_a_run_claimed_ahead_by_a_worker_that_died_goes_back_without_using_an_attempt(
+        q, raw, tmp_path, mongo_uri, db_name):
+    (never, started) = [q.submit("toy", LINEAR, seeds=[s], max_attempts=1)[0] for s in (1, 2)]
+    # a worker claims both ahead of need, starts the second, dies: leases already expired
+    claimed = [q.store.claim(db_name, ["toy"], "dead:1:w", -1.0, ahead=True) for _ in range(2)]
+    assert [d["_id"] for d in claimed] == [never, started]
+    assert all(d["ahead"] and d["attempt"] == 1 for d in claimed)
+    raw.runs.insert_one({"_id": 99, "status": "RUNNING",
+                         "meta": {"hse": {"run_id": started, "token": claimed[1]["token"]}}})
+    assert not q.store.attempt_started(never, claimed[0]["token"])
+    assert q.store.attempt_started(started, claimed[1]["token"])
+    assert recover_expired(q.store) == 2
+    doc = q.get(never)  # never started: back as it was, its only attempt still to come
+    assert doc["status"] == QUEUED and doc["attempt"] == 0 and "ahead" not in doc
+    doc = q.get(started)  # started: an attempt like any other, and its last
+    assert doc["status"] == FAILED and doc["reason"] == "worker lost"
+    assert raw.runs.find_one({"_id": 99})["status"] == FAILED  # closed as lost
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=1) == 1
+    doc = q.get(never)
+    assert doc["status"] == COMPLETED and doc["attempt"] == 1 and "ahead" not in doc
 
 
 # ------------------------------------------------------------------ what a worker refuses

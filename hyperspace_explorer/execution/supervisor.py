@@ -53,6 +53,11 @@ class _Runner:
     env: dict[str, str] | None = None
     runs: int = 0
     reusable: bool = False  # it said so after its last run
+    sent: str | None = None  # the run it was given before its last one was recorded
+
+    def give(self, spec: RunSpec) -> None:
+        self.conn.send(spec)
+        self.env, self.runs = dict(spec.env), self.runs + 1
 
     def fits(self, spec: RunSpec, limit: int) -> bool:
         return (self.proc.is_alive() and spec.task.name in self.tasks and self.runs < limit
@@ -82,10 +87,15 @@ class Outcome:
 
 class Ahead(Protocol):
     """A slot's next run, claimed while the current one executes (`Worker._serve`):
-    `claim()` is called once the run was handed to its child, `give_back()` at its first
-    lease renewal (a run that long no longer hides a claim, and others may take it)."""
+    `claim()`, called once the run was handed to its child, claims and prepares it;
+    `start()`, when the run ended and its child can take another, says whether the
+    worker goes on with it (the spec is then sent at once: the child starts it while
+    the worker records the run that ended); `give_back()`, at the run's first lease
+    renewal, returns it to the queue (a run that long no longer hides a claim)."""
 
-    def claim(self) -> None: ...
+    def claim(self) -> RunSpec | None: ...
+
+    def start(self) -> RunSpec | None: ...
 
     def give_back(self) -> None: ...
 
@@ -163,9 +173,10 @@ class Executor:
         `ahead`: the slot's next run is claimed while this one executes (see `Ahead`)."""
         self.experiment_for(spec.task)
         runner = self._take_runner(spec)
-        runner.env, runner.runs, runner.reusable = dict(spec.env), runner.runs + 1, False
+        sent, runner.sent, runner.reusable = runner.sent == spec.run_id, None, False
         try:
-            runner.conn.send(spec)
+            if not sent:
+                runner.give(spec)
             return self._supervise(runner, spec, ahead)
         finally:
             if runner.reusable and runner.proc.is_alive():
@@ -221,9 +232,11 @@ class Executor:
         return _Runner(proc, parent_conn, frozenset(self._experiments))
 
     def _take_runner(self, spec: RunSpec) -> _Runner:
-        """The idle child if it can run `spec`, else a fresh one."""
+        """The child that already has `spec`, or the idle one if it can run it, else a
+        fresh one."""
         spare, self._spare = self._spare, None
-        if spare is not None and spare.fits(spec, self.runs_per_process):
+        if spare is not None and (spare.sent == spec.run_id or (
+                spare.sent is None and spare.fits(spec, self.runs_per_process))):
             return spare
         if spare is not None:
             _discard(spare)
@@ -249,8 +262,7 @@ class Executor:
         stop: tuple[Status, Reason | None, str] | None = None  # what we imposed
         conn_open = True
         final: tuple | None = None  # the record's final event, not yet applied
-        if ahead is not None:
-            ahead.claim()  # while the child starts the run
+        following = ahead.claim() if ahead is not None else None  # while the child starts
         while True:
             now = time.monotonic()
             waits = [next_beat - now] + ([deadline - now] if deadline else [])
@@ -271,6 +283,12 @@ class Executor:
                             outcome is not None)
                         if event[1] and not runner.reusable:
                             _terminate(proc)  # else it would wait for another run
+                        if runner.reusable and following is not None and ahead is not None:
+                            following = ahead.start()
+                            if following is not None and runner.fits(following,
+                                                                     self.runs_per_process):
+                                runner.give(following)
+                                runner.sent = following.run_id
                         break
                     if event[0] in _FINAL_EVENTS and final is None:
                         final = event  # applied once the run is over (below)
@@ -297,7 +315,7 @@ class Executor:
                 next_beat = now + self.heartbeat_s
                 if ahead is not None:
                     ahead.give_back()
-                    ahead = None
+                    ahead = following = None
                 self.on_beat()
                 try:
                     doc = self._renew(spec)
@@ -437,7 +455,7 @@ def _discard(runner: _Runner) -> None:
     """End a child and whatever is left in its process group."""
     proc = runner.proc
     runner.conn.close()  # an idle child reads EOF and exits
-    if runner.reusable:
+    if runner.reusable and runner.sent is None:
         proc.join(1.0)
     if proc.is_alive():
         proc.kill()

@@ -299,12 +299,13 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
-              exclude: Iterable[str] = (), gpus: int = 0,
-              tags: Iterable[str] = ()) -> dict[str, Any] | None:
+              exclude: Iterable[str] = (), gpus: int = 0, tags: Iterable[str] = (),
+              ahead: bool = False) -> dict[str, Any] | None:
         """Atomically lease the next QUEUED run of `study` among `tasks` (highest
         priority, then oldest) that needs at most `gpus` GPUs and only `tags` this
         worker has, other than the run ids in `exclude`, to `worker_id`; None when
-        there is none.
+        there is none. `ahead`: the worker claims it before it needs it (the run is
+        marked so until it ends; see `attempt_started`).
 
         The returned document carries a fresh `token`: every later write of this
         attempt is conditioned on it (fencing). Malformed documents met on the way are
@@ -452,6 +453,12 @@ class Storage(abc.ABC):
         ended: someone else (recovery) closed it, and it must not be resurrected.
         `new` says the record is probably not stored yet (its first write: one round
         trip instead of two)."""
+
+    @abc.abstractmethod
+    def attempt_started(self, run_id: str, token: str) -> bool:
+        """Whether the attempt holding `token` wrote a Sacred record: recovery gives a
+        run claimed ahead whose worker died before starting it back to the queue
+        without counting that attempt."""
 
     @abc.abstractmethod
     def supersede_sacred_runs(self, run_id: str, token: str, reason: str) -> int:

@@ -91,7 +91,7 @@ _TRANSIENT = (pymongo.errors.ConnectionFailure,)  # AutoReconnect, timeouts, sel
 # (DocumentTooLarge is one of those, not a PyMongoError).
 _DRIVER_ERRORS = (pymongo.errors.PyMongoError, bson.errors.InvalidDocument)
 _LEASE_FIELDS = {"token": "", "lease_until": "", "worker": "", "started_at": "",
-                 "ended_at": ""}
+                 "ended_at": "", "ahead": ""}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -430,8 +430,8 @@ class MongoStorage(Storage):
 
     @_translated
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
-              exclude: Iterable[str] = (), gpus: int = 0,
-              tags: Iterable[str] = ()) -> dict[str, Any] | None:
+              exclude: Iterable[str] = (), gpus: int = 0, tags: Iterable[str] = (),
+              ahead: bool = False) -> dict[str, Any] | None:
         tasks, exclude, offered = sorted(set(tasks)), sorted(set(exclude)), frozenset(tags)
         for _ in range(10 * READY_WINDOW):  # bounded: each pass drops one stale pointer
             pointer = self._next_pointer(study, tasks, exclude, gpus, offered)
@@ -451,7 +451,7 @@ class MongoStorage(Storage):
                     {"_id": run_id, "status": QUEUED.value},
                     {"$set": {"status": RUNNING.value, "token": token, "worker": worker_id,
                               "started_at": now, "heartbeat": now,
-                              "lease_until": now + lease_s},
+                              "lease_until": now + lease_s, **({"ahead": 1} if ahead else {})},
                      "$inc": {"attempt": 1}},
                     return_document=ReturnDocument.AFTER)
             except pymongo.errors.OperationFailure:  # MongoDB: e.g. $inc on a string
@@ -515,7 +515,8 @@ class MongoStorage(Storage):
             raise StoreError(f"finish() takes a final status, got {status}")
         res = self._queue.update_one(
             {"_id": run_id, "token": token, "status": RUNNING.value},
-            {"$set": {"status": Status(status).value, "ended_at": now_ts(), **fields}})
+            {"$set": {"status": Status(status).value, "ended_at": now_ts(), **fields},
+             "$unset": {"ahead": ""}})
         if res.matched_count == 1:
             self._release(run_id, token, final=True)
         return res.matched_count == 1
@@ -557,7 +558,7 @@ class MongoStorage(Storage):
             doc = self._queue.find_one(
                 {"_id": lease["_id"]},
                 {"token": 1, "attempt": 1, "max_attempts": 1, "sacred_id": 1, "worker": 1,
-                 "cancel_requested": 1, "status": 1, "lease_until": 1})
+                 "cancel_requested": 1, "status": 1, "lease_until": 1, "ahead": 1})
             if doc is None or doc.get("status") != RUNNING.value or \
                     doc.get("token") != lease["token"]:
                 # A claim that never happened, or an attempt already ended: no lease.
@@ -997,6 +998,11 @@ class MongoStorage(Storage):
             return stored is not None and all(
                 stored.get(key) == entry.get(key) for key in ("status", "fail_trace"))
         return True
+
+    @_translated
+    def attempt_started(self, run_id: str, token: str) -> bool:
+        return self._runs.find_one({"meta.hse.run_id": run_id, "meta.hse.token": token},
+                                   {"_id": 1}) is not None
 
     @_translated
     def supersede_sacred_runs(self, run_id: str, token: str, reason: str) -> int:
