@@ -15,8 +15,11 @@ times, alternating, and compares the fastest of each.
 `--blas-threads N` sets OPENBLAS/OMP/MKL_NUM_THREADS for both sides (default: left as
 the environment has them, as a user would run).
 
-`--timeline` also prints where a run's time goes under the worker (from the queue
-documents and the Sacred records).
+With one worker it also prints how much of the worker's time falls outside the runs
+(first start to last end, less each run's Sacred start -> stop): what the worker itself
+adds between runs, apart from the runs' own slowdown (CPU shared with the worker and
+the server, on 2 cores). `--timeline` prints where a run's time goes under the worker
+(from the queue documents and the Sacred records).
 
     python benchmarks/digits.py [--seeds 3] [--repeat 2] [--workers 1] [--blas-threads 1]
                                 [--timeline]
@@ -73,33 +76,46 @@ def loop_seconds(runs: list[tuple[dict, int]]) -> float:
     return float(run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1])
 
 
-def timeline(q, ids: list[str]) -> str:
-    """Where a run's time goes under the worker, from the queue documents and the Sacred
-    records: claim -> Sacred start -> Sacred stop -> finish -> next claim (means)."""
-    docs = sorted((q.get(i) for i in ids), key=lambda d: d["started_at"])
-    parts: dict[str, list[float]] = {"claim -> Sacred start": [], "Sacred start -> stop": [],
-                                     "stop -> finish": [], "finish -> next claim": []}
-    for before, doc in zip([None, *docs], docs):
+def run_times(q, ids: list[str]) -> list[tuple[float, float, float, float]]:
+    """(started_at, Sacred start, Sacred stop, ended_at) of each run, by start."""
+    out = []
+    for doc in sorted((q.get(i) for i in ids), key=lambda d: d["started_at"]):
         record = q.store.sacred_run(doc["sacred_id"])
-        start, stop = record["start_time"].timestamp(), record["stop_time"].timestamp()
-        parts["claim -> Sacred start"].append(start - doc["started_at"])
+        out.append((doc["started_at"], record["start_time"].timestamp(),
+                    record["stop_time"].timestamp(), doc["ended_at"]))
+    return out
+
+
+def timeline(times: list[tuple[float, float, float, float]]) -> str:
+    """Where a run's time goes under the worker (means): its start in the queue ->
+    Sacred start -> Sacred stop -> the next run's Sacred start (what lies between two
+    runs), and Sacred stop -> its outcome written (off that path)."""
+    parts: dict[str, list[float]] = {"start -> Sacred start": [], "Sacred start -> stop": [],
+                                     "stop -> next run's Sacred start": [],
+                                     "stop -> outcome written": []}
+    for i, (started, start, stop, ended) in enumerate(times):
+        parts["start -> Sacred start"].append(start - started)
         parts["Sacred start -> stop"].append(stop - start)
-        parts["stop -> finish"].append(doc["ended_at"] - stop)
-        if before is not None:
-            parts["finish -> next claim"].append(doc["started_at"] - before["ended_at"])
+        parts["stop -> outcome written"].append(ended - stop)
+        if i + 1 < len(times):
+            parts["stop -> next run's Sacred start"].append(times[i + 1][1] - stop)
     return "; ".join(f"{name} {statistics.mean(xs) * 1000:.0f} ms"
                      for name, xs in parts.items() if xs)
 
 
 def worker_seconds(uri: str, seeds: int, k: int, attempt: int,
-                   show_timeline: bool = False) -> float:
+                   show_timeline: bool = False) -> tuple[float, float]:
+    """Seconds from the first start to the last end, and how much of it falls outside
+    the runs' Sacred start -> stop (meaningful with one worker)."""
     with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
             workers(uri, q.store.db_name, k, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
         ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
         wait_done(q, ids, poll=1.0)
+        times = run_times(q, ids)
         if show_timeline:
-            print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(q, ids)}")
-        return span(q, ids)
+            print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(times)}")
+        total = span(q, ids)
+        return total, total - sum(stop - start for _, start, stop, _ in times)
 
 
 def main() -> None:
@@ -122,7 +138,7 @@ def main() -> None:
         for attempt in range(args.repeat):
             loops.append(loop_seconds(runs))
             under.append(worker_seconds(uri, args.seeds, args.workers, attempt, args.timeline))
-    loop, worker = min(loops), min(under)
+    loop, (worker, outside) = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
     print(f"{len(runs)} digits runs ({len(CONFIGS)} configs x {args.seeds} seeds), best of "
@@ -130,7 +146,10 @@ def main() -> None:
     print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
           f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in loops)})")
     print(f"  {args.workers} worker(s), first start to last end:            {worker:.2f} s "
-          f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in under)})")
+          f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in under)})")
+    if args.workers == 1:
+        print(f"    of which outside the runs' Sacred start -> stop: {outside * 1000:.0f} ms "
+              f"({outside / loop * 100:.1f}% of the loop; the rest is the runs themselves)")
     print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
           f"{verdict(extra, TARGET_PCT)})")
 

@@ -255,7 +255,7 @@ class Worker:
             doc, spec = ahead if ahead is not None else (self._claim(slot), None)
             slot.current = None if doc is None else doc["_id"]
             if doc is None:
-                slot.executor.release_spare()
+                slot.executor.fresh_spare()
                 if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
                     log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
                     break
@@ -292,6 +292,8 @@ class Worker:
                 log.warning("task %s: not prepared ahead (%s)", name, str(exc)[:200])
         if task is not None:
             self._quietly(lambda: executor.code_version(task))
+        for slot in self.slots:  # children forked now inherit those Experiments
+            slot.executor.fresh_spare()
 
     def _study_changed(self) -> bool:
         """Whether the Study's sources were edited since this worker loaded them (then

@@ -243,10 +243,20 @@ class Executor:
         return self._fork()
 
     def release_spare(self) -> None:
-        """Let the idle child go (an idle worker should stay small)."""
+        """Let the idle child go."""
         spare, self._spare = self._spare, None
         if spare is not None:
             _discard(spare)
+
+    def fresh_spare(self) -> None:
+        """Keep a child that never ran anything ready for the next run (an idle worker):
+        a child that ran runs goes, with what they left in its memory (datasets, a CUDA
+        context); a fresh one shares the worker's memory until it runs one, and spares
+        the next run the fork."""
+        if self._spare is not None and (self._spare.runs > 0 or not self._spare.proc.is_alive()):
+            self.release_spare()
+        if self._spare is None:
+            self._spare = self._fork()
 
     def _supervise(self, runner: _Runner, spec: RunSpec, ahead: Ahead | None) -> Outcome:
         """Serve the attempt's events and keep its lease until the child says the run
