@@ -58,6 +58,7 @@ MAX_RESULT_BYTES = 8 << 20  # what a run may add to its queue document
 STUDY_CHECK_S = 1.0        # how often an idle worker looks for edited Study sources
 DEFAULT_RUNS_PER_PROCESS = 100  # runs one forked child executes before a fresh fork
 AHEAD_S = 1.0  # after a run shorter than this, a slot claims its next one during the next
+AHEAD_HOLD_S = 2.0  # a run claimed ahead goes back if the current one lasts this long
 
 
 def recover_expired(store: Storage) -> int:
@@ -588,8 +589,10 @@ class _Ahead:
     """Claims a slot's next run while its current one executes (`execution.Ahead`): on
     short runs the claim's round trips would otherwise sit between two runs. A run
     claimed ahead shows RUNNING from its claim, at most one short run early; one not
-    started after all (the current run lasted a lease renewal, or the worker stops) goes
+    started after all (the current run lasted `AHEAD_HOLD_S`, or the worker stops) goes
     back to the queue with its attempt count as it was."""
+
+    hold_s = AHEAD_HOLD_S
 
     def __init__(self, worker: Worker, slot: _Slot):
         self.worker, self.slot = worker, slot

@@ -73,7 +73,7 @@ def test_tagged_runs_go_only_to_workers_with_those_tags(q, procs, mongo_uri, db_
 def test_a_run_claimed_ahead_goes_back_to_the_queue_when_the_current_run_is_long(
         q, procs, mongo_uri, db_name, tmp_path):
     """After a short run, a slot claims its next run while the current one executes; a
-    current run that lasts a lease renewal gives it back, for another worker to take."""
+    current run that lasts 2 s (AHEAD_HOLD_S) gives it back, for another worker to take."""
     short = run(q, priority=2)
     long_ = run(q, "sleep", 120.0, priority=1)
     after = run(q)

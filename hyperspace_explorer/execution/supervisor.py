@@ -90,8 +90,11 @@ class Ahead(Protocol):
     `claim()`, called once the run was handed to its child, claims and prepares it;
     `start()`, when the run ended and its child can take another, says whether the
     worker goes on with it (the spec is then sent at once: the child starts it while
-    the worker records the run that ended); `give_back()`, at the run's first lease
-    renewal, returns it to the queue (a run that long no longer hides a claim)."""
+    the worker records the run that ended); `give_back()`, once the run has lasted
+    `hold_s`, returns it to the queue (a run that long no longer hides a claim, and
+    another worker may be idle)."""
+
+    hold_s: float
 
     def claim(self) -> RunSpec | None: ...
 
@@ -273,15 +276,16 @@ class Executor:
         conn_open = True
         final: tuple | None = None  # the record's final event, not yet applied
         following = ahead.claim() if ahead is not None else None  # while the child starts
+        hold_until = None if ahead is None else started + ahead.hold_s
         while True:
             now = time.monotonic()
-            waits = [next_beat - now] + ([deadline - now] if deadline else [])
+            due = min([next_beat] + [t for t in (deadline, hold_until) if t is not None])
             if conn_open and conn.poll():  # events queued (metric points): no selector
                 ready = [conn]
             else:
                 ready = multiprocessing.connection.wait(
                     ([conn] if conn_open else []) + [proc.sentinel],
-                    timeout=max(0.0, min(waits)))
+                    timeout=max(0.0, due - now))
             if conn in ready:
                 try:
                     event = conn.recv()
@@ -307,10 +311,10 @@ class Executor:
                     if writer.superseded or (outcome is not None and outcome.fenced):
                         _terminate(proc)
                         return _LOST
-                    if time.monotonic() < min([next_beat] + ([deadline] if deadline else [])):
+                    if time.monotonic() < due:
                         continue  # drain events before looking at the process, unless a
-                        # beat or the deadline is due: a run streaming metric points
-                        # without pause must not starve the lease, cancel and timeout
+                        # beat, the deadline or the hold is due: a run streaming metric
+                        # points without pause must not starve the lease, cancel and timeout
             if proc.sentinel in ready and not (conn_open and conn.poll()):
                 break
             now = time.monotonic()
@@ -321,11 +325,11 @@ class Executor:
                 stop = (TIMEOUT, Reason.TIMEOUT,
                         f"ran longer than max_runtime={spec.max_runtime:g}s and was stopped")
                 _terminate(proc)
+            if hold_until is not None and now >= hold_until and ahead is not None:
+                ahead.give_back()
+                ahead = following = hold_until = None
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
-                if ahead is not None:
-                    ahead.give_back()
-                    ahead = following = None
                 self.on_beat()
                 try:
                     doc = self._renew(spec)
