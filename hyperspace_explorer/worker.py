@@ -67,15 +67,15 @@ def recover_expired(store: Storage) -> int:
     whatever state the lost worker left them in."""
     handled = 0
     for doc in store.expired_leases():
-        attempt = doc.get("attempt", 1)
         if doc.get("ahead") and not store.attempt_started(doc["_id"], doc["token"]):
             # Claimed ahead by a worker that stopped before starting it: as it was.
-            if store.expire(doc["_id"], doc["token"], {"attempt": max(0, attempt - 1)}):
+            if store.expire(doc["_id"], doc["token"], uncounted(doc)):
                 handled += 1
                 log.warning("run %s: claimed ahead by worker %s, which stopped renewing its "
                             "lease before starting it; requeued", doc["_id"],
                             doc.get("worker", "?"))
             continue
+        attempt = doc.get("attempt", 1)
         limit = doc.get("max_attempts") or DEFAULT_MAX_ATTEMPTS
         note = f"worker {doc.get('worker', '?')} stopped renewing its lease (attempt {attempt})"
         if attempt >= limit:
@@ -263,8 +263,7 @@ class Worker:
                 self._wake.wait(self.interval)
                 continue
             try:
-                self._process(slot, doc, spec, claimed_ahead=ahead is not None,
-                              started=started)
+                self._process(slot, doc, spec, started=started)
             except StoreUnavailable as exc:
                 # The run stays leased to us; once the lease expires, recovery
                 # requeues it. The worker itself keeps going.
@@ -353,7 +352,7 @@ class Worker:
         doc = ahead[0]
         with self._lock:
             self._claimed -= 1
-        fields = {"attempt": max(0, doc.get("attempt", 1) - 1)}
+        fields = uncounted(doc)
         try:  # for a heartbeat at most: the slot's running run waits
             self.store.retry(lambda: self.store.requeue(doc["_id"], doc["token"], fields),
                              patience_s=self.heartbeat)
@@ -395,7 +394,7 @@ class Worker:
             log.warning("database unreachable during maintenance: %s", str(exc)[:200])
 
     def _process(self, slot: _Slot, doc: dict[str, Any], spec: RunSpec | None = None, *,
-                 claimed_ahead: bool = False, started: float | None = None) -> None:
+                 started: float | None = None) -> None:
         """Execute a claimed run (its `spec` when it was prepared ahead; `started`: when
         its child was given it, if that happened already) and record how it ended."""
         run_id, token = doc["_id"], doc["token"]
@@ -417,10 +416,10 @@ class Worker:
         status, fields = final_fields(outcome, spec, doc,
                                       slot.executor.code_version(spec.task), started)
         if status == QUEUED:
-            fields["attempt"] = max(0, doc.get("attempt", 1) - 1)
+            fields.update(uncounted(doc))
             self._requeue(run_id, token, fields)
         else:
-            if claimed_ahead:  # its claim said when the run before it started
+            if doc.get("ahead"):  # its claim said when the run before it started
                 fields["started_at"] = started
             self._record(run_id, token, status, fields, outcome.close_record)
         with self._lock:
@@ -493,7 +492,7 @@ class Worker:
             log.warning("run %s left for another worker: %s", run_id, why)
             self._cannot_run[run_id] = str(exc)
             self._requeue(run_id, token, {
-                "attempt": max(0, doc.get("attempt", 1) - 1),
+                **uncounted(doc),
                 "last_rejection": {"worker": self.id, "host": socket.gethostname(),
                                    "code_digest": self.code_digest, "error": str(exc),
                                    "at": now_ts()}})
@@ -549,6 +548,12 @@ class Worker:
             self.store.retry(lambda: self.store.supersede_sacred_runs(run_id, token, SUPERSEDED))
             log.warning("run %s: a newer attempt owns it; this attempt's outcome is dropped",
                         run_id)
+
+
+def uncounted(doc: Mapping[str, Any]) -> dict[str, int]:
+    """The fields that give a run back to the queue without counting the attempt it is
+    in (a run that never started, or was left for another worker)."""
+    return {"attempt": max(0, doc.get("attempt", 1) - 1)}
 
 
 def final_fields(outcome: Any, spec: Any, doc: Mapping[str, Any],
@@ -612,7 +617,7 @@ class _Ahead:
         return spec
 
     def start(self) -> RunSpec | None:
-        if (self.slot.ahead is None or self.slot.ahead[1] is None or self.worker._signals
+        if (self.slot.ahead is None or self.worker._signals
                 or self.worker.reload_requested):
             return None
         self.slot.ahead_started = time.time()
