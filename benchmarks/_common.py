@@ -31,10 +31,13 @@ if str(ROOT) not in sys.path:
 from hyperspace_explorer.queue import RunQueue  # noqa: E402
 from hyperspace_explorer.server import EmbeddedServer  # noqa: E402
 
-#: The worker's two entry points (console scripts), by the name users type.
+#: The worker's entry points, by the name users type: two console scripts (the script's
+#: name, the module whose `main` it calls) and the checkout's script (run by this
+#: interpreter; no module).
 ENTRY_POINTS = {
     "hyperspace_worker": ("hyperspace_worker", "hyperspace_explorer.cli.worker"),
     "hse worker": ("hse", "hyperspace_explorer.cli"),
+    "bin/hyperspace_worker.py": ("bin/hyperspace_worker.py", None),
 }
 
 
@@ -57,8 +60,11 @@ def embedded_server() -> Iterator[str]:
 
 def worker_command(entry: str = "hyperspace_worker") -> list[str]:
     """The command line of a worker entry point: the installed console script next to
-    this interpreter, else the same `main` called through the interpreter."""
+    this interpreter, else the same `main` called through the interpreter; the
+    checkout's script through the interpreter."""
     script, module = ENTRY_POINTS[entry]
+    if module is None:
+        return [sys.executable, str(ROOT / script)]
     installed = Path(sys.executable).parent / script
     prefix = [] if entry == "hyperspace_worker" else ["worker"]
     if installed.exists():

@@ -1,5 +1,6 @@
-"""Worker memory: RSS of the worker parent process idle and after 1,000 runs, for both
-entry points (`hyperspace_worker` and `hse worker`).
+"""Worker memory: RSS of the worker parent process idle and after 1,000 runs, for each
+entry point (`hyperspace_worker`, `hse worker` and the checkout's
+`bin/hyperspace_worker.py`).
 
 On a private embedded server, for each entry point: start a worker, give it one run,
 let it go idle, read its RSS (/proc/PID/statm; the parent only, not its forked run
@@ -62,7 +63,7 @@ def main() -> None:
         for entry in ENTRY_POINTS:
             idle, after = worker_rss(uri, entry, args.runs, args.idle)
             growth = after - idle
-            print(f"{entry:>17}: idle {idle:.1f} MB ({idle / base:.2f}x the reference; "
+            print(f"{entry:>24}: idle {idle:.1f} MB ({idle / base:.2f}x the reference; "
                   f"target <= {IDLE_MB:g} MB: {verdict(idle, IDLE_MB)}); after {args.runs:,} "
                   f"runs {after:.1f} MB (growth {growth:+.1f} MB; target < {GROWTH_MB:g} MB: "
                   f"{verdict(growth, GROWTH_MB)})", flush=True)
