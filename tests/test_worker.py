@@ -238,6 +238,21 @@ def test_a_child_runs_run_after_run_until_one_leaves_a_process_behind(q, raw, tm
     assert record["config"]["seed"] == docs[1]["seed"]
 
 
+def test_a_run_that_leaves_a_thread_behind_retires_its_process(q, tmp_path, mongo_uri,
+                                                               db_name):
+    block = {**LINEAR, "behaviour": "block", "epochs": 1}
+    first = q.submit("toy", block)
+    threads = q.submit("toy", {**LINEAR, "behaviour": "thread"})
+    after = q.submit("toy", block, seeds=[1])
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=3) == 3
+    docs = docs_of(q, first + threads + after)
+    assert [d["status"] for d in docs] == [COMPLETED] * 3
+    left = int(Path(docs[1]["log_file"]).read_text().split("thread in pid ")[1].split()[0])
+    # the child's own heartbeat thread does not count: the first process ran the second run
+    assert _run_pid(docs[0]) == left
+    assert _run_pid(docs[2]) != left, "a run that left a thread behind retires its process"
+
+
 @pytest.mark.parametrize("per_process", [1, 2])
 def test_runs_per_process_bounds_the_runs_of_one_child(q, tmp_path, mongo_uri, db_name,
                                                        per_process):

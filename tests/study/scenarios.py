@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class ToyScenario(Scenario):
             helper = subprocess.Popen(["sleep", "900"])
             print(f"spawned pid {helper.pid}", flush=True)
             time.sleep(params["duration"])
+        if behaviour == "thread":  # leaves a thread running, as some libraries' pools do
+            threading.Thread(target=time.sleep, args=(900,), daemon=True).start()
+            print(f"left a thread in pid {os.getpid()}", flush=True)
         if behaviour == "nan":
             return float("nan")
         if behaviour == "string":
