@@ -55,13 +55,23 @@ def run_worker(mongo_uri: str, db_name: str, log_dir: Path | None = None, *,
         worker.store.close()
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of process `pid` in /proc ("R", "S", "T" stopped, "Z" zombie...),
+    None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def process_gone(pid: int) -> bool:
     """Whether process `pid` ended (a zombie only waits for its parent to reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
+    return process_state(pid) in (None, "Z", "X")
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP)."""
+    return process_state(pid) == "T"
 
 
 def assert_written(path: Path, kind: str) -> None:

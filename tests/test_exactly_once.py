@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import STUDY, TASKS, process_gone, raw_db, wait_for
+from helpers import STUDY, TASKS, process_gone, process_stopped, raw_db, wait_for
 from proxy import Proxy
 from pymongo.uri_parser import parse_uri
 
@@ -67,13 +67,6 @@ def worker_process(uri: str, db: str, *args: str, log: Path, pause_at: str | Non
         [sys.executable, "-m", "hyperspace_explorer.worker", str(TASKS), db,
          "--mongo-uri", uri, "--study-dir", str(STUDY), *args],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
-
-
-def is_stopped(proc: subprocess.Popen) -> bool:
-    try:
-        return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -133,7 +126,7 @@ def test_a_worker_paused_inside_its_finish_path_cannot_complete_a_lost_run(
     paused = worker_process(mongo_uri, db_name, *FAST, log=tmp_path / "w1.log",
                             pause_at=pause_at, hook_dir=hook_dir)
     procs.append(paused)
-    wait_for(lambda: is_stopped(paused), 60, f"the worker to stop itself {pause_at}")
+    wait_for(lambda: process_stopped(paused.pid), 60, f"the worker to stop itself {pause_at}")
     procs.append(worker_process(mongo_uri, db_name, *FAST, log=tmp_path / "w2.log"))
     wait_for(lambda: queue.get(run_id)["status"] == "COMPLETED", 60,
              "the second worker to recover and complete the run")
@@ -152,7 +145,7 @@ def test_the_store_stopped_during_the_finish(embedded_server, procs, tmp_path, h
                                 log=tmp_path / "w.log", pause_at="before_queue_finish",
                                 hook_dir=hook_dir)
         procs.append(worker)
-        wait_for(lambda: is_stopped(worker), 60, "the worker to reach its queue write")
+        wait_for(lambda: process_stopped(worker.pid), 60, "the worker to reach its queue write")
         embedded_server.stop()
         try:
             os.kill(worker.pid, signal.SIGCONT)
@@ -234,8 +227,6 @@ def _spawned_pid(log: Path) -> int:
     text = wait_for(lambda: log.exists() and "spawned pid" in log.read_text() and log.read_text(),
                     60, "the run to spawn its helper process")
     return int(text.split("spawned pid ")[1].split()[0])
-
-
 
 
 @pytest.mark.parametrize("ending", ["COMPLETED", "TIMEOUT", "CANCELLED"])

@@ -20,13 +20,6 @@ from hyperspace_explorer.errors import HSEError
 EXAMPLE = Path(__file__).resolve().parents[1] / "hyperspace_explorer" / "examples" / "digits"
 
 
-def _stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
-
-
 def test_a_killed_training_resumes_from_its_checkpoint_and_finishes_once(
         q, procs, mongo_uri, db_name, tmp_path):
     pytest.importorskip("torch")
@@ -37,7 +30,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_and_finishes_once(
     procs.append(first)
     # attempt 1 saved epoch 2's checkpoint, then stopped itself: kill its worker now
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 120, "epoch 2"))
-    wait_for(lambda: _stopped(pid), 30, "the run to stop itself")
+    wait_for(lambda: helpers.process_stopped(pid), 30, "the run to stop itself")
     saved = q.get(run)["checkpoint"]
     assert saved["points"] == {"loss": 3} and saved["attempt"] == 1
     first.kill()

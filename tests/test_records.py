@@ -31,7 +31,7 @@ from typing import Any
 
 import gridfs
 import pytest
-from helpers import run_worker, start_worker, wait_for
+from helpers import process_stopped, run_worker, start_worker, wait_for
 
 from hyperspace_explorer.server import home_dir
 
@@ -234,13 +234,6 @@ def assert_kept(raw, record: dict, status: str, why: str) -> None:
     assert "result" in record and record["result"] is None  # as Sacred's before a result
 
 
-def is_stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
-
-
 def test_metric_points_reach_the_database_while_the_run_goes_on(
         q, raw, procs, mongo_uri, db_name):
     (run_id,) = q.submit("toy", BLOCK)
@@ -275,7 +268,7 @@ def test_a_run_stopped_from_outside_keeps_its_metrics_and_output(
     wait_for(lambda: record_of(raw, run_id), 60, "the run to start", 0.01)
     os.kill(worker.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: is_stopped(worker.pid), 10, "the worker to stop")
+        wait_for(lambda: process_stopped(worker.pid), 10, "the worker to stop")
         pid = wait_for(lambda: marker_pid(run_id), 60, "the run's marker in its log")
         if how == "cancel":
             assert q.cancel(run_id) == {"cancelled": 0, "stopping": 1}

@@ -403,23 +403,22 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any,
 def _adopt_orphans() -> None:
     """Linux: what the run's processes start and abandon becomes our child rather than
     init's (PR_SET_CHILD_SUBREAPER), so `_left_behind` sees it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1)
-    except (OSError, AttributeError):
-        pass
+    _prctl(36, 1)
 
 
 def _die_with_parent() -> None:
     """Linux: a run must not go on computing (and writing to a dead pipe) after its
     worker was killed; the kernel sends it SIGKILL when the worker dies."""
+    if _prctl(1, signal.SIGKILL) and os.getppid() == 1:  # PR_SET_PDEATHSIG; the worker
+        os._exit(0)  # died before it took effect
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux's prctl(2); False where there is none (the setting is then skipped)."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the worker died before prctl took effect
-            os._exit(0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+        return True
     except (OSError, AttributeError):
-        pass
+        return False
