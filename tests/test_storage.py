@@ -79,6 +79,16 @@ def test_a_claim_ahead_is_marked_until_the_attempt_ends_or_goes_back(store, raw)
     assert "ahead" not in raw.hse_queue.find_one({"_id": second})
 
 
+def test_a_plain_claim_clears_a_mark_left_by_an_earlier_claim_ahead(store, raw):
+    (run_id,) = store.enqueue([queued()])
+    doc = store.claim("s", ["t"], "w", -1, ahead=True)  # its lease expired at once
+    assert store.expire(run_id, doc["token"], {}, final_status=FAILED)  # worker lost
+    assert store.requeue_finished(RunFilter(study="s", ids=[run_id])) == 1
+    again = store.claim("s", ["t"], "w", 60)
+    assert again["_id"] == run_id and "ahead" not in again
+    assert "ahead" not in raw.hse_queue.find_one({"_id": run_id})
+
+
 def test_claim_returns_none_on_an_empty_queue(store, raw):
     assert store.claim("s", ["t"], "w", 60) is None
     # nothing claimable: other study, other task, not QUEUED

@@ -446,13 +446,20 @@ class MongoStorage(Storage):
             except pymongo.errors.DuplicateKeyError:
                 exclude.append(run_id)  # another worker is claiming it right now
                 continue
+            update: dict[str, Any] = {
+                "$set": {"status": RUNNING.value, "token": token, "worker": worker_id,
+                         "started_at": now, "heartbeat": now, "lease_until": now + lease_s},
+                "$inc": {"attempt": 1}}
+            # Every claim says whether it is ahead: a mark left by an attempt that
+            # ended otherwise (expired to FAILED, then requeued) must not mislead
+            # recovery about this one.
+            if ahead:
+                update["$set"]["ahead"] = 1
+            else:
+                update["$unset"] = {"ahead": ""}
             try:
                 doc = self._queue.find_one_and_update(
-                    {"_id": run_id, "status": QUEUED.value},
-                    {"$set": {"status": RUNNING.value, "token": token, "worker": worker_id,
-                              "started_at": now, "heartbeat": now,
-                              "lease_until": now + lease_s, **({"ahead": 1} if ahead else {})},
-                     "$inc": {"attempt": 1}},
+                    {"_id": run_id, "status": QUEUED.value}, update,
                     return_document=ReturnDocument.AFTER)
             except pymongo.errors.OperationFailure:  # MongoDB: e.g. $inc on a string
                 doc = None
