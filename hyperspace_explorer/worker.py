@@ -616,12 +616,15 @@ class _Ahead:
             self.slot.ahead = (doc, spec)
         return spec
 
-    def start(self) -> RunSpec | None:
+    def start(self, fits: Callable[[RunSpec], bool]) -> RunSpec | None:
         if (self.slot.ahead is None or self.worker._signals
                 or self.worker.reload_requested):
             return None
-        self.slot.ahead_started = time.time()
-        return self.slot.ahead[1]
+        spec = self.slot.ahead[1]
+        if spec is None or not fits(spec):  # the slot's loop starts it, in a fresh child
+            return None
+        self.slot.ahead_started = time.time()  # its child runs it from now
+        return spec
 
     def give_back(self) -> None:
         if self.slot.ahead is not None:

@@ -88,9 +88,10 @@ class Outcome:
 class Ahead(Protocol):
     """A slot's next run, claimed while the current one executes (`Worker._serve`):
     `claim()`, called once the run was handed to its child, claims and prepares it;
-    `start()`, when the run ended and its child can take another, says whether the
-    worker goes on with it (the spec is then sent at once: the child starts it while
-    the worker records the run that ended); `give_back()`, once the run has lasted
+    `start(fits)`, when the run ended and its child can take another, gives the spec if
+    the worker goes on with it and the child `fits` it (the spec is then sent at once:
+    the child starts it while the worker records the run that ended); else the slot
+    starts it as any claimed run. `give_back()`, once the run has lasted
     `hold_s`, returns it to the queue (a run that long no longer hides a claim, and
     another worker may be idle)."""
 
@@ -98,7 +99,7 @@ class Ahead(Protocol):
 
     def claim(self) -> RunSpec | None: ...
 
-    def start(self) -> RunSpec | None: ...
+    def start(self, fits: Callable[[RunSpec], bool]) -> RunSpec | None: ...
 
     def give_back(self) -> None: ...
 
@@ -298,9 +299,9 @@ class Executor:
                         if event[1] and not runner.reusable:
                             _terminate(proc)  # else it would wait for another run
                         if runner.reusable and following is not None and ahead is not None:
-                            following = ahead.start()
-                            if following is not None and runner.fits(following,
-                                                                     self.runs_per_process):
+                            following = ahead.start(
+                                lambda spec: runner.fits(spec, self.runs_per_process))
+                            if following is not None:
                                 runner.give(following)
                                 runner.sent = following.run_id
                         break
