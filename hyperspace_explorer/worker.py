@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,56 @@ STUDY_CHECK_S = 1.0        # how often an idle worker looks for edited Study sou
 DEFAULT_RUNS_PER_PROCESS = 100  # runs one forked child executes before a fresh fork
 AHEAD_S = 1.0  # after a run shorter than this, a slot claims its next one during the next
 AHEAD_HOLD_S = 2.0  # a run claimed ahead goes back if the current one lasts this long
+
+
+#: What sizes the thread pools of a run's numeric libraries: OpenMP (and so PyTorch's CPU
+#: operations), OpenBLAS, MKL, Apple's Accelerate and numexpr (the variables joblib's
+#: worker processes set).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def positive_int(value: Any, option: str) -> int:
+    """`value` when it is a positive int, else an HSEError naming the `option`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HSEError(f"{option} must be a positive integer, got {value!r}")
+    return value
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm or taskset share of the
+    machine), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def limit_run_threads(concurrency: int, threads_per_run: int | None = None,
+                      environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Size the thread pools of the runs (`THREAD_VARIABLES` in `environ`) so that the
+    runs a worker executes at once do not oversubscribe the CPUs; returns what it set.
+
+    Each numeric library starts as many threads as the machine has cores, and OpenBLAS
+    and OpenMP keep them spinning after each call: N runs at once would each start that
+    many, and spend their time preempting each other. So with `concurrency` > 1 every
+    variable the environment leaves unset becomes usable CPUs // concurrency (at least
+    1); `threads_per_run` sets them all, whatever the environment says. One run at a
+    time keeps the libraries' defaults. The libraries read the variables once, when
+    they are loaded: the command-line worker calls this before it imports anything of
+    the Study's (and its children inherit the pools); in a notebook, call it before
+    importing NumPy."""
+    concurrency = positive_int(concurrency, "--concurrency")
+    if threads_per_run is not None:
+        value = str(positive_int(threads_per_run, "--threads-per-run"))
+        chosen = dict.fromkeys(THREAD_VARIABLES, value)
+    elif concurrency > 1:
+        value = str(max(1, usable_cpus() // concurrency))
+        chosen = {name: value for name in THREAD_VARIABLES if not environ.get(name)}
+    else:
+        chosen = {}
+    environ.update(chosen)
+    return chosen
 
 
 def recover_expired(store: Storage) -> int:
@@ -125,12 +175,8 @@ class Worker:
         if lease <= 2 * heartbeat:
             raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
                            f"({heartbeat}s), or live runs would look dead")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise HSEError(f"--concurrency must be a positive integer, got {concurrency!r}")
-        if (isinstance(runs_per_process, bool) or not isinstance(runs_per_process, int)
-                or runs_per_process < 1):
-            raise HSEError(f"--runs-per-process must be a positive integer, got "
-                           f"{runs_per_process!r}")
+        positive_int(concurrency, "--concurrency")
+        positive_int(runs_per_process, "--runs-per-process")
         self.gpus = [str(g).strip() for g in gpus]
         if len(set(self.gpus)) != len(self.gpus) or not all(self.gpus):
             raise HSEError(f"--gpus must list distinct GPU ids (e.g. 0,1), got {list(gpus)}")

@@ -27,14 +27,17 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 
 
 def start_worker(uri: str, db: str, *args: str, log: Path | None = None,
-                 study: Path = STUDY) -> subprocess.Popen:
-    """A real `hyperspace_worker` process for the test Study (or a copy of it)."""
+                 study: Path = STUDY, env: dict[str, str | None] | None = None
+                 ) -> subprocess.Popen:
+    """A real `hyperspace_worker` process for the test Study (or a copy of it); `env`:
+    variables to set in its environment (None: to remove)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    wanted = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {name: value for name, value in wanted.items() if value is not None}
     return subprocess.Popen(
         [sys.executable, "-m", "hyperspace_explorer.worker", str(study / "tasks"), db,
          "--mongo-uri", uri, "--study-dir", str(study), *args],
-        stdout=out, stderr=subprocess.STDOUT, env=env)
+        stdout=out, stderr=subprocess.STDOUT, env=environment)
 
 
 def run_worker(mongo_uri: str, db_name: str, log_dir: Path | None = None, *,

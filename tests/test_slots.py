@@ -1,9 +1,14 @@
 """Several runs per worker, GPUs handed out per run, and worker tags."""
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
 from helpers import raw_db, start_worker, wait_for
+
+from hyperspace_explorer.errors import HSEError
+from hyperspace_explorer.worker import THREAD_VARIABLES, limit_run_threads, usable_cpus
 
 FAST = ("--interval", "0.05", "--heartbeat", "0.4", "--lease", "3")
 
@@ -52,6 +57,60 @@ def test_gpus_are_handed_out_per_run(q, procs, mongo_uri, db_name):
     assert gpu.wait(120) == 0
     assert sorted(devices(q, i) for i in one) == ["0", "1"], "one GPU each, never shared"
     assert sorted(devices(q, both).split(",")) == ["0", "1"]
+
+
+def thread_pools(q, run_id):
+    """The thread variables a run saw, and its OpenBLAS pools' sizes."""
+    record = q.store.sacred_run(q.get(run_id)["sacred_id"])
+    found = re.search(r"threads (\{.*\}) openblas (\[.*\])", record["captured_out"])
+    return json.loads(found.group(1)), json.loads(found.group(2))
+
+
+NO_THREAD_SETTINGS = dict.fromkeys(THREAD_VARIABLES)
+
+
+def test_concurrent_runs_share_the_cpus_instead_of_each_taking_them_all(
+        q, procs, mongo_uri, db_name):
+    """With --concurrency 2 each run's pools get half the CPUs, except where the
+    environment says otherwise; one run at a time keeps the libraries' defaults."""
+    per_run = str(max(1, usable_cpus() // 2))
+    ids = [run(q, "threads") for _ in range(2)]
+    worker = start_worker(mongo_uri, db_name, *FAST, "--concurrency", "2", "--idle-exit", "1",
+                          env={**NO_THREAD_SETTINGS, "MKL_NUM_THREADS": "3"})
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    for run_id in ids:
+        assert thread_pools(q, run_id) == ({"OMP_NUM_THREADS": per_run,
+                                            "OPENBLAS_NUM_THREADS": per_run,
+                                            "MKL_NUM_THREADS": "3"}, [int(per_run)])
+    alone = run(q, "threads")
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1", env=NO_THREAD_SETTINGS)
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert thread_pools(q, alone)[0] == dict.fromkeys(
+        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
+def test_threads_per_run_sets_every_pool_whatever_the_environment_says(
+        q, procs, mongo_uri, db_name):
+    run_id = run(q, "threads")
+    worker = start_worker(mongo_uri, db_name, *FAST, "--threads-per-run", "1", "--idle-exit", "1",
+                          env={**NO_THREAD_SETTINGS, "OMP_NUM_THREADS": "2",
+                               "OPENBLAS_NUM_THREADS": "2"})
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert thread_pools(q, run_id) == ({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                        "MKL_NUM_THREADS": "1"}, [1])
+
+
+def test_thread_limits_are_checked_before_anything_is_set():
+    environ = {"OMP_NUM_THREADS": "4"}
+    for concurrency, threads, option in ((0, None, "--concurrency"), (2, 0, "--threads-per-run"),
+                                         (1, True, "--threads-per-run")):
+        with pytest.raises(HSEError, match=f"{option} must be a positive integer"):
+            limit_run_threads(concurrency, threads, environ)
+    assert environ == {"OMP_NUM_THREADS": "4"}
+    assert limit_run_threads(1, None, environ) == {} and environ == {"OMP_NUM_THREADS": "4"}
 
 
 def test_tagged_runs_go_only_to_workers_with_those_tags(q, procs, mongo_uri, db_name):

@@ -76,6 +76,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs one forked process executes in turn, as long as each "
                              "leaves no process or thread behind; 1 gives every run a fresh "
                              "process (default %(default)s)")
+    parser.add_argument("--threads-per-run", type=int, default=None, metavar="N",
+                        help="threads of each run's OpenMP/BLAS pools (OMP_NUM_THREADS, "
+                             "OPENBLAS_NUM_THREADS, MKL_NUM_THREADS...; default: the "
+                             "environment's, and with --concurrency above 1, CPUs / "
+                             "concurrency for those it leaves unset)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -88,10 +93,15 @@ def run_worker_from_args(args: argparse.Namespace) -> int:
     """Run a `Worker` with the parsed options until it stops. When it stopped because
     the Study's sources were edited (`reload_requested`), re-execute this very command
     line, so that the next run uses the new code."""
-    from ..worker import Worker
+    from ..worker import Worker, limit_run_threads
 
+    # Before the Study (and NumPy, through Sacred) is imported: the pools read them then.
+    threads = limit_run_threads(args.concurrency, args.threads_per_run)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    if threads:
+        log.info("each run's OpenMP/BLAS pools get %s thread(s): %s", next(iter(
+            threads.values())), ", ".join(f"{name}={value}" for name, value in threads.items()))
     worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
                     study=args.study, interval=args.interval, heartbeat=args.heartbeat,
                     lease=args.lease, max_runs=args.max_runs, idle_exit=args.idle_exit,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
 import subprocess
@@ -64,6 +65,14 @@ class ToyScenario(Scenario):
         if behaviour == "gpus":  # which devices the run was given
             print(f"devices [{os.environ.get('CUDA_VISIBLE_DEVICES')}]", flush=True)
             time.sleep(params["duration"])
+        if behaviour == "threads":  # the thread pools the run was given
+            from threadpoolctl import threadpool_info
+
+            blas = sorted({pool["num_threads"] for pool in threadpool_info()
+                           if pool["internal_api"] == "openblas"})
+            names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            print(f"threads {json.dumps({n: os.environ.get(n) for n in names})} "
+                  f"openblas {json.dumps(blas)}", flush=True)
         if behaviour == "spawn":  # leaves a process behind, as DataLoader workers can
             helper = subprocess.Popen(["sleep", "900"])
             print(f"spawned pid {helper.pid}", flush=True)
