@@ -15,6 +15,11 @@ times, alternating, and compares the fastest of each.
 `--blas-threads N` sets OPENBLAS/OMP/MKL_NUM_THREADS for both sides (default: left as
 the environment has them, as a user would run).
 
+`--concurrency N` runs N runs at once in each worker; above 1 it also measures the same
+workers with `--threads-per-run` set to the CPU count, each run then starting a thread
+pool as large as the machine (what workers did before they sized the pools to the
+CPUs / N), and prints the ratio.
+
 With one worker it also prints how much of the worker's time falls outside the runs
 (first start to last end, less each run's Sacred start -> stop): what the worker itself
 adds between runs, apart from the runs' own slowdown (CPU shared with the worker and
@@ -22,7 +27,7 @@ the server, on 2 cores). `--timeline` prints where a run's time goes under the w
 (from the queue documents and the Sacred records).
 
     python benchmarks/digits.py [--seeds 3] [--repeat 2] [--workers 1] [--blas-threads 1]
-                                [--timeline]
+                                [--timeline] [--concurrency 2]
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ from _common import (
     wait_done,
     workers,
 )
+
+from hyperspace_explorer.worker import usable_cpus
 
 TARGET_PCT = 5.0
 CONFIGS = [{"model": {"className": "LogisticModel", "C": c}} for c in (0.1, 1.0, 10.0)] + [
@@ -104,11 +111,12 @@ def timeline(times: list[tuple[float, float, float, float]]) -> str:
 
 
 def worker_seconds(uri: str, seeds: int, k: int, attempt: int,
-                   show_timeline: bool = False) -> tuple[float, float]:
+                   show_timeline: bool = False, extra: tuple[str, ...] = ()) -> tuple[float, float]:
     """Seconds from the first start to the last end, and how much of it falls outside
-    the runs' Sacred start -> stop (meaningful with one worker)."""
+    the runs' Sacred start -> stop (meaningful with one worker running one run at a
+    time); `extra`: options of the workers."""
     with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
-            workers(uri, q.store.db_name, k, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
+            workers(uri, q.store.db_name, k, *extra, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
         ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
         wait_done(q, ids, poll=1.0)
         times = run_times(q, ids)
@@ -128,16 +136,24 @@ def main() -> None:
                         help="also print where a run's time goes under the worker")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="threads of the BLAS / OpenMP pools, both sides")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="runs at once per worker (default %(default)s)")
     args = parser.parse_args()
     if args.blas_threads is not None:  # inherited by the loop's process and the workers
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.blas_threads)
     runs = [(conf, seed) for conf in CONFIGS for seed in range(args.seeds)]  # task seed 0
-    loops, under = [], []
+    loops, under, whole = [], [], []
+    concurrent = ("--concurrency", str(args.concurrency))
+    whole_pools = (*concurrent, "--threads-per-run", str(usable_cpus()))
     with embedded_server() as uri:
         for attempt in range(args.repeat):
             loops.append(loop_seconds(runs))
-            under.append(worker_seconds(uri, args.seeds, args.workers, attempt, args.timeline))
+            under.append(worker_seconds(uri, args.seeds, args.workers, attempt, args.timeline,
+                                        concurrent))
+            if args.concurrency > 1:
+                whole.append(worker_seconds(uri, args.seeds, args.workers, attempt,
+                                            extra=whole_pools)[0])
     loop, (worker, outside) = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
@@ -145,13 +161,21 @@ def main() -> None:
           f"{args.repeat}, BLAS threads: {threads}:")
     print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
           f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in loops)})")
-    print(f"  {args.workers} worker(s), first start to last end:            {worker:.2f} s "
+    at_once = f" x {args.concurrency} runs at once" if args.concurrency > 1 else ""
+    print(f"  {args.workers} worker(s){at_once}, first start to last end:            {worker:.2f} s "
           f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in under)})")
-    if args.workers == 1:
+    if whole:
+        print(f"  the same with {' '.join(whole_pools[2:])} (each run a pool as large as the "
+              f"machine): {min(whole):.2f} s (all: {', '.join(f'{x:.2f}' for x in whole)}); "
+              f"{min(whole) / worker:.2f}x the time with the worker's pools")
+    if args.workers == 1 and args.concurrency == 1:
         print(f"    of which outside the runs' Sacred start -> stop: {outside * 1000:.0f} ms "
               f"({outside / loop * 100:.1f}% of the loop; the rest is the runs themselves)")
-    print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
-          f"{verdict(extra, TARGET_PCT)})")
+    if args.concurrency > 1:  # the target is for runs one at a time, as in the loop
+        print(f"  worker vs loop: {extra:+.1f}% ({args.concurrency} runs at once)")
+    else:
+        print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
+              f"{verdict(extra, TARGET_PCT)})")
 
 
 if __name__ == "__main__":
