@@ -29,8 +29,12 @@ def devices(q, run_id):
 
 
 def test_one_worker_runs_several_runs_at_once(q, procs, mongo_uri, db_name):
+    # A lease far longer than a beat: each run must execute once, and a worker whose
+    # first runs start slowly (its caches cold after a checkout: stalls of 6 s were seen)
+    # would rightly lose a 3 s lease and see its run executed again.
     ids = [run(q, "sleep", 1.5) for _ in range(3)] + [run(q) for _ in range(5)]
-    worker = start_worker(mongo_uri, db_name, *FAST, "--concurrency", "3", "--idle-exit", "2")
+    worker = start_worker(mongo_uri, db_name, "--interval", "0.05", "--heartbeat", "0.4",
+                          "--lease", "30", "--concurrency", "3", "--idle-exit", "2")
     procs.append(worker)
     wait_for(lambda: len(running_on(q, worker.pid)) == 3, 60, "three runs at once")
     (doc,) = [w for w in q.store.list_workers() if w["pid"] == worker.pid]
