@@ -12,7 +12,7 @@ forests, each run a fraction of a second), prints:
 and the worker's extra time in percent (target <= +5%). `--repeat R` measures both R
 times, alternating, and compares the fastest of each.
 
-`--blas-threads N` sets OPENBLAS/OMP/MKL_NUM_THREADS for both sides (default: left as
+`--blas-threads N` sets the thread variables (`worker.THREAD_VARIABLES`) for both sides (default: left as
 the environment has them, as a user would run).
 
 `--concurrency N` runs N runs at once in each worker; above 1 it also measures the same
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 
 from _common import (
@@ -48,7 +47,7 @@ from _common import (
     workers,
 )
 
-from hyperspace_explorer.worker import usable_cpus
+from hyperspace_explorer.worker import limit_run_threads, usable_cpus
 
 TARGET_PCT = 5.0
 CONFIGS = [{"model": {"className": "LogisticModel", "C": c}} for c in (0.1, 1.0, 10.0)] + [
@@ -140,8 +139,7 @@ def main() -> None:
                         help="runs at once per worker (default %(default)s)")
     args = parser.parse_args()
     if args.blas_threads is not None:  # inherited by the loop's process and the workers
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.blas_threads)
+        limit_run_threads(1, args.blas_threads)
     runs = [(conf, seed) for conf in CONFIGS for seed in range(args.seeds)]  # task seed 0
     loops, under, whole = [], [], []
     concurrent = ("--concurrency", str(args.concurrency))

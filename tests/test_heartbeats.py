@@ -3,7 +3,11 @@ current run at Sacred's interval, the last beat comes from the run's own thread 
 beat in flight has ended, and a run without an interval gets none, as in Sacred."""
 from __future__ import annotations
 
+import inspect
+import sys
 import threading
+
+from helpers import wait_for
 
 from hyperspace_explorer.execution.child import Heartbeats
 
@@ -29,6 +33,21 @@ class FakeRun:
             self.beats.append("first beat ended")
         if len(self.beats) >= 2:
             self.two_beats.set()
+
+
+_STOP_LINES, _STOP_FIRST = inspect.getsourcelines(Heartbeats._stop)
+#: The line of `Heartbeats._stop` that waits for a beat in flight (its `with` on the lock).
+WAIT_LINE = _STOP_FIRST + next(i for i, line in enumerate(_STOP_LINES) if "with self._cond" in line)
+
+
+def waiting_for_the_beat(thread: threading.Thread) -> bool:
+    """Whether `thread` stands at the line of `Heartbeats._stop` that takes the lock."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code is Heartbeats._stop.__code__:
+            return frame.f_lineno == WAIT_LINE
+        frame = frame.f_back
+    return False
 
 
 def started(beats: Heartbeats, run: FakeRun) -> FakeRun:
@@ -68,7 +87,9 @@ def test_the_last_beat_waits_for_a_beat_in_flight():
     assert run.in_beat.wait(HANG_GUARD_S)  # the heartbeat thread is inside a beat
     stopper = threading.Thread(target=run._stop_heartbeat, name="the run's thread")
     stopper.start()
-    stopper.join(0.2)
+    # until it waits for the lock of the beat in flight, or (wrongly) beat without waiting
+    wait_for(lambda: not stopper.is_alive() or waiting_for_the_beat(stopper), HANG_GUARD_S,
+             "the run's thread to stop its heartbeats")
     assert stopper.is_alive(), "the last beat must wait for the beat in flight"
     run.release.set()
     stopper.join(HANG_GUARD_S)

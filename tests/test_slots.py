@@ -23,9 +23,12 @@ def running_on(q, worker_pid):
             if d.get("worker", "").split(":")[1] == str(worker_pid)]
 
 
+def captured_out(q, run_id):
+    return q.store.sacred_run(q.get(run_id)["sacred_id"])["captured_out"]
+
+
 def devices(q, run_id):
-    record = q.store.sacred_run(q.get(run_id)["sacred_id"])
-    return re.search(r"devices \[(.*)\]", record["captured_out"]).group(1)
+    return re.search(r"devices \[(.*)\]", captured_out(q, run_id)).group(1)
 
 
 def test_one_worker_runs_several_runs_at_once(q, procs, mongo_uri, db_name):
@@ -65,8 +68,7 @@ def test_gpus_are_handed_out_per_run(q, procs, mongo_uri, db_name):
 
 def thread_pools(q, run_id):
     """The thread variables a run saw, and its OpenBLAS pools' sizes."""
-    record = q.store.sacred_run(q.get(run_id)["sacred_id"])
-    found = re.search(r"threads (\{.*\}) openblas (\[.*\])", record["captured_out"])
+    found = re.search(r"threads (\{.*\}) openblas (\[.*\])", captured_out(q, run_id))
     return json.loads(found.group(1)), json.loads(found.group(2))
 
 
