@@ -10,6 +10,15 @@ class HSEError(Exception):
     """Base of every error hyperspace_explorer raises deliberately."""
 
 
+def positive_int(value: object, name: str) -> int:
+    """`value` when it is a positive int (a bool is not), else an HSEError naming `name`:
+    the one check of every count a user gives, as an argument or an option, so that
+    they all say the same thing."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HSEError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 class ConfigError(HSEError, ValueError):
     """A run or task config does not match the Configurable classes it must fill.
 

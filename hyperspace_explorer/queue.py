@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .configurable import json_like, registered_classes, resolve_class, set_dotted, validate_config
-from .errors import ConfigError, HSEError, RunNotFound, StudyError, TaskError
+from .errors import ConfigError, HSEError, RunNotFound, StudyError, TaskError, positive_int
 from .scenario import Scenario
 from .status import (
     ACTIVE,
@@ -216,8 +216,7 @@ class RunQueue:
         seed_list = _seed_list(task, seeds)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise HSEError(f"priority must be an int, got {priority!r}")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise HSEError(f"max_attempts must be a positive int, got {max_attempts!r}")
+        positive_int(max_attempts, "max_attempts")
         if max_runtime is not None and (isinstance(max_runtime, bool)
                                         or not isinstance(max_runtime, (int, float))
                                         or max_runtime <= 0):
@@ -416,8 +415,7 @@ class RunQueue:
         `host` is also given for a RUNNING run, whose worker records the host only
         when the run ends: the host part of its worker id (`host:pid:hex`).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise HSEError(f"limit must be a positive int, got {limit!r}")
+        positive_int(limit, "limit")
         fields = ["task", "status", "seed", "metrics", "duration", "host", "sacred_id",
                   "task_spec", "order", "reason", "started_at", "worker"]
         found = self.store.find_runs(self.runs(task, status=status), fields=fields,

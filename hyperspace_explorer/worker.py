@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 
 from .configurable import resolve_class
-from .errors import HSEError, StoreUnavailable
+from .errors import HSEError, StoreUnavailable, positive_int
 from .sacred_compat import check_worker_imports
 from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
@@ -66,13 +66,6 @@ AHEAD_HOLD_S = 2.0  # a run claimed ahead goes back if the current one lasts thi
 #: worker processes set).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def positive_int(value: Any, option: str) -> int:
-    """`value` when it is a positive int, else an HSEError naming the `option`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HSEError(f"{option} must be a positive integer, got {value!r}")
-    return value
 
 
 def usable_cpus() -> int:

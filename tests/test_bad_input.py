@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 from helpers import STUDY, TASKS, raw_db, start_worker
 
-from hyperspace_explorer.errors import ConfigError, StoreError, TaskError
+from hyperspace_explorer.errors import ConfigError, HSEError, StoreError, TaskError
 from hyperspace_explorer.execution import TOO_LARGE
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.storage import connect
+from hyperspace_explorer.tuning import Space, Tuner
+from hyperspace_explorer.tuning.space import Float
 
 
 def everything(q):
@@ -260,3 +263,24 @@ def test_unstorable_config_in_a_stored_document_fails_as_invalid_on_the_worker(
     assert errors["deep"].startswith(DEEP)
     assert errors["dollar"].startswith("config.options['$x']: key '$x' starts with '$'")
     assert queue.get(good)["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("count", [0, -1, True, 2.0, "3", None])
+def test_every_count_is_checked_the_same_way_naming_it(queue, count):
+    """max_attempts, limit, n_trials and parallel share one check (as the worker's
+    options do): a bool, a float, a string or a number below 1 names the argument,
+    and nothing is queued."""
+    before = everything(queue)
+    calls = {
+        "max_attempts": lambda: queue.submit("toy", conf(), max_attempts=count),
+        "limit": lambda: queue.recent(limit=count),
+        "n_trials": lambda: Tuner(queue, "quadratic", Space({"x": Float(0, 1)}),
+                                  n_trials=count, progress=False),
+        "parallel": lambda: Tuner(queue, "quadratic", Space({"x": Float(0, 1)}),
+                                  n_trials=2, parallel=count, progress=False),
+    }
+    for name, call in calls.items():
+        with pytest.raises(HSEError, match=f"^{name} must be a positive integer, got "
+                                           f"{re.escape(repr(count))}$"):
+            call()
+    assert everything(queue) == before

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import HSEError
+from ..errors import HSEError, positive_int
 from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, TIMEOUT
 from ..storage import RunFilter
 from .space import Space, load_space
@@ -147,10 +147,8 @@ class Tuner:
                  progress: bool = True, say: Callable[[str], None] | None = None):
         import optuna
 
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise HSEError(f"n_trials must be a positive int, got {n_trials!r}")
-        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-            raise HSEError(f"parallel must be a positive int, got {parallel!r}")
+        positive_int(n_trials, "n_trials")
+        positive_int(parallel, "parallel")
         self.queue, self.store = queue, queue.store
         self.task = queue.task(task)
         self.space = load_space(space)
