@@ -137,6 +137,55 @@ def rss_mb(pid: int) -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time (user + system) of process `pid` and its threads; with `descendants`,
+    plus that of its children that ended and were waited for and of its live
+    descendants (a worker's forked runners). 0 for a process that is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if not descendants:
+        try:
+            return sum(int(x) for x in _stat(pid)[11:13]) / tick
+        except OSError:
+            return 0.0
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+    tree, total = [pid], 0.0
+    while tree:
+        current = tree.pop()
+        try:
+            fields = _stat(current)
+        except OSError:
+            continue
+        own = sum(int(x) for x in fields[11:13])  # utime, stime
+        waited = sum(int(x) for x in fields[13:15])  # cutime, cstime
+        total += (own + waited) / tick
+        tree.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+def server_pid() -> int:
+    """The pid of the nx-27017 server that `embedded_server` started in this process."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (int(_stat(int(entry.name))[1]) == os.getpid()
+                        and b"nx_27017" in (entry / "cmdline").read_bytes()):
+                    return int(entry.name)
+            except (OSError, ValueError, IndexError):
+                continue
+    raise SystemExit("no embedded nx-27017 server found among this process's children")
+
+
 def run_python(code: str, cwd: Path | None = None, timeout: float = 600) -> str:
     """Run `code` in a fresh interpreter (from a file, so Sacred finds its source);
     returns its stdout, or stops the benchmark with its stderr."""

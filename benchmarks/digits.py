@@ -20,6 +20,11 @@ workers with `--threads-per-run` set to the CPU count, each run then starting a 
 pool as large as the machine (what workers did before they sized the pools to the
 CPUs / N), and prints the ratio.
 
+`--cpu` also prints the CPU time per run of each process involved: the loop's process
+beside the runs' processes under the worker, the worker itself and the database server
+(the workers then get one warm-up run first, not counted). On a machine with few cores,
+what the worker and the server spend is taken from the runs.
+
 With one worker it also prints how much of the worker's time falls outside the runs
 (first start to last end, less each run's Sacred start -> stop): what the worker itself
 adds between runs, apart from the runs' own slowdown (CPU shared with the worker and
@@ -27,7 +32,7 @@ the server, on 2 cores). `--timeline` prints where a run's time goes under the w
 (from the queue documents and the Sacred records).
 
     python benchmarks/digits.py [--seeds 3] [--repeat 2] [--workers 1] [--blas-threads 1]
-                                [--timeline] [--concurrency 2]
+                                [--timeline] [--concurrency 2] [--cpu]
 """
 from __future__ import annotations
 
@@ -38,9 +43,11 @@ import statistics
 from _common import (
     DIGITS_STUDY,
     DIGITS_TASKS,
+    cpu_seconds,
     embedded_server,
     run_python,
     scratch_queue,
+    server_pid,
     span,
     verdict,
     wait_done,
@@ -65,21 +72,23 @@ load_scenarios(STUDY)
 task = load_task(TASKS, "digits")
 cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
 runs = json.loads(RUNS)
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 for conf, seed in runs:
     scenario = cls.from_config(task.scenario, "Scenario")
     scenario.run_seed = seed
     params = cls.complete_run_config(conf)
     seed_everything(seed)
     normalize_metrics(scenario.single_run(params), task.metric)
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, time.process_time() - cpu)
 """
 
 
-def loop_seconds(runs: list[tuple[dict, int]]) -> float:
+def loop_seconds(runs: list[tuple[dict, int]]) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads of its process) of the plain loop."""
     code = (LOOP.replace("STUDY", repr(str(DIGITS_STUDY))).replace("TASKS", repr(str(DIGITS_TASKS)))
             .replace("RUNS", repr(json.dumps(runs))))
-    return float(run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1])
+    wall, cpu = run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def run_times(q, ids: list[str]) -> list[tuple[float, float, float, float]]:
@@ -109,20 +118,38 @@ def timeline(times: list[tuple[float, float, float, float]]) -> str:
                      for name, xs in parts.items() if xs)
 
 
-def worker_seconds(uri: str, seeds: int, k: int, attempt: int,
-                   show_timeline: bool = False, extra: tuple[str, ...] = ()) -> tuple[float, float]:
+def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bool = False,
+                   extra: tuple[str, ...] = (), cpu: dict[str, list[float]] | None = None
+                   ) -> tuple[float, float]:
     """Seconds from the first start to the last end, and how much of it falls outside
     the runs' Sacred start -> stop (meaningful with one worker running one run at a
-    time); `extra`: options of the workers."""
+    time); `extra`: options of the workers. With `cpu`, the workers first run one
+    warm-up run, and the CPU seconds the runs then cost each process are appended to
+    `cpu["server"]`, `cpu["workers"]` (without their runners) and `cpu["runs"]` (the
+    runners)."""
     with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
-            workers(uri, q.store.db_name, k, *extra, study=DIGITS_STUDY, tasks=DIGITS_TASKS):
+            workers(uri, q.store.db_name, k, *extra, study=DIGITS_STUDY,
+                    tasks=DIGITS_TASKS) as procs:
+        if cpu is not None:
+            wait_done(q, q.submit("digits", CONFIGS[0], seeds=k, force=True), poll=0.2)
+            before = _cpu_split([p.pid for p in procs])
         ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
         wait_done(q, ids, poll=1.0)
+        if cpu is not None:
+            for name, after in _cpu_split([p.pid for p in procs]).items():
+                cpu.setdefault(name, []).append(after - before[name])
         times = run_times(q, ids)
         if show_timeline:
             print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(times)}")
         total = span(q, ids)
         return total, total - sum(stop - start for _, start, stop, _ in times)
+
+
+def _cpu_split(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the server, of the workers `pids` alone and of their runners."""
+    trees = sum(cpu_seconds(pid) for pid in pids)
+    own = sum(cpu_seconds(pid, descendants=False) for pid in pids)
+    return {"server": cpu_seconds(server_pid()), "workers": own, "runs": trees - own}
 
 
 def main() -> None:
@@ -137,28 +164,31 @@ def main() -> None:
                         help="threads of the BLAS / OpenMP pools, both sides")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="runs at once per worker (default %(default)s)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also print the CPU time per run of each process involved")
     args = parser.parse_args()
     if args.blas_threads is not None:  # inherited by the loop's process and the workers
         limit_run_threads(1, args.blas_threads)
     runs = [(conf, seed) for conf in CONFIGS for seed in range(args.seeds)]  # task seed 0
     loops, under, whole = [], [], []
+    cpu: dict[str, list[float]] | None = {} if args.cpu else None
     concurrent = ("--concurrency", str(args.concurrency))
     whole_pools = (*concurrent, "--threads-per-run", str(usable_cpus()))
     with embedded_server() as uri:
         for attempt in range(args.repeat):
             loops.append(loop_seconds(runs))
             under.append(worker_seconds(uri, args.seeds, args.workers, attempt, args.timeline,
-                                        concurrent))
+                                        concurrent, cpu))
             if args.concurrency > 1:
                 whole.append(worker_seconds(uri, args.seeds, args.workers, attempt,
                                             extra=whole_pools)[0])
-    loop, (worker, outside) = min(loops), min(under)
+    (loop, _), (worker, outside) = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
     print(f"{len(runs)} digits runs ({len(CONFIGS)} configs x {args.seeds} seeds), best of "
           f"{args.repeat}, BLAS threads: {threads}:")
     print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
-          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x in loops)})")
+          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in loops)})")
     at_once = f" x {args.concurrency} runs at once" if args.concurrency > 1 else ""
     print(f"  {args.workers} worker(s){at_once}, first start to last end:            {worker:.2f} s "
           f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in under)})")
@@ -166,6 +196,14 @@ def main() -> None:
         print(f"  the same with {' '.join(whole_pools[2:])} (each run a pool as large as the "
               f"machine): {min(whole):.2f} s (all: {', '.join(f'{x:.2f}' for x in whole)}); "
               f"{min(whole) / worker:.2f}x the time with the worker's pools")
+    if cpu is not None:
+        def per_run(seconds: list[float]) -> str:
+            return f"{statistics.median(seconds) / len(runs) * 1000:.1f} ms"
+
+        print(f"  CPU per run (medians of {args.repeat}; all threads): loop "
+              f"{per_run([c for _, c in loops])}; under the worker: the runs "
+              f"{per_run(cpu['runs'])}, the worker(s) {per_run(cpu['workers'])}, the database "
+              f"server {per_run(cpu['server'])} ({usable_cpus()} usable CPUs)")
     if args.workers == 1 and args.concurrency == 1:
         print(f"    of which outside the runs' Sacred start -> stop: {outside * 1000:.0f} ms "
               f"({outside / loop * 100:.1f}% of the loop; the rest is the runs themselves)")
