@@ -10,7 +10,9 @@ forests, each run a fraction of a second), prints:
   (imports not counted);
 - measured: one `hyperspace_worker` executing the same runs, first start to last end;
 and the worker's extra time in percent (target <= +5%). `--repeat R` measures both R
-times, alternating, and compares the fastest of each.
+times, alternating, and compares the fastest of each; it also prints the median of the
+R ratios of each worker measurement to the loop measured just before it, which a quiet
+or busy spell of a shared machine on one side only moves less.
 
 `--blas-threads N` sets the thread variables (`worker.THREAD_VARIABLES`) for both sides (default: left as
 the environment has them, as a user would run).
@@ -212,6 +214,10 @@ def main() -> None:
     else:
         print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
               f"{verdict(extra, TARGET_PCT)})")
+    if args.repeat > 1:  # less sensitive to a quiet or busy spell on one side only
+        paired = statistics.median(w / lp - 1 for (lp, _), (w, _) in zip(loops, under)) * 100
+        print(f"  median of the {args.repeat} paired ratios (each worker measurement against "
+              f"the loop measured just before it): {paired:+.1f}%")
 
 
 if __name__ == "__main__":
