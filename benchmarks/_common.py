@@ -142,16 +142,8 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int, descendants: bool = True) -> float:
-    """CPU time (user + system) of process `pid` and its threads; with `descendants`,
-    plus that of its children that ended and were waited for and of its live
-    descendants (a worker's forked runners). 0 for a process that is gone."""
-    tick = os.sysconf("SC_CLK_TCK")
-    if not descendants:
-        try:
-            return sum(int(x) for x in _stat(pid)[11:13]) / tick
-        except OSError:
-            return 0.0
+def _parents() -> dict[int, int]:
+    """{pid: parent pid} of every process now running."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -159,30 +151,34 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float:
                 parents[int(entry.name)] = int(_stat(int(entry.name))[1])
             except (OSError, ValueError, IndexError):
                 continue  # ended meanwhile
-    tree, total = [pid], 0.0
+    return parents
+
+
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time (user + system) of process `pid` and its threads; with `descendants`,
+    plus that of its children that ended and were waited for and of its live
+    descendants (a worker's forked runners). 0 for a process that is gone."""
+    parents = _parents() if descendants else {}
+    tree, ticks = [pid], 0
     while tree:
         current = tree.pop()
         try:
             fields = _stat(current)
         except OSError:
             continue
-        own = sum(int(x) for x in fields[11:13])  # utime, stime
-        waited = sum(int(x) for x in fields[13:15])  # cutime, cstime
-        total += (own + waited) / tick
+        ticks += sum(int(x) for x in fields[11:15 if descendants else 13])  # u/stime, cu/cstime
         tree.extend(child for child, parent in parents.items() if parent == current)
-    return total
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def server_pid() -> int:
     """The pid of the nx-27017 server that `embedded_server` started in this process."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (int(_stat(int(entry.name))[1]) == os.getpid()
-                        and b"nx_27017" in (entry / "cmdline").read_bytes()):
-                    return int(entry.name)
-            except (OSError, ValueError, IndexError):
-                continue
+    for pid, parent in _parents().items():
+        try:
+            if parent == os.getpid() and b"nx_27017" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
     raise SystemExit("no embedded nx-27017 server found among this process's children")
 
 

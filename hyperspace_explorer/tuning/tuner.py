@@ -145,10 +145,10 @@ class Tuner:
                  study_name: str | None = None, warm_start: bool = True, seed: int | None = None,
                  priority: int = 0, max_runtime: float | None = None, poll: float = 0.5,
                  progress: bool = True, say: Callable[[str], None] | None = None):
+        positive_int(n_trials, "n_trials")  # before importing Optuna (half a second)
+        positive_int(parallel, "parallel")
         import optuna
 
-        positive_int(n_trials, "n_trials")
-        positive_int(parallel, "parallel")
         self.queue, self.store = queue, queue.store
         self.task = queue.task(task)
         self.space = load_space(space)
