@@ -5,7 +5,9 @@ On a private embedded server (nx-27017), prints:
   as ratios to the 1k-queued figure (target <= 1.5x);
 - `submit_grid` of N configs vs a raw `insert_many` of the same documents into the
   queue collection with the indexes the store keeps on it (target <= 1.5x); the same
-  insert into a bare collection without them is printed for information;
+  insert into a bare collection without them, the same grid submitted again (every run
+  a duplicate) and a grid of N / 100 configs beside the N runs are printed for
+  information;
 - `q.results()` + `q.summary()` over 10k and 100k finished runs (targets: < 1.5 s and
   < 10 s).
 
@@ -66,11 +68,14 @@ def claim_finish(uri: str, queued: int, finished: int) -> float:
         store.close()
 
 
-def submit_vs_insert(uri: str, n: int) -> tuple[float, float, float]:
-    """Seconds for `submit_grid` of n configs; for inserting the same documents into
-    the queue collection as the store keeps it (its indexes: claim order, duplicate
-    detection, the web page's sorts), which is the store's own limit; and for inserting
-    them into a bare collection without those indexes (for information)."""
+def submit_vs_insert(uri: str, n: int) -> tuple[float, float, float, float, float]:
+    """Seconds for `submit_grid` of n configs into an empty task; for inserting the same
+    documents into the queue collection as the store keeps it (its indexes: claim
+    order, duplicate detection, the web page's sorts), which is the store's own limit;
+    for inserting them into a bare collection without those indexes; and, for
+    information, for submitting the same grid again (every run a duplicate: the task's
+    runs are read whole) and a grid of n / 100 configs beside the n runs (its
+    fingerprints looked up, since the task holds more runs than it has)."""
     db = f"bench_submit_{os.getpid()}"
     q = RunQueue(uri, db, TASKS, study_dir=STUDY)
     try:
@@ -79,6 +84,15 @@ def submit_vs_insert(uri: str, n: int) -> tuple[float, float, float]:
         ids = q.submit_grid("toy", {"model": {"className": "Linear"}}, grid, progress=False)
         submit = time.perf_counter() - t
         assert len(ids) == n
+        t = time.perf_counter()
+        assert q.submit_grid("toy", {"model": {"className": "Linear"}}, grid,
+                             progress=False) == []
+        again = time.perf_counter() - t
+        beside = {"model.lr": [1 + i / n for i in range(max(n // 100, 1))]}
+        t = time.perf_counter()
+        assert len(q.submit_grid("toy", {"model": {"className": "Linear"}}, beside,
+                                 progress=False)) == len(beside["model.lr"])
+        looked_up = time.perf_counter() - t
         docs = list(_raw(uri, db).hse_queue.find({}))
         raw = _raw(uri, db)
         took = []
@@ -90,7 +104,7 @@ def submit_vs_insert(uri: str, n: int) -> tuple[float, float, float]:
             for i in range(0, n, 5000):  # the same documents, already built
                 raw.hse_queue.insert_many(docs[i:i + 5000])
             took.append(time.perf_counter() - t)
-        return submit, took[0], took[1]
+        return submit, took[0], took[1], again, looked_up
     finally:
         q.store.drop_database()
         q.close()
@@ -166,12 +180,15 @@ def main() -> None:
             print(f"claim+finish with {n:>7,} finished: {cost * 1000:6.2f} ms "
                   f"({cost / base:.2f}x; target <= 1.5x)")
         if args.grid:
-            submit, insert, bare = submit_vs_insert(uri, args.grid)
+            submit, insert, bare, again, looked_up = submit_vs_insert(uri, args.grid)
             print(f"submit_grid of {args.grid:,} configs: {submit:.1f} s; raw insert_many "
                   f"of the same documents into the indexed queue: {insert:.1f} s "
                   f"({submit / insert:.2f}x; target <= 1.5x)")
             print(f"  (into a bare collection without the queue's indexes: {bare:.1f} s; "
                   f"{submit / bare:.2f}x)")
+            print(f"  (the same grid again, every run a duplicate, nothing queued: "
+                  f"{again:.1f} s; {max(args.grid // 100, 1):,} new configs beside the "
+                  f"{args.grid:,} runs, looked up: {looked_up:.2f} s)")
         for n in (int(x) for x in args.results.split(",") if x):
             took, cold = results_summary(uri, n)
             target = 1.5 if n <= 10_000 else 10.0

@@ -32,6 +32,9 @@ C = TypeVar("C", bound="Configurable")
 
 _REGISTRY: dict[str, type[Configurable]] = {}
 _AMBIGUOUS: dict[str, set[str]] = {}
+# registered_classes by base, until the next class registers: resolving a className
+# is done for every Configurable of every config of a grid.
+_CHOICES: dict[type, dict[str, type[Configurable]]] = {}
 _MISSING = object()
 
 
@@ -56,6 +59,7 @@ class Configurable:
         if known is not None and _qualified(known) != _qualified(cls):
             _AMBIGUOUS.setdefault(name, {_qualified(known)}).add(_qualified(cls))
         _REGISTRY[name] = cls
+        _CHOICES.clear()
 
     @classmethod
     def get_default_values(cls) -> dict[str, Any]:
@@ -96,11 +100,19 @@ def _qualified(cls: type) -> str:
 
 def registered_classes(base: type = Configurable) -> dict[str, type[Configurable]]:
     """Registered concrete choices for a field typed as `base`, by className."""
-    return {
-        name: cls for name, cls in _REGISTRY.items()
-        if issubclass(cls, base) and not inspect.isabstract(cls)
-        and not getattr(cls, "__abstract_config__", False)
-    }
+    return dict(_choices(base))
+
+
+def _choices(base: type) -> dict[str, type[Configurable]]:
+    """`registered_classes(base)`, shared: callers must not change it."""
+    choices = _CHOICES.get(base)
+    if choices is None:
+        choices = _CHOICES[base] = {
+            name: cls for name, cls in _REGISTRY.items()
+            if issubclass(cls, base) and not inspect.isabstract(cls)
+            and not getattr(cls, "__abstract_config__", False)
+        }
+    return choices
 
 
 def registry_state() -> tuple[tuple[str, int], ...]:
@@ -112,7 +124,7 @@ def registry_state() -> tuple[tuple[str, int], ...]:
 
 def resolve_class(base: type[C], class_name: Any, path: str = "") -> type[C]:
     """The registered subclass of `base` called `class_name`, or a ConfigError."""
-    choices = registered_classes(base)
+    choices = _choices(base)
     where = _join(path, "className")
     if not isinstance(class_name, str):
         raise ConfigError(where, f"must be a string naming a {base.__name__}, "
@@ -327,6 +339,27 @@ def _is_configurable(tp: Any) -> bool:
 
 def _complete_value(tp: Any, value: Any, path: str) -> Any:
     """Check `value` against the annotation `tp`; return it with defaults filled."""
+    # The plain scalar types first: they are most of a config's fields.
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong_type(path, "float", value)
+        if not math.isfinite(value):  # NaN != NaN: such runs could never be grouped
+            raise ConfigError(path, f"must be a finite number, got {value}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise _wrong_type(path, "int", value)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _wrong_type(path, "str", value)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _wrong_type(path, "bool", value)
+        return value
     if tp is Any or tp is object or tp is inspect.Parameter.empty:
         return json_like(value, path)
     if _is_configurable(tp):
@@ -338,26 +371,6 @@ def _complete_value(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         if value not in args:
             raise _mismatch(path, f"must be one of {list(args)}, got {_show(value)}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _wrong_type(path, "bool", value)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise _wrong_type(path, "int", value)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _wrong_type(path, "float", value)
-        if not math.isfinite(value):  # NaN != NaN: such runs could never be grouped
-            raise ConfigError(path, f"must be a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _wrong_type(path, "str", value)
         return value
     if tp in (list, tuple) or origin in (list, tuple, Sequence, typing.Sequence):
         if not isinstance(value, (list, tuple)):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -161,7 +160,7 @@ class RunQueue:
         """Validate `confs` (`configs` of them) x seeds, leave out duplicates and queue
         the rest in batches, with a progress bar when asked (by default from 1,000
         runs on: a grid that size takes seconds)."""
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         from tqdm.auto import tqdm
 
@@ -172,10 +171,19 @@ class RunQueue:
         keys: list[tuple[str, ...]] = []
         with tqdm(total=runs, disable=not show, desc="checking configs", unit="run") as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="hse-submit") as pool:
-            # Existing runs are looked up a batch at a time while the next configs are
-            # checked (the server's time and ours overlap); nothing is written until
-            # every config is valid.
-            lookups, looked_up = [], 0
+            # Runs stored already: when the task has no more of them than this submit
+            # has fingerprints, theirs are read whole in one query (a first grid of a
+            # task costs next to nothing); otherwise they are looked up a batch at a
+            # time. Either way the server works while the next configs are checked,
+            # and nothing is written until every config is valid.
+            lookups: list[Future[dict[str, str] | None]] = [] if force else [pool.submit(
+                self.store.task_fingerprints, self.study, task.name, _DUPLICATE_OF, 2 * runs)]
+
+            def existing(batch: list[tuple[str, ...]]) -> dict[str, str] | None:
+                # after the whole read (one thread runs them in turn): None, too many
+                return self._existing(batch) if lookups[0].result() is None else {}
+
+            looked_up = 0
             for doc, doc_keys, _ in self._documents(
                     task, confs, seeds=seeds, priority=priority, max_attempts=max_attempts,
                     max_runtime=max_runtime, gpus=gpus, tags=tags, tuning=tuning, extra=extra):
@@ -183,13 +191,13 @@ class RunQueue:
                 keys.append(doc_keys)
                 bar.update(1)
                 if not force and len(keys) - looked_up >= _SUBMIT_BATCH:
-                    lookups.append(pool.submit(self._existing, keys[looked_up:]))
+                    lookups.append(pool.submit(existing, keys[looked_up:]))
                     looked_up = len(keys)
             if not force and len(keys) > looked_up:
-                lookups.append(pool.submit(self._existing, keys[looked_up:]))
+                lookups.append(pool.submit(existing, keys[looked_up:]))
             known: dict[str, str] = {}
             for lookup in lookups:
-                known.update(lookup.result())
+                known.update(lookup.result() or {})
             kept = self._skip_duplicates(docs, keys, None if force else known)
             del docs, keys
             bar.reset(total=len(kept))
@@ -271,7 +279,7 @@ class RunQueue:
         """Which of the fingerprints in `keys` belong to runs QUEUED, RUNNING or
         COMPLETED in the Study: fingerprint -> run id."""
         return self.store.find_fingerprints(self.study, (k for ks in keys for k in ks),
-                                            (QUEUED, RUNNING, COMPLETED))
+                                            _DUPLICATE_OF)
 
     def _skip_duplicates(self, docs: list[dict[str, Any]], keys: list[tuple[str, ...]],
                          known: dict[str, str] | None) -> list[dict[str, Any]]:
@@ -858,7 +866,9 @@ def run_fingerprints(task: str, config: Mapping[str, Any], seeds: Sequence[int])
             for seed in seeds]
 
 
-_dumps = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+# One encoder for every fingerprint: json.dumps with options builds a new one per call,
+# which costs as much as encoding a small config (a grid fingerprints each of its runs).
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def _canonical(value: Any) -> Any:
@@ -907,6 +917,7 @@ def _run_error(doc: Mapping[str, Any], sacred: Mapping[str, Any] | None) -> str 
 
 
 _PROGRESS_RUNS = 1000  # runs from which a submit shows a progress bar by default
+_DUPLICATE_OF = (QUEUED, RUNNING, COMPLETED)  # a new run equal to one of these is skipped
 _SUBMIT_BATCH = 5000  # runs queued per call of Storage.enqueue (the bar moves between)
 _RESULTS_CACHE_RUNS = 200_000  # runs whose documents `results` keeps for the next call
 _HERE_LEASE_S = 60.0  # run_here's lease, renewed every 10 s by a thread

@@ -302,6 +302,22 @@ def test_duplicates_are_skipped_and_reported(q, raw):
     assert len(set(fingerprints.values())) == 3 + 1 + 1 + 1 + 4
 
 
+def test_duplicates_are_found_whether_the_task_is_read_whole_or_looked_up(q, monkeypatch):
+    lookups = []
+    find = q.store.find_fingerprints
+    monkeypatch.setattr(q.store, "find_fingerprints",
+                        lambda *a: lookups.append(1) or find(*a))
+    first = q.submit_grid("toy", LINEAR, {"epochs": [1, 2, 3, 4, 5, 6]})
+    assert len(first) == 6 and lookups == []  # an empty task: read whole, nothing found
+    # fewer new runs than the task has: their fingerprints are looked up
+    assert q.submit("toy", {**LINEAR, "epochs": 2}) == [] and q.last_skipped == [first[1]]
+    assert lookups == [1]
+    lookups.clear()
+    # more: the task's runs are read whole; the same answer
+    grid = q.submit_grid("toy", LINEAR, {"epochs": list(range(1, 11))})
+    assert len(grid) == 4 and q.last_skipped == first and lookups == []
+
+
 def test_only_queued_running_and_completed_runs_count_as_duplicates(q, raw, tmp_path,
                                                                     mongo_uri, db_name):
     done = q.submit("noop", {}, seeds=2)

@@ -360,6 +360,22 @@ def test_find_fingerprints_in_batches_over_both_collections(store, raw, monkeypa
     assert store.find_fingerprints("s", [], [QUEUED]) == {}
 
 
+def test_task_fingerprints_reads_a_task_whole_up_to_a_bound(store):
+    ids = store.enqueue([queued(fingerprint=f"f{i}") for i in range(4)]
+                        + [queued(task="u", fingerprint="g"), queued(study="o", fingerprint="h"),
+                           queued(fingerprint=None)])
+    doc = store.claim("s", ["t"], "w1", 60)
+    store.finish(doc["_id"], doc["token"], FAILED, {})
+    assert store.sweep_finished() == 1
+    active = [QUEUED, RUNNING, COMPLETED]
+    expected = {f"f{i}": ids[i] for i in range(4) if ids[i] != doc["_id"]}
+    assert store.task_fingerprints("s", "t", active, at_most=5) == expected
+    assert store.task_fingerprints("s", "t", [FAILED], 5) == {doc["fingerprint"]: doc["_id"]}
+    assert store.task_fingerprints("s", "none", active, 0) == {}
+    # more runs of the task than at_most in the queue (4): None, look them up instead
+    assert store.task_fingerprints("s", "t", active, 3) is None
+
+
 # ------------------------------------------------------------------ Sacred ids
 def test_reserve_sacred_ids_gives_consecutive_non_overlapping_ranges(store):
     ranges = [store.reserve_sacred_ids(n) for n in (1, 8, 3, 8, 1, 5)]

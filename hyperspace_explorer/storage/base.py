@@ -380,6 +380,13 @@ class Storage(abc.ABC):
         `fingerprint` is among `fingerprints` (one run id each), looked up in batches."""
 
     @abc.abstractmethod
+    def task_fingerprints(self, study: str, task: str, statuses: Sequence[Status],
+                          at_most: int) -> dict[str, str] | None:
+        """{fingerprint: run id} of every run of `study`'s `task` in one of `statuses`,
+        read whole; None when the queue or the archive holds more than `at_most` runs
+        of the task (then looking fingerprints up is the cheaper way)."""
+
+    @abc.abstractmethod
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
         """Cancel matching QUEUED runs now and flag RUNNING ones for their worker;
         (cancelled now, flagged)."""

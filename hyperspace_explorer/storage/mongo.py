@@ -703,6 +703,22 @@ class MongoStorage(Storage):
         return found
 
     @_translated
+    def task_fingerprints(self, study: str, task: str, statuses: Sequence[Status],
+                          at_most: int) -> dict[str, str] | None:
+        values = {Status(s).value for s in statuses}
+        found: dict[str, str] = {}
+        # The queue first: a run in both places (a requeue cut short) is the queue's.
+        for coll in (self._queue, self._done):  # one bounded read of each's task index
+            runs = list(coll.find({"study": study, "task": task}, {"fingerprint": 1, "status": 1})
+                        .limit(at_most + 1))
+            if len(runs) > at_most:
+                return None
+            for doc in runs:
+                if isinstance(doc.get("fingerprint"), str) and doc.get("status") in values:
+                    found.setdefault(doc["fingerprint"], doc["_id"])
+        return found
+
+    @_translated
     def request_cancel(self, runs: RunFilter) -> tuple[int, int]:
         base = _match(runs)
         # By id, so that the cancelled runs are archived by id too (one read of the
