@@ -207,7 +207,9 @@ def _factorize(column: pd.Series) -> tuple[np.ndarray, int]:
     configuration has no such parameter) and an explicit None are values of their own,
     distinct from each other; lists compare as tuples."""
     if column.dtype == object:
-        column = column.map(_group_key)
+        # Rows of one config share its value objects: each is made hashable once.
+        keys: dict[int, object] = {}
+        column = column.map(lambda v: keys.get(id(v)) or keys.setdefault(id(v), _group_key(v)))
     codes, uniques = pd.factorize(column, use_na_sentinel=False)
     return np.asarray(codes, dtype=np.int64), len(uniques)
 

@@ -23,6 +23,10 @@ _FIXED = ["run_id", "sacred_id", "task", "status", "reason", "seed", "queued_at"
           "start_time", "stop_time", "duration", "host", "code_version", "attempt", "error"]
 
 
+# One encoder for every run's config key (json.dumps with options builds one per call).
+_CONFIG_KEY = json.JSONEncoder(sort_keys=True, default=repr).encode
+
+
 def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | None = None,
                   tasks_dir: str | Path | None = None,
                   docs: Iterable[dict[str, Any]] | None = None, memo: RowMemo | None = None):
@@ -74,7 +78,7 @@ def results_frame(store: Storage, runs: RunFilter, *, study_dir: str | Path | No
             warnings.warn(message, stacklevel=2)
     if not rows:
         return pd.DataFrame(columns=_FIXED)
-    frame = pd.DataFrame.from_records(rows, exclude=["_class"])
+    frame = pd.DataFrame.from_records(rows, exclude=["_class", "_config"])
     _keep_stored_config_values(frame, rows)
     for col in ("queued_at", "start_time", "stop_time"):
         frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="s",
@@ -89,12 +93,14 @@ def _keep_stored_config_values(frame, rows: list[dict[str, Any]]) -> None:
     """Config columns hold the values as stored. pandas turns an explicit None into NaN
     (the mark of a parameter the config does not have) and ints next to missing values
     into floats (20 -> 20.0); such columns are rebuilt as object columns: None stays
-    None, ints stay ints, NaN only where the config lacks the key."""
+    None, ints stay ints, NaN only where the config lacks the key. The values are
+    looked at once per distinct config (the rows' `_config`), not once per run."""
     import numpy as np
     import pandas as pd
 
+    configs = list({id(r["_config"]): r["_config"] for r in rows}.values())
     for col in [c for c in frame.columns if c.startswith("config.")]:
-        present = [r[col] for r in rows if col in r]
+        present = [config[col] for config in configs if col in config]
         has_none = any(v is None for v in present)
         has_int = frame[col].dtype.kind == "f" and any(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present)
@@ -123,9 +129,10 @@ def _row(doc: dict[str, Any], completers: _Completers) -> dict[str, Any]:
         "stop_time": doc.get("ended_at"), "duration": doc.get("duration"),
         "host": doc.get("host"), "attempt": doc.get("attempt"), "error": doc.get("error"),
         "code_version": f"{commit}{'+dirty' if version.get('dirty') else ''}" if commit else None,
-        "_class": class_name,  # for `RowMemo` reuse; not a column
+        "_class": class_name,  # for `RowMemo` reuse; not a column (nor is `_config`)
     }
-    row.update(completers.columns(class_name, doc.get("config") or {}))
+    row["_config"] = columns = completers.columns(class_name, doc.get("config") or {})
+    row.update(columns)
     metrics = doc.get("metrics")
     if isinstance(metrics, dict):
         row.update({f"metrics.{k}": v for k, v in metrics.items()})
@@ -160,7 +167,7 @@ class _Completers:
         """The `config.*` columns of a stored config, completed with today's defaults:
         worked out once per distinct config (a task has thousands of runs and a few
         dozen configs)."""
-        key = (class_name, json.dumps(config, sort_keys=True, default=repr))
+        key = (class_name, _CONFIG_KEY(config))
         columns = self.seen.get(key)
         if columns is None:
             complete = self(class_name) if isinstance(class_name, str) else None
