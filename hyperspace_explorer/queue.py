@@ -47,7 +47,7 @@ from .status import (
     Status,
     parse_statuses,
 )
-from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, connect, new_run_id, now_ts
+from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, bulk_objects, connect, new_run_id, now_ts
 from .study import find_study, source_digest, study_root
 from .task import Task, load_task, task_names
 
@@ -169,8 +169,8 @@ class RunQueue:
         show = runs >= _PROGRESS_RUNS if progress is None else bool(progress)
         docs: list[dict[str, Any]] = []
         keys: list[tuple[str, ...]] = []
-        with tqdm(total=runs, disable=not show, desc="checking configs", unit="run") as bar, \
-                ThreadPoolExecutor(1, thread_name_prefix="hse-submit") as pool:
+        with bulk_objects(), ThreadPoolExecutor(1, thread_name_prefix="hse-submit") as pool, \
+                tqdm(total=runs, disable=not show, desc="checking configs", unit="run") as bar:
             # Runs stored already: when the task has no more of them than this submit
             # has fingerprints, theirs are read whole in one query (a first grid of a
             # task costs next to nothing); otherwise they are looked up a batch at a
