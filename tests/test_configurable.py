@@ -110,6 +110,24 @@ def test_registered_classes_respect_the_base_and_abstract_markers():
     assert resolve_class(Model, "Forest") is Forest
 
 
+def test_a_class_defined_after_a_lookup_is_found_and_callers_cannot_change_the_choices():
+    @dataclass
+    class CfgLateBase(Configurable):
+        __abstract_config__ = True
+
+    with pytest.raises(ConfigError, match="unknown className 'CfgLate'"):
+        resolve_class(CfgLateBase, "CfgLate")  # the choices of this base, now cached
+
+    @dataclass
+    class CfgLate(CfgLateBase):
+        x: int = 1
+
+    assert resolve_class(CfgLateBase, "CfgLate") is CfgLate
+    choices = registered_classes(CfgLateBase)
+    choices.clear()  # a caller's copy
+    assert registered_classes(CfgLateBase) == {"CfgLate": CfgLate}
+
+
 # ------------------------------------------------------------------ completion
 def test_complete_run_config_fills_every_default():
     full = ToyScenario.complete_run_config({"model": {"className": "Linear"}})
