@@ -22,7 +22,6 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from pymongo import MongoClient
@@ -89,36 +88,35 @@ def submit_vs_insert(uri: str, n: int, repeat: int) -> dict[str, Any]:
     grid = {"model.lr": [i / n for i in range(n)]}
     out: dict[str, Any] = {"submit": [], "insert": []}
 
-    def timed(action: Callable[[], Any]) -> float:
+    def submit(configs: dict[str, list[float]]) -> tuple[list[str], float]:
         t = time.perf_counter()
-        action()
-        return time.perf_counter() - t
+        ids = q.submit_grid("toy", base, configs, progress=False)
+        return ids, time.perf_counter() - t
 
     def insert(docs: list[dict[str, Any]], indexed: bool) -> float:
         q.store.drop_database()
         if indexed:
             q.store.ensure_indexes()
         with bulk_objects():  # as submit_grid does: Python's collector not in the figure
-            return timed(lambda: [raw.hse_queue.insert_many(docs[i:i + 5000])
-                                  for i in range(0, n, 5000)])
+            t = time.perf_counter()
+            for i in range(0, n, 5000):
+                raw.hse_queue.insert_many(docs[i:i + 5000])
+            return time.perf_counter() - t
 
     try:
         for round_ in range(repeat):
             q.store.drop_database()
             q.store.ensure_indexes()  # as a RunQueue finds a new database
-            ids: list[str] = []
-            out["submit"].append(timed(
-                lambda: ids.extend(q.submit_grid("toy", base, grid, progress=False))))
+            ids, took = submit(grid)
             assert len(ids) == n
+            out["submit"].append(took)
             docs = list(raw.hse_queue.find({}))  # the documents it queued
             if round_ == 0:
-                again: list[str] = []
-                out["again"] = timed(
-                    lambda: again.extend(q.submit_grid("toy", base, grid, progress=False)))
+                again, out["again"] = submit(grid)
                 assert again == []
                 beside = {"model.lr": [1 + i / n for i in range(max(n // 100, 1))]}
-                out["looked_up"] = timed(
-                    lambda: q.submit_grid("toy", base, beside, progress=False))
+                ids, out["looked_up"] = submit(beside)
+                assert len(ids) == len(beside["model.lr"])
                 out["bare"] = insert(docs, indexed=False)
             out["insert"].append(insert(docs, indexed=True))
         return out

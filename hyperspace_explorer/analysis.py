@@ -207,9 +207,16 @@ def _factorize(column: pd.Series) -> tuple[np.ndarray, int]:
     configuration has no such parameter) and an explicit None are values of their own,
     distinct from each other; lists compare as tuples."""
     if column.dtype == object:
-        # Rows of one config share its value objects: each is made hashable once.
+        # Rows of one config share its value objects: each is made hashable once (the
+        # column holds them all, so no id is reused meanwhile).
         keys: dict[int, object] = {}
-        column = column.map(lambda v: keys.get(id(v)) or keys.setdefault(id(v), _group_key(v)))
+
+        def key(value: object) -> object:
+            if id(value) not in keys:
+                keys[id(value)] = _group_key(value)
+            return keys[id(value)]
+
+        column = column.map(key)
     codes, uniques = pd.factorize(column, use_na_sentinel=False)
     return np.asarray(codes, dtype=np.int64), len(uniques)
 
