@@ -171,6 +171,19 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def children_run_queue_seconds(pid: int) -> dict[int, float]:
+    """{child pid: seconds its main thread spent runnable but waiting for a CPU} of each
+    live child of process `pid` (a worker's runners), from /proc/PID/schedstat."""
+    waits: dict[int, float] = {}
+    for child, parent in _parents().items():
+        if parent == pid:
+            try:
+                waits[child] = int(Path(f"/proc/{child}/schedstat").read_text().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+    return waits
+
+
 def server_pid() -> int:
     """The pid of the nx-27017 server that `embedded_server` started in this process."""
     for pid, parent in _parents().items():

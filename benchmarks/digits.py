@@ -15,7 +15,9 @@ R ratios of each worker measurement to the loop measured just before it, which a
 or busy spell of a shared machine on one side only moves less.
 
 `--blas-threads N` sets the thread variables (`worker.THREAD_VARIABLES`) for both sides (default: left as
-the environment has them, as a user would run).
+the environment has them, as a user would run). The loop keeps OpenBLAS's spin after each
+call (about 0.1 s) unless the environment sets `OPENBLAS_THREAD_TIMEOUT`; the worker's runs
+get the worker's own setting (`worker.OPENBLAS_SPIN`), as any worker's runs do.
 
 `--concurrency N` runs N runs at once in each worker; above 1 it also measures the same
 workers with `--threads-per-run` set to the CPU count, each run then starting a thread
@@ -24,8 +26,10 @@ CPUs / N), and prints the ratio.
 
 `--cpu` also prints the CPU time per run of each process involved: the loop's process
 beside the runs' processes under the worker, the worker itself and the database server
-(the workers then get one warm-up run first, not counted). On a machine with few cores,
-what the worker and the server spend is taken from the runs.
+(the workers then get one warm-up run first, not counted), and how long the run's own
+thread waited for a CPU (runnable, not running: /proc/PID/schedstat), in the loop and in
+the worker's runner. On a machine with few cores, what the worker and the server spend
+is taken from the runs.
 
 With one worker it also prints how much of the worker's time falls outside the runs
 (first start to last end, less each run's Sacred start -> stop): what the worker itself
@@ -40,11 +44,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 
 from _common import (
     DIGITS_STUDY,
     DIGITS_TASKS,
+    children_run_queue_seconds,
     cpu_seconds,
     embedded_server,
     run_python,
@@ -56,7 +62,7 @@ from _common import (
     workers,
 )
 
-from hyperspace_explorer.worker import limit_run_threads, usable_cpus
+from hyperspace_explorer.worker import THREAD_VARIABLES, usable_cpus
 
 TARGET_PCT = 5.0
 CONFIGS = [{"model": {"className": "LogisticModel", "C": c}} for c in (0.1, 1.0, 10.0)] + [
@@ -74,23 +80,31 @@ load_scenarios(STUDY)
 task = load_task(TASKS, "digits")
 cls = resolve_class(Scenario, task.scenario_class_name, "Scenario")
 runs = json.loads(RUNS)
-t, cpu = time.perf_counter(), time.process_time()
+
+
+def waited():  # seconds this thread was runnable but waiting for a CPU
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+t, cpu, wait = time.perf_counter(), time.process_time(), waited()
 for conf, seed in runs:
     scenario = cls.from_config(task.scenario, "Scenario")
     scenario.run_seed = seed
     params = cls.complete_run_config(conf)
     seed_everything(seed)
     normalize_metrics(scenario.single_run(params), task.metric)
-print(time.perf_counter() - t, time.process_time() - cpu)
+print(time.perf_counter() - t, time.process_time() - cpu, waited() - wait)
 """
 
 
-def loop_seconds(runs: list[tuple[dict, int]]) -> tuple[float, float]:
-    """Wall and CPU seconds (all threads of its process) of the plain loop."""
+def loop_seconds(runs: list[tuple[dict, int]]) -> tuple[float, float, float]:
+    """Wall and CPU seconds (all threads of its process) of the plain loop, and the
+    seconds its thread waited for a CPU."""
     code = (LOOP.replace("STUDY", repr(str(DIGITS_STUDY))).replace("TASKS", repr(str(DIGITS_TASKS)))
             .replace("RUNS", repr(json.dumps(runs))))
-    wall, cpu = run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1].split()
-    return float(wall), float(cpu)
+    wall, cpu, wait = run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1].split()
+    return float(wall), float(cpu), float(wait)
 
 
 def run_times(q, ids: list[str]) -> list[tuple[float, float, float, float]]:
@@ -128,18 +142,23 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
     time); `extra`: options of the workers. With `cpu`, the workers first run one
     warm-up run, and the CPU seconds the runs then cost each process are appended to
     `cpu["server"]`, `cpu["workers"]` (without their runners) and `cpu["runs"]` (the
-    runners)."""
+    runners), and the seconds the runners' own threads waited for a CPU to
+    `cpu["waits"]`."""
     with scratch_queue(uri, f"bench_digits_{attempt}", DIGITS_STUDY, DIGITS_TASKS) as q, \
             workers(uri, q.store.db_name, k, *extra, study=DIGITS_STUDY,
                     tasks=DIGITS_TASKS) as procs:
         if cpu is not None:
             wait_done(q, q.submit("digits", CONFIGS[0], seeds=k, force=True), poll=0.2)
-            before = _cpu_split([p.pid for p in procs])
+            before, waits_before = _cpu_split([p.pid for p in procs])
         ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
         wait_done(q, ids, poll=1.0)
         if cpu is not None:
-            for name, after in _cpu_split([p.pid for p in procs]).items():
-                cpu.setdefault(name, []).append(after - before[name])
+            after, waits = _cpu_split([p.pid for p in procs])
+            for name, seconds in after.items():
+                cpu.setdefault(name, []).append(seconds - before[name])
+            # a runner forked since counts from 0
+            cpu.setdefault("waits", []).append(sum(
+                wait - waits_before.get(runner, 0.0) for runner, wait in waits.items()))
         times = run_times(q, ids)
         if show_timeline:
             print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(times)}")
@@ -147,11 +166,14 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
         return total, total - sum(stop - start for _, start, stop, _ in times)
 
 
-def _cpu_split(pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the server, of the workers `pids` alone and of their runners."""
+def _cpu_split(pids: list[int]) -> tuple[dict[str, float], dict[int, float]]:
+    """CPU seconds so far of the server, of the workers `pids` alone and of their
+    runners; and {runner pid: seconds its main thread waited for a CPU}."""
     trees = sum(cpu_seconds(pid) for pid in pids)
     own = sum(cpu_seconds(pid, descendants=False) for pid in pids)
-    return {"server": cpu_seconds(server_pid()), "workers": own, "runs": trees - own}
+    waits = {child: wait for pid in pids
+             for child, wait in children_run_queue_seconds(pid).items()}
+    return {"server": cpu_seconds(server_pid()), "workers": own, "runs": trees - own}, waits
 
 
 def main() -> None:
@@ -170,7 +192,7 @@ def main() -> None:
                         help="also print the CPU time per run of each process involved")
     args = parser.parse_args()
     if args.blas_threads is not None:  # inherited by the loop's process and the workers
-        limit_run_threads(1, args.blas_threads)
+        os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(args.blas_threads)))
     runs = [(conf, seed) for conf in CONFIGS for seed in range(args.seeds)]  # task seed 0
     loops, under, whole = [], [], []
     cpu: dict[str, list[float]] | None = {} if args.cpu else None
@@ -184,13 +206,13 @@ def main() -> None:
             if args.concurrency > 1:
                 whole.append(worker_seconds(uri, args.seeds, args.workers, attempt,
                                             extra=whole_pools)[0])
-    (loop, _), (worker, outside) = min(loops), min(under)
+    (loop, _, _), (worker, outside) = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
     print(f"{len(runs)} digits runs ({len(CONFIGS)} configs x {args.seeds} seeds), best of "
           f"{args.repeat}, BLAS threads: {threads}:")
     print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
-          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in loops)})")
+          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _, _ in loops)})")
     at_once = f" x {args.concurrency} runs at once" if args.concurrency > 1 else ""
     print(f"  {args.workers} worker(s){at_once}, first start to last end:            {worker:.2f} s "
           f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in under)})")
@@ -203,9 +225,11 @@ def main() -> None:
             return f"{statistics.median(seconds) / len(runs) * 1000:.1f} ms"
 
         print(f"  CPU per run (medians of {args.repeat}; all threads): loop "
-              f"{per_run([c for _, c in loops])}; under the worker: the runs "
+              f"{per_run([c for _, c, _ in loops])}; under the worker: the runs "
               f"{per_run(cpu['runs'])}, the worker(s) {per_run(cpu['workers'])}, the database "
               f"server {per_run(cpu['server'])} ({usable_cpus()} usable CPUs)")
+        print(f"  waiting for a CPU per run (the run's own thread, medians): loop "
+              f"{per_run([w for _, _, w in loops])}; under the worker {per_run(cpu['waits'])}")
     if args.workers == 1 and args.concurrency == 1:
         print(f"    of which outside the runs' Sacred start -> stop: {outside * 1000:.0f} ms "
               f"({outside / loop * 100:.1f}% of the loop; the rest is the runs themselves)")
@@ -215,7 +239,7 @@ def main() -> None:
         print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
               f"{verdict(extra, TARGET_PCT)})")
     if args.repeat > 1:  # less sensitive to a quiet or busy spell on one side only
-        paired = statistics.median(w / lp - 1 for (lp, _), (w, _) in zip(loops, under)) * 100
+        paired = statistics.median(w / lp - 1 for (lp, _, _), (w, _) in zip(loops, under)) * 100
         print(f"  median of the {args.repeat} paired ratios (each worker measurement against "
               f"the loop measured just before it): {paired:+.1f}%")
 

@@ -8,7 +8,12 @@ import pytest
 from helpers import raw_db, start_worker, wait_for
 
 from hyperspace_explorer.errors import HSEError
-from hyperspace_explorer.worker import THREAD_VARIABLES, limit_run_threads, usable_cpus
+from hyperspace_explorer.worker import (
+    OPENBLAS_SPIN,
+    THREAD_VARIABLES,
+    limit_run_threads,
+    usable_cpus,
+)
 
 FAST = ("--interval", "0.05", "--heartbeat", "0.4", "--lease", "3")
 
@@ -72,7 +77,13 @@ def thread_pools(q, run_id):
     return json.loads(found.group(1)), json.loads(found.group(2))
 
 
-NO_THREAD_SETTINGS = dict.fromkeys(THREAD_VARIABLES)
+def idle_spin(q, run_id):
+    """The spin setting a run saw, and the CPU its idle OpenBLAS threads took (ms)."""
+    found = json.loads(re.search(r"spin (\{.*\})", captured_out(q, run_id)).group(1))
+    return found["OPENBLAS_THREAD_TIMEOUT"], found["idle_cpu_ms"]
+
+
+NO_THREAD_SETTINGS = {**dict.fromkeys(THREAD_VARIABLES), OPENBLAS_SPIN[0]: None}
 
 
 def test_concurrent_runs_share_the_cpus_instead_of_each_taking_them_all(
@@ -109,6 +120,25 @@ def test_threads_per_run_sets_every_pool_whatever_the_environment_says(
                                         "MKL_NUM_THREADS": "1"}, [1])
 
 
+def test_idle_blas_threads_of_runs_spin_briefly_unless_the_environment_says_otherwise(
+        q, procs, mongo_uri, db_name):
+    """OpenBLAS's helper threads spin for about 0.1 s after every call: a worker's runs
+    get a spin of 2**22 cycles (1-2 ms) where its environment sets none."""
+    short = run(q, "threads")
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1", env=NO_THREAD_SETTINGS)
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert idle_spin(q, short)[0] == OPENBLAS_SPIN[1] == "22"
+    kept = run(q, "threads")
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1",
+                          env={**NO_THREAD_SETTINGS, OPENBLAS_SPIN[0]: "28"})
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert idle_spin(q, kept)[0] == "28"
+    if max(thread_pools(q, short)[1]) > 1:  # a pool with helper threads: see them spin
+        assert idle_spin(q, short)[1] < 20 < 40 < idle_spin(q, kept)[1]
+
+
 def test_thread_limits_are_checked_before_anything_is_set():
     environ = {"OMP_NUM_THREADS": "4"}
     for concurrency, threads, option in ((0, None, "--concurrency"), (2, 0, "--threads-per-run"),
@@ -116,7 +146,11 @@ def test_thread_limits_are_checked_before_anything_is_set():
         with pytest.raises(HSEError, match=f"{option} must be a positive integer"):
             limit_run_threads(concurrency, threads, environ)
     assert environ == {"OMP_NUM_THREADS": "4"}
-    assert limit_run_threads(1, None, environ) == {} and environ == {"OMP_NUM_THREADS": "4"}
+    assert limit_run_threads(1, None, environ) == {"OPENBLAS_THREAD_TIMEOUT": "22"}
+    assert environ == {"OMP_NUM_THREADS": "4", "OPENBLAS_THREAD_TIMEOUT": "22"}
+    environ = {"OPENBLAS_THREAD_TIMEOUT": "28"}  # the environment's own spin is kept
+    assert limit_run_threads(2, 1, environ) == dict.fromkeys(THREAD_VARIABLES, "1")
+    assert environ["OPENBLAS_THREAD_TIMEOUT"] == "28"
 
 
 def test_tagged_runs_go_only_to_workers_with_those_tags(q, procs, mongo_uri, db_name):

@@ -100,7 +100,7 @@ def run_worker_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     if threads:
-        log.info("each run's OpenMP/BLAS pools: %s",
+        log.info("each run's OpenMP/BLAS settings: %s",
                  ", ".join(f"{name}={value}" for name, value in threads.items()))
     worker = Worker(args.tasks_dir, args.db_name, args.mongo_uri, study_dir=args.study_dir,
                     study=args.study, interval=args.interval, heartbeat=args.heartbeat,

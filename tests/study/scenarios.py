@@ -73,6 +73,15 @@ class ToyScenario(Scenario):
             names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
             print(f"threads {json.dumps({n: os.environ.get(n) for n in names})} "
                   f"openblas {json.dumps(blas)}", flush=True)
+            # The CPU that OpenBLAS's idle helper threads take after a call (the
+            # process's CPU time while its own thread sleeps 0.2 s).
+            matrix = np.ones((300, 300))
+            matrix @ matrix
+            cpu = time.process_time()
+            time.sleep(0.2)
+            spin = {"OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                    "idle_cpu_ms": (time.process_time() - cpu) * 1000}
+            print(f"spin {json.dumps(spin)}", flush=True)
         if behaviour == "spawn":  # leaves a process behind, as DataLoader workers can
             helper = subprocess.Popen(["sleep", "900"])
             print(f"spawned pid {helper.pid}", flush=True)
