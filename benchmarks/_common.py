@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -171,17 +172,40 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def children_run_queue_seconds(pid: int) -> dict[int, float]:
-    """{child pid: seconds its main thread spent runnable but waiting for a CPU} of each
-    live child of process `pid` (a worker's runners), from /proc/PID/schedstat."""
-    waits: dict[int, float] = {}
-    for child, parent in _parents().items():
-        if parent == pid:
-            try:
-                waits[child] = int(Path(f"/proc/{child}/schedstat").read_text().split()[1]) / 1e9
-            except (OSError, ValueError, IndexError):
-                continue  # ended meanwhile
-    return waits
+@contextlib.contextmanager
+def runners_cpu_wait(pids: Sequence[int], every_s: float = 0.02) -> Iterator[list[float]]:
+    """Seconds the main threads of the children of processes `pids` (a worker's
+    runners) spent runnable but waiting for a CPU (/proc/PID/schedstat) while the block
+    runs; the one-element list it yields holds the total once the block ended. A
+    worker replaces its runner when it goes idle, so the children are sampled every
+    `every_s` (from /proc/PID/task/*/children: cheap) and each one's last sample
+    counts, from 0 for a child forked meanwhile."""
+    def sample() -> dict[int, float]:
+        waits: dict[int, float] = {}
+        for pid in pids:
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError, ValueError, IndexError):  # ended meanwhile
+                    for child in children.read_text().split():
+                        stat = Path(f"/proc/{child}/schedstat").read_text()
+                        waits[int(child)] = int(stat.split()[1]) / 1e9
+        return waits
+
+    first, last, done = sample(), {}, threading.Event()
+
+    def sampling() -> None:
+        while not done.wait(every_s):
+            last.update(sample())
+
+    sampler = threading.Thread(target=sampling, daemon=True)
+    sampler.start()
+    total = [0.0]
+    try:
+        yield total
+    finally:
+        done.set()
+        sampler.join()
+        last.update(sample())
+        total[0] = sum(wait - first.get(child, 0.0) for child, wait in last.items())
 
 
 def server_pid() -> int:

@@ -50,7 +50,7 @@ import statistics
 from _common import (
     DIGITS_STUDY,
     DIGITS_TASKS,
-    children_run_queue_seconds,
+    runners_cpu_wait,
     cpu_seconds,
     embedded_server,
     run_python,
@@ -149,16 +149,15 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
                     tasks=DIGITS_TASKS) as procs:
         if cpu is not None:
             wait_done(q, q.submit("digits", CONFIGS[0], seeds=k, force=True), poll=0.2)
-            before, waits_before = _cpu_split([p.pid for p in procs])
-        ids = [i for conf in CONFIGS for i in q.submit("digits", conf, seeds=seeds, force=True)]
-        wait_done(q, ids, poll=1.0)
+            before = _cpu_split([p.pid for p in procs])
+        with runners_cpu_wait([p.pid for p in procs]) as waited:
+            ids = [i for conf in CONFIGS
+                   for i in q.submit("digits", conf, seeds=seeds, force=True)]
+            wait_done(q, ids, poll=1.0)
         if cpu is not None:
-            after, waits = _cpu_split([p.pid for p in procs])
-            for name, seconds in after.items():
-                cpu.setdefault(name, []).append(seconds - before[name])
-            # a runner forked since counts from 0
-            cpu.setdefault("waits", []).append(sum(
-                wait - waits_before.get(runner, 0.0) for runner, wait in waits.items()))
+            for name, after in _cpu_split([p.pid for p in procs]).items():
+                cpu.setdefault(name, []).append(after - before[name])
+            cpu.setdefault("waits", []).append(waited[0])
         times = run_times(q, ids)
         if show_timeline:
             print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(times)}")
@@ -166,14 +165,11 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
         return total, total - sum(stop - start for _, start, stop, _ in times)
 
 
-def _cpu_split(pids: list[int]) -> tuple[dict[str, float], dict[int, float]]:
-    """CPU seconds so far of the server, of the workers `pids` alone and of their
-    runners; and {runner pid: seconds its main thread waited for a CPU}."""
+def _cpu_split(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the server, of the workers `pids` alone and of their runners."""
     trees = sum(cpu_seconds(pid) for pid in pids)
     own = sum(cpu_seconds(pid, descendants=False) for pid in pids)
-    waits = {child: wait for pid in pids
-             for child, wait in children_run_queue_seconds(pid).items()}
-    return {"server": cpu_seconds(server_pid()), "workers": own, "runs": trees - own}, waits
+    return {"server": cpu_seconds(server_pid()), "workers": own, "runs": trees - own}
 
 
 def main() -> None:
