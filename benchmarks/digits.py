@@ -43,6 +43,7 @@ the server, on 2 cores). `--timeline` prints where a run's time goes under the w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -50,10 +51,10 @@ import statistics
 from _common import (
     DIGITS_STUDY,
     DIGITS_TASKS,
-    runners_cpu_wait,
     cpu_seconds,
     embedded_server,
     run_python,
+    runners_cpu_wait,
     scratch_queue,
     server_pid,
     span,
@@ -150,7 +151,9 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
         if cpu is not None:
             wait_done(q, q.submit("digits", CONFIGS[0], seeds=k, force=True), poll=0.2)
             before = _cpu_split([p.pid for p in procs])
-        with runners_cpu_wait([p.pid for p in procs]) as waited:
+        waiting = (runners_cpu_wait([p.pid for p in procs]) if cpu is not None
+                   else contextlib.nullcontext([0.0]))
+        with waiting as waited:
             ids = [i for conf in CONFIGS
                    for i in q.submit("digits", conf, seeds=seeds, force=True)]
             wait_done(q, ids, poll=1.0)
