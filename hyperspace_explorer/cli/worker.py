@@ -80,7 +80,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads of each run's OpenMP/BLAS pools (OMP_NUM_THREADS, "
                              "OPENBLAS_NUM_THREADS, MKL_NUM_THREADS...; default: the "
                              "environment's, and with --concurrency above 1, CPUs / "
-                             "concurrency for those it leaves unset)")
+                             "concurrency for those it leaves unset). Idle OpenBLAS "
+                             "threads of runs spin 1-2 ms (OPENBLAS_THREAD_TIMEOUT=22) "
+                             "unless the environment sets OPENBLAS_THREAD_TIMEOUT")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
