@@ -100,10 +100,10 @@ def limit_run_threads(concurrency: int, threads_per_run: int | None = None,
     machine with its worker (and, with the embedded server, the database), whose
     bookkeeping of each run then takes the CPU from the run's own thread rather than
     from a spinning one: on 2 cores the example Study's short runs waited 6.0-7.5 ms
-    each for a CPU, against 0.5-0.9 ms with a spin of 2**22 cycles (`benchmarks/
-    digits.py --cpu`). A BLAS call that comes more than that after the last one wakes
-    the pool (tens of microseconds). The spin is set only where the environment leaves
-    it unset.
+    each for a CPU, against 0.5-0.9 ms with a spin of 2**22 cycles
+    (`benchmarks/digits.py --cpu`). A BLAS call that comes more than that after the
+    last one wakes the pool (tens of microseconds). The spin is set only where the
+    environment leaves it unset.
 
     The libraries read the variables once, when they are loaded: the command-line
     worker calls this before it imports anything of the Study's (and its children
