@@ -184,8 +184,12 @@ def runners_cpu_wait(pids: Sequence[int], every_s: float = 0.02) -> Iterator[lis
         waits: dict[int, float] = {}
         for pid in pids:
             for children in Path(f"/proc/{pid}/task").glob("*/children"):
-                with contextlib.suppress(OSError, ValueError, IndexError):  # ended meanwhile
-                    for child in children.read_text().split():
+                try:
+                    listed = children.read_text().split()
+                except OSError:  # the thread ended meanwhile
+                    continue
+                for child in listed:
+                    with contextlib.suppress(OSError):  # the child ended meanwhile
                         stat = Path(f"/proc/{child}/schedstat").read_text()
                         waits[int(child)] = int(stat.split()[1]) / 1e9
         return waits
