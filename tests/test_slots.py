@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 
 import pytest
 from helpers import raw_db, start_worker, wait_for
@@ -30,6 +31,10 @@ def running_on(q, worker_pid):
 
 def captured_out(q, run_id):
     return q.store.sacred_run(q.get(run_id)["sacred_id"])["captured_out"]
+
+
+def records_of(q, run_id):
+    return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"status": 1}))
 
 
 def devices(q, run_id):
@@ -192,6 +197,43 @@ def test_a_run_claimed_ahead_goes_back_to_the_queue_when_the_current_run_is_long
     assert q.get(long_)["status"] == "RUNNING"
     q.cancel([long_])
     wait_for(lambda: q.get(long_)["status"] == "CANCELLED", 60, "the long run to stop")
+
+
+def test_a_run_offered_to_the_runner_and_given_back_meanwhile_is_not_started_by_it(
+        q, procs, mongo_uri, db_name, tmp_path):
+    """The runner is offered the run claimed ahead while its current run executes, and
+    prepares it once that run is over, but starts it only on the worker's word: a run
+    given back meanwhile (the current run lasted AHEAD_HOLD_S) is withdrawn, and the
+    same runner later takes it from the queue as any run."""
+    first = run(q, priority=3)
+    current = run(q, "pid", 2.5, priority=2)  # the slot claims ahead: its last run was short
+    offered = run(q, "pid", priority=1)
+    log = tmp_path / "worker.log"
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1", log=log)
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert f"run {offered}, claimed ahead, goes back" in log.read_text()
+    assert {q.get(i)["status"] for i in (first, current, offered)} == {"COMPLETED"}
+    assert q.get(offered)["attempt"] == 1  # the give-back was no attempt
+    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
+    assert captured_out(q, offered) == captured_out(q, current)  # "pid N": one runner
+
+
+def test_a_worker_asked_to_stop_withdraws_the_run_it_offered_the_runner(
+        q, procs, mongo_uri, db_name):
+    first = run(q, priority=3)
+    current = run(q, "sleep", 1.5, priority=2)
+    offered = run(q, priority=1)
+    worker = start_worker(mongo_uri, db_name, *FAST)
+    procs.append(worker)
+    wait_for(lambda: q.get(offered)["status"] == "RUNNING", 60,
+             "the slot to claim its next run ahead")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(120) == 0
+    assert q.get(first)["status"] == "COMPLETED" and q.get(current)["status"] == "COMPLETED"
+    doc = q.get(offered)
+    assert doc["status"] == "QUEUED" and doc["attempt"] == 0
+    assert records_of(q, offered) == []  # prepared in the runner, never started
 
 
 def test_a_run_claimed_ahead_records_when_it_really_started(q, procs, mongo_uri, db_name):

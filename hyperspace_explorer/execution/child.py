@@ -86,14 +86,26 @@ def _is_pruned(exc: BaseException) -> bool:
     return isinstance(exc, Pruned) or type(exc).__name__ == "TrialPruned"
 
 
+@dataclasses.dataclass
+class NextRun:
+    """The run a worker claimed ahead, sent while the current one executes: the child
+    prepares it once the current run is over, while the worker decides, and starts it
+    only when the worker then says "go" ("withdraw": it was not started)."""
+
+    spec: RunSpec
+
+
 class Pipe:
     """The child's end of the pipe to its worker. The run's thread and Sacred's
     heartbeat thread both send: one message at a time, or the bytes of two large
-    messages could interleave. Only the run's thread reads answers."""
+    messages could interleave. Only the run's thread reads: answers during a run, the
+    next run between runs (a `NextRun` that arrives while a run waits for an answer is
+    kept for then)."""
 
     def __init__(self, conn: multiprocessing.connection.Connection):
         self.conn = conn
         self._lock = threading.Lock()
+        self._held: list[NextRun] = []
 
     def send(self, *event: Any) -> None:
         with self._lock:
@@ -102,7 +114,13 @@ class Pipe:
     def ask(self, *event: Any) -> Any:
         """Send, then wait for the worker's answer."""
         self.send(*event)
-        return self.conn.recv()
+        while isinstance(answer := self.conn.recv(), NextRun):
+            self._held.append(answer)
+        return answer
+
+    def recv(self) -> Any:
+        """The worker's next word between runs."""
+        return self._held.pop(0) if self._held else self.conn.recv()
 
 
 class PipeTuning:
@@ -265,7 +283,9 @@ def child_main(conn: multiprocessing.connection.Connection,
     """Body of the forked child: wait for a RunSpec, run its Sacred experiment, report
     ("idle", reusable) and wait for the next, until the worker closes the pipe or a run
     leaves something behind. Children are forked before their first run is known, so
-    they get each spec over the pipe rather than at fork time."""
+    they get each spec over the pipe rather than at fork time. A `NextRun` is prepared
+    before the worker's word on it arrives: between two short runs, the round trip to
+    the worker then hides behind the preparation instead of adding to it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to decide
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setpgid(0, 0)  # our own process group: the run's processes die together
@@ -274,12 +294,24 @@ def child_main(conn: multiprocessing.connection.Connection,
     worker_end.close()  # else closing it in the worker would not reach us as EOF
     pipe = Pipe(conn)
     heartbeats = Heartbeats()
+
+    def prepare(spec: RunSpec) -> Attempt:
+        os.environ.update(spec.env)  # before user code can initialise CUDA
+        return Attempt(spec, experiments[spec.task.name], pipe, heartbeats)
+
     while True:
         try:
-            spec: RunSpec = conn.recv()
+            word = pipe.recv()
+            if isinstance(word, NextRun):  # prepared while the worker decides
+                attempt = prepare(word.spec)
+                if pipe.recv() != "go":
+                    attempt.discard()
+                    continue
+            else:
+                attempt = prepare(word)
         except (EOFError, OSError):
             os._exit(0)  # the worker let this runner go
-        reusable = _run_logged(spec, experiments[spec.task.name], pipe, heartbeats)
+        reusable = _run_logged(attempt, heartbeats)
         try:
             pipe.send("idle", reusable)
         except OSError:
@@ -288,10 +320,10 @@ def child_main(conn: multiprocessing.connection.Connection,
             os._exit(0)
 
 
-def _run_logged(spec: RunSpec, ex: Experiment, pipe: Pipe, heartbeats: Heartbeats) -> bool:
+def _run_logged(attempt: Attempt, heartbeats: Heartbeats) -> bool:
     """One attempt, its output in its log file; whether this process may run another
     (the run left no process and no thread behind)."""
-    os.environ.update(spec.env)  # before user code can initialise CUDA
+    spec = attempt.spec
     try:
         fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -305,7 +337,7 @@ def _run_logged(spec: RunSpec, ex: Experiment, pipe: Pipe, heartbeats: Heartbeat
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     faulthandler.enable(file=sys.stderr)  # a segfault leaves a traceback in the log
     try:
-        run_attempt(spec, ex, pipe, heartbeats)
+        attempt.start()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -335,20 +367,40 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any,
                 heartbeats: Heartbeats | None = None) -> BaseException | None:
     """Run one attempt of `spec` under Sacred in this process, every event going to
     `pipe`; returns what the run raised (already reported as an "error"), else None.
-    The worker's child calls it after isolating itself, with its `heartbeats`;
     `RunQueue.run_here` calls it in the notebook's own process (Sacred's heartbeat
-    thread then), so the same code runs a run in both places."""
-    # The Experiment serves every run of its task in this process: what this run adds
-    # to it (its config, its main function) is taken out again in `finally`.
-    configs, functions = len(ex.configurations), len(ex.captured_functions)
-    try:
-        scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name, "Scenario")
-        scenario = scenario_cls.from_config(spec.task.scenario, "Scenario")
-        params = copy.deepcopy(spec.config)
-        metric = spec.task.metric
+    thread then); the worker's child runs its `Attempt`s after isolating itself, with
+    its `heartbeats`, so the same code runs a run in both places."""
+    return Attempt(spec, ex, pipe, heartbeats).start()
 
-        scenario.run_seed = spec.seed
-        metrics: dict[str, float] = {}  # every metric the run returned
+
+class Attempt:
+    """One attempt of a run in this process, prepared before it starts: its Sacred run
+    created (config checks, seeds: about a millisecond), which the child does while
+    its worker decides whether to start it (`NextRun`). Preparing runs no user code
+    and sends nothing: a prepared attempt that is discarded leaves no trace. The
+    Scenario is built when the attempt starts, with the run's environment and log."""
+
+    _scenario: Scenario  # built by `start`
+
+    def __init__(self, spec: RunSpec, ex: Experiment, pipe: Pipe | Any,
+                 heartbeats: Heartbeats | None = None):
+        self.spec, self.ex, self.pipe = spec, ex, pipe
+        # The Experiment serves every run of its task in this process: what this run
+        # adds to it (its config, its main function) is taken out again by `discard`.
+        self._added = len(ex.configurations), len(ex.captured_functions)
+        self.metrics: dict[str, float] = {}  # every metric the run returned
+        self._run: Any = None
+        self._failed: BaseException | None = None  # raised while preparing: at start
+        try:
+            self._prepare(heartbeats)
+        except BaseException as exc:  # noqa: BLE001 - reported if it is started
+            self._failed = exc
+
+    def _prepare(self, heartbeats: Heartbeats | None) -> None:
+        spec, ex, pipe, metric = self.spec, self.ex, self.pipe, self.spec.task.metric
+        self._scenario_cls = resolve_class(Scenario, spec.task.scenario_class_name,
+                                           "Scenario")
+        params = copy.deepcopy(spec.config)
 
         @ex.main
         def hse_run(_run):  # Sacred injects the run object
@@ -356,48 +408,62 @@ def run_attempt(spec: RunSpec, ex: Experiment, pipe: Pipe | Any,
             _SACRED_RUN.append(_run)
             seed_everything(spec.seed)
             try:
-                result = scenario.single_run(params)
+                result = self._scenario.single_run(params)
             except BaseException as exc:
                 if _is_pruned(exc):
                     raise PrunedInterrupt(str(exc) or "pruned") from exc
                 raise
             finally:
                 _SACRED_RUN.remove(_run)
-            metrics.update(normalize_metrics(result, metric))
+            self.metrics.update(normalize_metrics(result, metric))
             # Sacred's `result` is the main metric, a number that Omniboard sorts and
             # incense projects; the record keeps them all in its info.
-            _run.info["metrics_values"] = dict(metrics)
-            return metrics[metric]
-
-        _TUNING[:] = [PipeTuning(pipe, metric)]
-        _CHECKPOINTS[:] = [PipeCheckpoints(pipe, spec.checkpoint)]
+            _run.info["metrics_values"] = dict(self.metrics)
+            return self.metrics[metric]
 
         ex.observers[:] = [PipeObserver(pipe, spec.sacred_id)]
         ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
         # Experiment.run, with the run's heartbeats handed over before it starts
-        run = ex._create_run(meta_info={"hse": {
+        self._run = ex._create_run(meta_info={"hse": {
             "run_id": spec.run_id, "task": spec.task.name, "attempt": spec.attempt,
             "token": spec.token, "scenario": spec.task.scenario}})
         if heartbeats is not None:
-            heartbeats.serve(run)
-        run()
-        pipe.send("done", metrics)
-        return None
-    except PrunedInterrupt as exc:
-        pipe.send("pruned", f"pruned by the tuner's pruner: {exc}")
-        return exc
-    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
-        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            heartbeats.serve(self._run)
+
+    def start(self) -> BaseException | None:
+        """Run it to its end; what it raised (already reported as an "error"), else
+        None."""
+        spec, pipe = self.spec, self.pipe
         try:
-            pipe.send("error", detail)
-        except Exception:
-            pass
-        return exc
-    finally:
+            if self._failed is not None:
+                raise self._failed
+            self._scenario = self._scenario_cls.from_config(spec.task.scenario, "Scenario")
+            self._scenario.run_seed = spec.seed
+            _TUNING[:] = [PipeTuning(pipe, spec.task.metric)]
+            _CHECKPOINTS[:] = [PipeCheckpoints(pipe, spec.checkpoint)]
+            self._run()
+            pipe.send("done", self.metrics)
+            return None
+        except PrunedInterrupt as exc:
+            pipe.send("pruned", f"pruned by the tuner's pruner: {exc}")
+            return exc
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            try:
+                pipe.send("error", detail)
+            except Exception:
+                pass
+            return exc
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Take what the attempt added out of the process's shared state."""
         _TUNING[:] = []
         _CHECKPOINTS[:] = []
-        del ex.configurations[configs:]
-        del ex.captured_functions[functions:]
+        configs, functions = self._added
+        del self.ex.configurations[configs:]
+        del self.ex.captured_functions[functions:]
 
 
 def _adopt_orphans() -> None:

@@ -11,6 +11,7 @@ worker whose final queue write is refused closes its own record as superseded
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -20,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +32,7 @@ from ..storage import Storage, now_utc
 from ..study import study_root
 from ..task import Task
 from ..versions import code_version
-from .child import RunSpec, child_main, run_attempt
+from .child import NextRun, RunSpec, child_main, run_attempt
 from .records import OUTPUT_LIMIT, RecordWriter, output_filter
 from .sacred_settings import Experiment, host_facts
 
@@ -39,6 +41,10 @@ log = logging.getLogger("hyperspace_explorer.worker")
 _FORK = multiprocessing.get_context("fork")
 SUPERSEDED = "superseded: this worker lost its lease and the run went to a newer attempt"
 _FINAL_EVENTS = ("completed_event", "failed_event", "interrupted_event")
+# The largest run sent ahead to a busy child (`_Runner.offer`): it waits in the pipe's
+# buffer until the child's current run is over (8 KiB on macOS, more on Linux), and a
+# send into a full buffer would block the worker's supervision of that run.
+OFFER_BYTES = 4096
 
 
 @dataclasses.dataclass
@@ -54,10 +60,31 @@ class _Runner:
     runs: int = 0
     reusable: bool = False  # it said so after its last run
     sent: str | None = None  # the run it was given before its last one was recorded
+    offered: str | None = None  # the run sent ahead (`offer`), neither started nor withdrawn
 
     def give(self, spec: RunSpec) -> None:
-        self.conn.send(spec)
+        """Start `spec` in the child: "go" when the child was offered it, else the spec."""
+        self.conn.send("go" if self.offered == spec.run_id else spec)
+        self.offered = None
         self.env, self.runs = dict(spec.env), self.runs + 1
+
+    def offer(self, spec: RunSpec, limit: int) -> None:
+        """Send `spec` ahead while the child executes a run (`child.NextRun`): once
+        that run is over the child prepares it, and starts it only when `give` says
+        so. Only a small spec that the child `fits`: it waits in the pipe's buffer."""
+        if self.fits(spec, limit):
+            data = ForkingPickler.dumps(NextRun(spec))
+            if len(data) <= OFFER_BYTES:
+                with contextlib.suppress(OSError):  # it ended: its supervision sees it
+                    self.conn.send_bytes(data)
+                    self.offered = spec.run_id
+
+    def withdraw(self) -> None:
+        """The child goes on without the run it was offered (and prepared)."""
+        if self.offered is not None:
+            self.offered = None
+            with contextlib.suppress(OSError):  # it ended: it is not reused
+                self.conn.send("withdraw")
 
     def fits(self, spec: RunSpec, limit: int) -> bool:
         return (self.proc.is_alive() and spec.task.name in self.tasks and self.runs < limit
@@ -87,11 +114,11 @@ class Outcome:
 
 class Ahead(Protocol):
     """A slot's next run, claimed while the current one executes (`Worker._serve`):
-    `claim()`, called once the run was handed to its child, claims and prepares it;
-    `start(fits)`, when the run ended and its child can take another, gives the spec if
-    the worker goes on with it and the child `fits` it (the spec is then sent at once:
-    the child starts it while the worker records the run that ended); else the slot
-    starts it as any claimed run. `give_back()`, once the run has lasted
+    `claim()`, called once the run was handed to its child, claims and prepares it (and
+    the child is offered it: `_Runner.offer`); `start(fits)`, when the run ended and its
+    child can take another, gives the spec if the worker goes on with it and the child
+    `fits` it (the child is then told at once: it starts it while the worker records
+    the run that ended); else the slot starts it as any claimed run. `give_back()`, once the run has lasted
     `hold_s`, returns it to the queue (a run that long no longer hides a claim, and
     another worker may be idle)."""
 
@@ -277,6 +304,8 @@ class Executor:
         conn_open = True
         final: tuple | None = None  # the record's final event, not yet applied
         following = ahead.claim() if ahead is not None else None  # while the child starts
+        if following is not None:
+            runner.offer(following, self.runs_per_process)
         hold_until = None if ahead is None else started + ahead.hold_s
         while True:
             now = time.monotonic()
@@ -304,6 +333,8 @@ class Executor:
                             if following is not None:
                                 runner.give(following)
                                 runner.sent = following.run_id
+                        if runner.reusable:  # an offer not taken up (given back, stopping)
+                            runner.withdraw()
                         break
                     if event[0] in _FINAL_EVENTS and final is None:
                         final = event  # applied once the run is over (below)

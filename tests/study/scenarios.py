@@ -62,6 +62,9 @@ class ToyScenario(Scenario):
             os._exit(3)
         if behaviour == "sleep":
             time.sleep(params["duration"])
+        if behaviour == "pid":  # which process ran it (a runner executes several runs)
+            print(f"pid {os.getpid()}", flush=True)
+            time.sleep(params["duration"])
         if behaviour == "gpus":  # which devices the run was given
             print(f"devices [{os.environ.get('CUDA_VISIBLE_DEVICES')}]", flush=True)
             time.sleep(params["duration"])
