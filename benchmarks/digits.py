@@ -131,8 +131,14 @@ def timeline(times: list[tuple[float, float, float, float]]) -> str:
         parts["stop -> outcome written"].append(ended - stop)
         if i + 1 < len(times):
             parts["stop -> next run's Sacred start"].append(times[i + 1][1] - stop)
+    gaps = parts["stop -> next run's Sacred start"]
+    outside = (f"; outside the runs: the first run's start -> Sacred start "
+               f"{parts['start -> Sacred start'][0] * 1000:.1f} ms, {len(gaps)} gaps between "
+               f"runs {sum(gaps) * 1000:.1f} ms (median {statistics.median(gaps) * 1000:.2f} ms), "
+               f"the last run's stop -> outcome written "
+               f"{parts['stop -> outcome written'][-1] * 1000:.1f} ms" if gaps else "")
     return "; ".join(f"{name} {statistics.mean(xs) * 1000:.0f} ms"
-                     for name, xs in parts.items() if xs)
+                     for name, xs in parts.items() if xs) + outside
 
 
 def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bool = False,
