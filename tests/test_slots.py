@@ -236,6 +236,26 @@ def test_a_worker_asked_to_stop_withdraws_the_run_it_offered_the_runner(
     assert records_of(q, offered) == []  # prepared in the runner, never started
 
 
+def test_a_run_offered_to_a_runner_whose_run_is_cancelled_runs_once_in_a_fresh_runner(
+        q, procs, mongo_uri, db_name):
+    """Cancelling the current run ends its runner, with the next run offered to it and
+    not started: the slot starts that run in a fresh runner, as its first attempt."""
+    first = run(q, priority=3)
+    current = run(q, "pid", 60.0, priority=2)  # the slot claims ahead: its last run was short
+    offered = run(q, "pid", priority=1)
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
+    procs.append(worker)
+    wait_for(lambda: q.get(offered)["status"] == "RUNNING", 60,
+             "the slot to claim its next run ahead")
+    q.cancel([current])
+    assert worker.wait(120) == 0
+    assert q.get(first)["status"] == "COMPLETED" and q.get(current)["status"] == "CANCELLED"
+    doc = q.get(offered)
+    assert doc["status"] == "COMPLETED" and doc["attempt"] == 1
+    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
+    assert captured_out(q, offered) != captured_out(q, current)  # another runner's pid
+
+
 def test_a_run_claimed_ahead_records_when_it_really_started(q, procs, mongo_uri, db_name):
     ids = [run(q) for _ in range(6)]
     worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
