@@ -214,8 +214,10 @@ def test_a_run_offered_to_the_runner_and_given_back_meanwhile_is_not_started_by_
     assert worker.wait(120) == 0
     assert f"run {offered}, claimed ahead, goes back" in log.read_text()
     assert {q.get(i)["status"] for i in (first, current, offered)} == {"COMPLETED"}
-    assert q.get(offered)["attempt"] == 1  # the give-back was no attempt
-    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
+    doc = q.get(offered)
+    assert doc["attempt"] == 1  # the give-back was no attempt
+    assert [(r["_id"], r["status"]) for r in records_of(q, offered)] == \
+        [(doc["sacred_id"], "COMPLETED")]
     assert captured_out(q, offered) == captured_out(q, current)  # "pid N": one runner
 
 
@@ -254,6 +256,27 @@ def test_a_run_offered_to_a_runner_whose_run_is_cancelled_runs_once_in_a_fresh_r
     assert doc["status"] == "COMPLETED" and doc["attempt"] == 1
     assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
     assert captured_out(q, offered) != captured_out(q, current)  # another runner's pid
+
+
+def test_a_run_asking_its_worker_while_the_next_run_is_offered_gets_its_answers(
+        q, procs, mongo_uri, db_name):
+    """The run's thread reads the worker's answers (here: whether to prune, five times
+    over 1 s) from the pipe that also brings the next run, offered early in this one:
+    the offer is kept for later, never taken for an answer (a truthy answer would
+    prune the run)."""
+    def quadratic(conf, priority):
+        return q.submit("quadratic", conf, force=True, priority=priority)[0]
+
+    first = quadratic({}, 3)
+    asking = quadratic({"epochs": 5, "behaviour": "sleep", "duration": 0.2}, 2)
+    offered = quadratic({"x": 1.0}, 1)
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    docs = {i: q.get(i) for i in (first, asking, offered)}
+    assert {d["status"] for d in docs.values()} == {"COMPLETED"}, docs
+    assert docs[offered]["attempt"] == 1
+    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
 
 
 def test_a_run_claimed_ahead_records_when_it_really_started(q, procs, mongo_uri, db_name):
