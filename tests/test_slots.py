@@ -279,6 +279,56 @@ def test_a_run_asking_its_worker_while_the_next_run_is_offered_gets_its_answers(
     assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
 
 
+def test_a_run_claimed_ahead_too_large_to_offer_is_handed_over_when_the_current_one_ends(
+        q, procs, mongo_uri, db_name):
+    """A spec larger than OFFER_BYTES would not wait in the pipe's buffer: it is not
+    offered early, and the runner gets it whole once the current run is over."""
+    from hyperspace_explorer.execution.supervisor import OFFER_BYTES
+
+    first = run(q, priority=3)
+    current = run(q, "pid", 0.5, priority=2)
+    conf = {"model": {"className": "Linear"}, "behaviour": "pid",
+            "options": {"verbose": False, "notes": "x" * 2 * OFFER_BYTES}}
+    large = q.submit("toy", conf, force=True, priority=1)[0]
+    worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    docs = {i: q.get(i) for i in (first, current, large)}
+    assert {d["status"] for d in docs.values()} == {"COMPLETED"}
+    assert docs[large]["attempt"] == 1
+    assert [(r["_id"], r["status"]) for r in records_of(q, large)] == \
+        [(docs[large]["sacred_id"], "COMPLETED")]
+    assert captured_out(q, large) == captured_out(q, current)  # the same runner
+
+
+def test_only_a_spec_that_fits_the_pipe_s_buffer_is_offered_ahead(tmp_path):
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from hyperspace_explorer.execution import RunSpec
+    from hyperspace_explorer.execution.child import NextRun
+    from hyperspace_explorer.execution.supervisor import OFFER_BYTES, _Runner
+    from hyperspace_explorer.task import Task
+
+    ours, theirs = multiprocessing.Pipe()
+    alive = SimpleNamespace(is_alive=lambda: True)
+    runner = _Runner(alive, ours, frozenset({"toy"}), env={}, runs=1)
+    task = Task(name="toy", scenario={"className": "ToyScenario"}, seed=0, metric="score")
+
+    def spec(run_id, notes):
+        return RunSpec(run_id=run_id, task=task, config={"notes": notes}, seed=0, sacred_id=1,
+                       attempt=1, token="t", max_runtime=None, log_path=tmp_path / "r.log")
+
+    runner.offer(spec("large", "x" * OFFER_BYTES), limit=100)
+    assert runner.offered is None and not theirs.poll()  # handed over whole, later
+    runner.offer(spec("small", "x"), limit=100)
+    assert runner.offered == "small" and isinstance(theirs.recv(), NextRun)
+    runner.give(spec("small", "x"))  # the child was offered it: only the word
+    assert theirs.recv() == "go" and runner.offered is None and runner.runs == 2
+    runner.offer(spec("full", "x"), limit=2)  # its last run in this runner: nothing
+    assert runner.offered is None and not theirs.poll()
+
+
 def test_a_run_claimed_ahead_records_when_it_really_started(q, procs, mongo_uri, db_name):
     ids = [run(q) for _ in range(6)]
     worker = start_worker(mongo_uri, db_name, *FAST, "--idle-exit", "1")
