@@ -118,9 +118,9 @@ class Ahead(Protocol):
     the child is offered it: `_Runner.offer`); `start(fits)`, when the run ended and its
     child can take another, gives the spec if the worker goes on with it and the child
     `fits` it (the child is then told at once: it starts it while the worker records
-    the run that ended); else the slot starts it as any claimed run. `give_back()`, once the run has lasted
-    `hold_s`, returns it to the queue (a run that long no longer hides a claim, and
-    another worker may be idle)."""
+    the run that ended); else the slot starts it as any claimed run. `give_back()`,
+    once the run has lasted `hold_s`, returns it to the queue (a run that long no
+    longer hides a claim, and another worker may be idle)."""
 
     hold_s: float
 
