@@ -100,3 +100,8 @@ def raw_db(store):
         client = _RAW_CLIENTS[store.uri] = MongoClient(store.uri, serverSelectionTimeoutMS=5000,
                                                       socketTimeoutMS=60000)
     return client[store.db_name]
+
+
+def sacred_records(q, run_id):
+    """The Sacred records of a run's attempts (without their captured output)."""
+    return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"captured_out": 0}))

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from helpers import STUDY, TASKS, raw_db, start_worker, wait_for
+from helpers import STUDY, TASKS, raw_db, sacred_records, start_worker, wait_for
 
 from hyperspace_explorer.queue import RunQueue
 from hyperspace_explorer.worker import recover_expired
@@ -22,10 +22,6 @@ def submit(q, behaviour="ok", duration=0.0, **kwargs):
 
 def status_of(q, run_id):
     return q.get(run_id)["status"]
-
-
-def sacred_records(q, run_id):
-    return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"captured_out": 0}))
 
 
 def all_completed(q, ids):

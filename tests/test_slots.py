@@ -6,7 +6,7 @@ import re
 import signal
 
 import pytest
-from helpers import raw_db, start_worker, wait_for
+from helpers import raw_db, sacred_records, start_worker, wait_for
 
 from hyperspace_explorer.errors import HSEError
 from hyperspace_explorer.worker import (
@@ -31,10 +31,6 @@ def running_on(q, worker_pid):
 
 def captured_out(q, run_id):
     return q.store.sacred_run(q.get(run_id)["sacred_id"])["captured_out"]
-
-
-def records_of(q, run_id):
-    return list(raw_db(q.store).runs.find({"meta.hse.run_id": run_id}, {"status": 1}))
 
 
 def devices(q, run_id):
@@ -216,7 +212,7 @@ def test_a_run_offered_to_the_runner_and_given_back_meanwhile_is_not_started_by_
     assert {q.get(i)["status"] for i in (first, current, offered)} == {"COMPLETED"}
     doc = q.get(offered)
     assert doc["attempt"] == 1  # the give-back was no attempt
-    assert [(r["_id"], r["status"]) for r in records_of(q, offered)] == \
+    assert [(r["_id"], r["status"]) for r in sacred_records(q, offered)] == \
         [(doc["sacred_id"], "COMPLETED")]
     assert captured_out(q, offered) == captured_out(q, current)  # "pid N": one runner
 
@@ -235,7 +231,7 @@ def test_a_worker_asked_to_stop_withdraws_the_run_it_offered_the_runner(
     assert q.get(first)["status"] == "COMPLETED" and q.get(current)["status"] == "COMPLETED"
     doc = q.get(offered)
     assert doc["status"] == "QUEUED" and doc["attempt"] == 0
-    assert records_of(q, offered) == []  # prepared in the runner, never started
+    assert sacred_records(q, offered) == []  # prepared in the runner, never started
 
 
 def test_a_run_offered_to_a_runner_whose_run_is_cancelled_runs_once_in_a_fresh_runner(
@@ -254,7 +250,7 @@ def test_a_run_offered_to_a_runner_whose_run_is_cancelled_runs_once_in_a_fresh_r
     assert q.get(first)["status"] == "COMPLETED" and q.get(current)["status"] == "CANCELLED"
     doc = q.get(offered)
     assert doc["status"] == "COMPLETED" and doc["attempt"] == 1
-    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
+    assert [r["status"] for r in sacred_records(q, offered)] == ["COMPLETED"]
     assert captured_out(q, offered) != captured_out(q, current)  # another runner's pid
 
 
@@ -276,7 +272,7 @@ def test_a_run_asking_its_worker_while_the_next_run_is_offered_gets_its_answers(
     docs = {i: q.get(i) for i in (first, asking, offered)}
     assert {d["status"] for d in docs.values()} == {"COMPLETED"}, docs
     assert docs[offered]["attempt"] == 1
-    assert [r["status"] for r in records_of(q, offered)] == ["COMPLETED"]
+    assert [r["status"] for r in sacred_records(q, offered)] == ["COMPLETED"]
 
 
 def test_a_run_claimed_ahead_too_large_to_offer_is_handed_over_when_the_current_one_ends(
@@ -296,7 +292,7 @@ def test_a_run_claimed_ahead_too_large_to_offer_is_handed_over_when_the_current_
     docs = {i: q.get(i) for i in (first, current, large)}
     assert {d["status"] for d in docs.values()} == {"COMPLETED"}
     assert docs[large]["attempt"] == 1
-    assert [(r["_id"], r["status"]) for r in records_of(q, large)] == \
+    assert [(r["_id"], r["status"]) for r in sacred_records(q, large)] == \
         [(docs[large]["sacred_id"], "COMPLETED")]
     assert captured_out(q, large) == captured_out(q, current)  # the same runner
 
