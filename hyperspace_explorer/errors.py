@@ -5,9 +5,25 @@ its message: each message says what is wrong and, where possible, what to do abo
 """
 from __future__ import annotations
 
+import math
+
 
 class HSEError(Exception):
     """Base of every error hyperspace_explorer raises deliberately."""
+
+
+MAX_INT = 2**63 - 1  # MongoDB stores integers in 64 bits
+
+
+def bounded_int(value: object, name: str, low: int, high: int = MAX_INT,
+                error: type[HSEError] = HSEError) -> int:
+    """`value` when it is an int (a bool is not) from `low` to `high`, else an `error`
+    naming `name`: a number that MongoDB cannot store must be refused before anything
+    is written, not end in a driver's OverflowError halfway through a batch."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        top = "2**63 - 1" if high == MAX_INT else high
+        raise error(f"{name} must be an integer from {low} to {top}, got {value!r}")
+    return value
 
 
 def positive_int(value: object, name: str) -> int:
@@ -16,7 +32,21 @@ def positive_int(value: object, name: str) -> int:
     they all say the same thing."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise HSEError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return bounded_int(value, name, 1)
+
+
+def seconds(value: object, name: str, *, zero: bool = False,
+            error: type[HSEError] = HSEError) -> float:
+    """`value` as a float when it is a finite number of seconds above 0 (or 0 itself
+    with `zero`), else an `error` naming `name`. NaN passes every `<=` test and
+    infinity no JSON document holds, so both are refused here, where the user gave
+    them."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+        wanted = "a finite number of seconds, 0 or more" if zero else \
+            "a positive, finite number of seconds"
+        raise error(f"{name} must be {wanted}, got {value!r}")
+    return float(value)
 
 
 class ConfigError(HSEError, ValueError):

@@ -32,7 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from .configurable import json_like, registered_classes, resolve_class, set_dotted, validate_config
-from .errors import ConfigError, HSEError, RunNotFound, StudyError, TaskError, positive_int
+from .errors import (
+    MAX_INT,
+    ConfigError,
+    HSEError,
+    RunNotFound,
+    StudyError,
+    TaskError,
+    bounded_int,
+    positive_int,
+    seconds,
+)
 from .scenario import Scenario
 from .status import (
     ACTIVE,
@@ -49,7 +59,7 @@ from .status import (
 )
 from .storage import DEFAULT_MAX_ATTEMPTS, RunFilter, bulk_objects, connect, new_run_id, now_ts
 from .study import find_study, source_digest, study_root
-from .task import Task, load_task, task_names
+from .task import MAX_SEED, Task, load_task, tag_names, task_names
 
 
 class RunQueue:
@@ -222,20 +232,13 @@ class RunQueue:
         not held, and the caller stores nothing before the last one is checked."""
         task = self._submit_task(task_name)
         seed_list = _seed_list(task, seeds)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise HSEError(f"priority must be an int, got {priority!r}")
+        bounded_int(priority, "priority", -MAX_INT)
         positive_int(max_attempts, "max_attempts")
-        if max_runtime is not None and (isinstance(max_runtime, bool)
-                                        or not isinstance(max_runtime, (int, float))
-                                        or max_runtime <= 0):
-            raise HSEError(f"max_runtime must be a positive number of seconds, got {max_runtime!r}")
-        gpus = task.gpus if gpus is None else gpus
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
-            raise HSEError(f"gpus must be a non-negative int, got {gpus!r}")
-        tags = sorted(set(task.tags if tags is None else
-                          ([tags] if isinstance(tags, str) else tags)))
-        if not all(isinstance(t, str) and t and "," not in t for t in tags):
-            raise HSEError(f"tags must be non-empty names without ',', got {tags!r}")
+        if max_runtime is not None:
+            seconds(max_runtime, "max_runtime")
+        gpus = bounded_int(task.gpus if gpus is None else gpus, "gpus", 0)
+        tags = list(tag_names(task.tags if tags is None else
+                              ([tags] if isinstance(tags, str) else tags), "tags"))
         if tuning is not None:
             tuning = dict(tuning)
             if not isinstance(tuning.get("study"), str) or isinstance(tuning.get("trial"), bool) \
@@ -840,10 +843,15 @@ def _seed_list(task: Task, seeds: int | Sequence[int] | None) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise HSEError(f"seeds={seeds}: ask for at least one seed")
+        if task.seed + seeds - 1 > MAX_SEED:
+            raise HSEError(f"seeds={seeds}: from the task's seed {task.seed} that goes past "
+                           f"the largest seed, {MAX_SEED} (2**32 - 1)")
         return [task.seed + i for i in range(seeds)]
     out = list(seeds)
-    if not out or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in out):
-        raise HSEError(f"seeds must be non-negative ints, got {seeds!r}")
+    if not out or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED
+                      for s in out):
+        raise HSEError(f"seeds must be ints from 0 to {MAX_SEED} (2**32 - 1: Sacred seeds "
+                       f"NumPy with them), got {seeds!r}")
     if len(set(out)) != len(out):
         raise HSEError(f"seeds contain duplicates: {out}")
     return out

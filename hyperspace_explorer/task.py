@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import TaskError
+from .errors import HSEError, TaskError, bounded_int, seconds
 
 DIRECTIONS = ("maximize", "minimize")
 _TASK_KEYS = {"Scenario", "seed", "metric", "direction", "max_runtime", "description",
               "gpus", "tags"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+MAX_SEED = 2**32 - 1  # Sacred seeds NumPy's legacy generator with a run's seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +60,7 @@ class Task:
         if not isinstance(scenario, dict) or not isinstance(scenario.get("className"), str):
             raise TaskError(f"{source}: 'Scenario' must be an object starting with "
                             f"'className' (the Scenario class to run)")
-        seed = data.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TaskError(f"{source}: 'seed' must be a non-negative integer, got {seed!r}")
+        seed = bounded_int(data.get("seed", 0), f"{source}: 'seed'", 0, MAX_SEED, TaskError)
         metric = data.get("metric", "score")
         if not isinstance(metric, str) or not metric or "." in metric:
             raise TaskError(f"{source}: 'metric' must be a metric name without '.', got {metric!r}")
@@ -69,20 +69,29 @@ class Task:
             raise TaskError(f"{source}: 'direction' must be one of {list(DIRECTIONS)}, "
                             f"got {direction!r}")
         max_runtime = data.get("max_runtime")
-        if max_runtime is not None and (isinstance(max_runtime, bool) or
-                                        not isinstance(max_runtime, (int, float)) or max_runtime <= 0):
-            raise TaskError(f"{source}: 'max_runtime' must be a positive number of seconds or null")
-        gpus = data.get("gpus", 0)
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
-            raise TaskError(f"{source}: 'gpus' must be a non-negative integer, got {gpus!r}")
+        if max_runtime is not None:
+            max_runtime = seconds(max_runtime, f"{source}: 'max_runtime'",
+                                  error=TaskError)
+        gpus = bounded_int(data.get("gpus", 0), f"{source}: 'gpus'", 0, error=TaskError)
         tags = data.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) and t and "," not in t
-                                                 for t in tags):
+        if not isinstance(tags, list):
             raise TaskError(f"{source}: 'tags' must be a list of names, got {tags!r}")
+        tags = tag_names(tags, f"{source}: 'tags'", TaskError)
         return cls(name=name, scenario=scenario, seed=seed, metric=metric, direction=direction,
-                   max_runtime=float(max_runtime) if max_runtime is not None else None,
-                   description=str(data.get("description", "")), gpus=gpus,
-                   tags=tuple(sorted(set(tags))))
+                   max_runtime=max_runtime, description=str(data.get("description", "")),
+                   gpus=gpus, tags=tags)
+
+
+def tag_names(tags: Iterable[Any], name: str, error: type[HSEError] = HSEError
+              ) -> tuple[str, ...]:
+    """`tags` sorted and without repeats, when each is a name a worker can offer: a
+    non-empty string without ',' (`--tags` splits on it) or surrounding blanks (which
+    `--tags` strips, so a run requiring " gpu" would wait for ever); else an `error`
+    naming `name`. The one check of the tags a task file, `submit` and a worker give."""
+    tags = list(tags)
+    if not all(isinstance(t, str) and t and "," not in t and t == t.strip() for t in tags):
+        raise error(f"{name} must be non-empty names without ',' or surrounding blanks, got {tags!r}")
+    return tuple(sorted(set(tags)))
 
 
 def task_path(tasks_dir: str | Path, name: str) -> Path:

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 
 from .configurable import resolve_class
-from .errors import HSEError, StoreUnavailable, positive_int
+from .errors import HSEError, StoreUnavailable, positive_int, seconds
 from .sacred_compat import check_worker_imports
 from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
@@ -43,7 +44,7 @@ from .storage import (
     redact_uri,
 )
 from .study import load_scenarios, source_digest, source_stamp, study_root
-from .task import Task, load_task, task_names
+from .task import Task, load_task, tag_names, task_names
 
 if TYPE_CHECKING:  # Sacred is imported by running workers only
     from .execution import RunSpec
@@ -72,6 +73,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 #: (`OPENBLAS_THREAD_TIMEOUT`: 2**N CPU cycles): 2**22, 1-2 ms, instead of OpenBLAS's
 #: 2**28, about 0.1 s after every call (see `limit_run_threads`).
 OPENBLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "22")
+_GPU_ID = re.compile(r"\d+|(GPU|MIG)-[\w/-]+")  # what CUDA_VISIBLE_DEVICES accepts
 
 
 def usable_cpus() -> int:
@@ -185,17 +187,24 @@ class Worker:
         from .server import home_dir, resolve_uri
 
         check_worker_imports()  # Sacred & co. importable, or one clear line, before any claim
+        for value, option in ((interval, "--interval"), (heartbeat, "--heartbeat"),
+                              (lease, "--lease")):
+            seconds(value, option)
         if lease <= 2 * heartbeat:
             raise HSEError(f"--lease ({lease}s) must be more than twice --heartbeat "
                            f"({heartbeat}s), or live runs would look dead")
+        if idle_exit is not None:
+            seconds(idle_exit, "--idle-exit", zero=True)
+        if max_runs is not None:
+            positive_int(max_runs, "--max-runs")
         positive_int(concurrency, "--concurrency")
         positive_int(runs_per_process, "--runs-per-process")
         self.gpus = [str(g).strip() for g in gpus]
-        if len(set(self.gpus)) != len(self.gpus) or not all(self.gpus):
-            raise HSEError(f"--gpus must list distinct GPU ids (e.g. 0,1), got {list(gpus)}")
-        self.tags = frozenset(t.strip() for t in tags)
-        if not all(self.tags):
-            raise HSEError(f"--tags must be non-empty names, got {sorted(tags)}")
+        if len(set(self.gpus)) != len(self.gpus) or not all(map(_GPU_ID.fullmatch, self.gpus)):
+            raise HSEError(f"--gpus must list distinct GPU ids: indices (0,1) or UUIDs "
+                           f"(GPU-..., MIG-...) as CUDA_VISIBLE_DEVICES takes them, got "
+                           f"{list(gpus)}")
+        self.tags = frozenset(tag_names((t.strip() for t in tags), "--tags"))
         self.tasks_dir = Path(tasks_dir)
         task_names(self.tasks_dir)  # fails early with a clear message if missing
         self.module = load_scenarios(study_dir)

@@ -284,3 +284,28 @@ def test_every_count_is_checked_the_same_way_naming_it(queue, count):
                                            f"{re.escape(repr(count))}$"):
             call()
     assert everything(queue) == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"priority": 2**63}, "priority must be an integer from -9223372036854775807 to 2**63 - 1"),
+    ({"priority": -2**63}, "priority must be an integer from -9223372036854775807"),
+    ({"max_attempts": 2**63}, "max_attempts must be an integer from 1 to 2**63 - 1"),
+    ({"gpus": 2**63}, "gpus must be an integer from 0 to 2**63 - 1"),
+    ({"max_runtime": float("nan")}, "max_runtime must be a positive, finite number of seconds, "
+                                    "got nan"),
+    ({"max_runtime": float("inf")}, "max_runtime must be a positive, finite number of seconds"),
+    ({"seeds": [2**32]}, "seeds must be ints from 0 to 4294967295 (2**32 - 1: Sacred seeds NumPy"),
+    ({"seeds": 2**32}, "seeds=4294967296: from the task's seed 100 that goes past the largest seed"),
+    ({"tags": [" gpu"]}, "tags must be non-empty names without ',' or surrounding blanks"),
+])
+def test_values_no_run_could_use_are_refused_at_submit_naming_them(q, raw, options, message):
+    """Numbers MongoDB cannot store (above 64 bits, NaN, infinity), seeds Sacred cannot
+    seed NumPy with, tags no worker can offer: one clear error, and nothing queued."""
+    (good,) = q.submit("toy", conf())
+    before = everything(q)
+    for submit in (lambda: q.submit("toy", conf(), **options),
+                   lambda: q.submit_grid("toy", conf(), {"epochs": [1, 2]}, **options)):
+        with pytest.raises(HSEError) as err:
+            submit()
+        assert str(err.value).startswith(message)
+    assert everything(q) == before and queued(raw) == 1

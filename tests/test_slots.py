@@ -72,6 +72,18 @@ def test_gpus_are_handed_out_per_run(q, procs, mongo_uri, db_name):
     assert sorted(devices(q, both).split(",")) == ["0", "1"]
 
 
+
+def test_gpu_uuids_are_handed_out_and_padded_tags_match(q, procs, mongo_uri, db_name):
+    """CUDA_VISIBLE_DEVICES also takes GPU UUIDs; `--tags " big-mem "` offers big-mem."""
+    run_id = run(q, "gpus", 0.0, gpus=1, tags=["big-mem"])
+    uuid = "GPU-8f6a1c2e-0b1d-4c5e-9a7f-3e2d1c0b9a8f"
+    worker = start_worker(mongo_uri, db_name, *FAST, "--gpus", uuid, "--tags", " big-mem ",
+                          "--idle-exit", "1")
+    procs.append(worker)
+    assert worker.wait(120) == 0
+    assert q.get(run_id)["status"] == "COMPLETED" and devices(q, run_id) == uuid
+
+
 def thread_pools(q, run_id):
     """The thread variables a run saw, and its OpenBLAS pools' sizes."""
     found = re.search(r"threads (\{.*\}) openblas (\[.*\])", captured_out(q, run_id))

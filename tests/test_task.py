@@ -99,13 +99,20 @@ def test_unknown_keys(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, expect", [
-    ("seed", -1, "'seed' must be a non-negative integer"),
-    ("seed", True, "'seed' must be a non-negative integer"),
-    ("seed", 1.5, "'seed' must be a non-negative integer"),
+    ("seed", -1, "'seed' must be an integer from 0 to 4294967295, got -1"),
+    ("seed", True, "'seed' must be an integer from 0 to 4294967295, got True"),
+    ("seed", 1.5, "'seed' must be an integer from 0 to 4294967295, got 1.5"),
+    ("seed", 2**32, "'seed' must be an integer from 0 to 4294967295, got 4294967296"),
+    ("max_runtime", float("nan"), "'max_runtime' must be a positive, finite number "
+                                  "of seconds, got nan"),
+    ("max_runtime", float("inf"), "'max_runtime' must be a positive, finite"),
+    ("gpus", 2**63, "'gpus' must be an integer from 0 to 2**63 - 1"),
+    ("tags", "gpu", "'tags' must be a list of names, got 'gpu'"),
+    ("tags", [" gpu"], "'tags' must be non-empty names without ',' or surrounding blanks"),
     ("metric", "a.b", "'metric' must be a metric name"),
     ("metric", "", "'metric' must be a metric name"),
-    ("max_runtime", 0, "'max_runtime' must be a positive number"),
-    ("max_runtime", "1h", "'max_runtime' must be a positive number"),
+    ("max_runtime", 0, "'max_runtime' must be a positive, finite number of seconds, got 0"),
+    ("max_runtime", "1h", "'max_runtime' must be a positive, finite number"),
 ])
 def test_bad_values(tmp_path, field, value, expect):
     path = write(tmp_path, "bad", {"Scenario": {"className": "ToyScenario"}, field: value})

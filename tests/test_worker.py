@@ -273,6 +273,29 @@ def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_pat
             run_worker(mongo_uri, db_name, tmp_path, max_runs=1, runs_per_process=bad)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"heartbeat": float("nan")}, "--heartbeat must be a positive, finite number of seconds, "
+                                  "got nan"),
+    ({"heartbeat": 0}, "--heartbeat must be a positive, finite number of seconds, got 0"),
+    ({"lease": float("inf")}, "--lease must be a positive, finite number of seconds, got inf"),
+    ({"interval": -1}, "--interval must be a positive, finite number of seconds, got -1"),
+    ({"idle_exit": -1.0}, "--idle-exit must be a finite number of seconds, 0 or more, got -1.0"),
+    ({"max_runs": 0}, "--max-runs must be a positive integer, got 0"),
+    ({"max_runs": 2**63}, "--max-runs must be an integer from 1 to 2**63 - 1, got 9223372036854"),
+    ({"gpus": ["a"]}, "--gpus must list distinct GPU ids: indices (0,1) or UUIDs"),
+    ({"gpus": ["-1"]}, "--gpus must list distinct GPU ids"),
+    ({"gpus": ["0", " 0"]}, "--gpus must list distinct GPU ids"),
+    ({"tags": ["big,mem"]}, "--tags must be non-empty names without ','"),
+])
+def test_bad_worker_options_are_refused_naming_them_before_any_claim(
+        q, raw, tmp_path, mongo_uri, db_name, options, message):
+    (run_id,) = q.submit("toy", LINEAR)
+    with pytest.raises(HSEError) as err:
+        run_worker(mongo_uri, db_name, tmp_path, **{"max_runs": 1, **options})
+    assert str(err.value).startswith(message)
+    assert q.get(run_id)["status"] == "QUEUED" and raw["hse_workers"].count_documents({}) == 0
+
+
 def test_a_run_claimed_ahead_by_a_worker_that_died_goes_back_without_using_an_attempt(
         q, raw, tmp_path, mongo_uri, db_name):
     (never, started) = [q.submit("toy", LINEAR, seeds=[s], max_attempts=1)[0] for s in (1, 2)]
