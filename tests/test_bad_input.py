@@ -126,6 +126,7 @@ def test_fifty_megabytes_of_output_keeps_the_tail(queue, mongo_uri, db_name):
 
 @pytest.mark.parametrize("field, value, message", [
     ("seed", None, "field 'seed' is missing"),
+    ("seed", 2**32, "field 'seed' must be an integer from 0 to 2**32 - 1 (Sacred seeds NumPy"),
     ("config", "lr=0.1", "field 'config' must be an object (the run config), got str"),
     ("max_runtime", "1h", "field 'max_runtime' must be a positive number of seconds"),
     ("task_spec", ["toy"], "field 'task_spec' must be an object"),

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from ..errors import QueryError, StoreError, StoreUnavailable
 from ..status import Status, parse_statuses
+from ..task import MAX_SEED
 
 T = TypeVar("T")
 log = logging.getLogger("hyperspace_explorer.storage")
@@ -172,7 +173,8 @@ def queue_document_problem(doc: Mapping[str, Any]) -> str | None:
         ("task", lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
         ("task_spec", lambda v: isinstance(v, dict), "an object (the task file's content)"),
         ("config", lambda v: v is None or isinstance(v, dict), "an object (the run config)"),
-        ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        ("seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED,
+         "an integer from 0 to 2**32 - 1 (Sacred seeds NumPy with it)"),
         ("attempt", lambda v: v is None or _is_int(v), "an integer"),
         ("priority", lambda v: v is None or _is_number(v), "a number"),
         ("max_attempts", lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
