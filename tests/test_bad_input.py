@@ -310,3 +310,18 @@ def test_values_no_run_could_use_are_refused_at_submit_naming_them(q, raw, optio
             submit()
         assert str(err.value).startswith(message)
     assert everything(q) == before and queued(raw) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"priority": 2**63}, "priority must be an integer from -9223372036854775807"),
+    ({"max_runtime": float("nan")}, "max_runtime must be a positive, finite number of seconds"),
+    ({"poll": 0}, "poll must be a positive, finite number of seconds, got 0"),
+    ({"seed": 2**32}, "seed must be an integer from 0 to 4294967295, got 4294967296"),
+])
+def test_a_tuner_refuses_what_its_runs_could_not_use_before_any_trial(queue, options, message):
+    before = everything(queue)
+    with pytest.raises(HSEError) as err:
+        Tuner(queue, "quadratic", Space({"x": Float(0, 1)}), n_trials=2, progress=False,
+              **options)
+    assert str(err.value).startswith(message)
+    assert everything(queue) == before  # no Optuna study, no trial, no run

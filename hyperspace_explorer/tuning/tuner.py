@@ -43,9 +43,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import HSEError, positive_int
+from ..errors import MAX_INT, HSEError, bounded_int, positive_int, seconds
 from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, TIMEOUT
 from ..storage import RunFilter
+from ..task import MAX_SEED
 from .space import Space, load_space
 
 log = logging.getLogger("hyperspace_explorer.tuning")
@@ -147,6 +148,12 @@ class Tuner:
                  progress: bool = True, say: Callable[[str], None] | None = None):
         positive_int(n_trials, "n_trials")  # before importing Optuna (half a second)
         positive_int(parallel, "parallel")
+        bounded_int(priority, "priority", -MAX_INT)  # as submit would, before any trial
+        if max_runtime is not None:
+            seconds(max_runtime, "max_runtime")
+        seconds(poll, "poll")
+        if seed is not None:  # Optuna's samplers seed NumPy with it
+            bounded_int(seed, "seed", 0, MAX_SEED)
         import optuna
 
         self.queue, self.store = queue, queue.store
