@@ -235,6 +235,14 @@ def test_dashboard_api_lists_the_study(q, mongo_uri, db_name):
     Tuner(q, "quadratic", SPACE, n_trials=1, study_name="dash", **_quiet())
     with pytest.raises(HSEError, match="no Optuna study 'nope'.*studies there: dash"):
         open_dashboard(mongo_uri, db_name, "nope")
+    with socket.socket() as taken:  # before its address is printed, not a traceback after
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy, said_nothing = taken.getsockname()[1], []
+        with pytest.raises(HSEError, match=f"^cannot listen on 127.0.0.1 port {busy}: Address "
+                                           f"already in use: choose another port$"):
+            open_dashboard(mongo_uri, db_name, "dash", port=busy, say=said_nothing.append)
+        assert said_nothing == []
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -488,6 +488,23 @@ def test_no_credentials_in_pages_or_answers(ui_queue: RunQueue) -> None:
         q.store.close()
 
 
+def test_ui_on_a_port_it_cannot_listen_on_says_so_in_one_line_before_its_address(
+        filled: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for bad, why in ((str(port), f"cannot listen on 127.0.0.1 port {port}: Address already "
+                                     f"in use: choose another port"),
+                         ("70000", "port must be an integer from 1 to 65535, got 70000")):
+            assert hse(["--mongo-uri", filled["uri"], "--db", filled["db"], "ui",
+                        "--port", bad]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err.strip() == f"hse: error: {why}"
+
+
 def test_ui_without_its_extra_prints_one_actionable_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from hyperspace_explorer import web

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import HSEError
+from ..ports import check_listen
 from ..storage import connect, redact_uri
 
 
@@ -34,6 +35,7 @@ def open_dashboard(mongo_uri: str | None, db: str, study: str | None = None, *,
     except ImportError:
         raise HSEError("the dashboard needs optuna-dashboard: pip install -e \".[optuna]\"") \
             from None
+    check_listen(host, port)
     storage = dashboard_storage(mongo_uri, db)
     names = [s.study_name for s in storage.get_all_studies()]
     address = f"http://{host}:{port}/dashboard"

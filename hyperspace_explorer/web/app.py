@@ -301,8 +301,10 @@ def serve(queue: RunQueue, *, host: str = "127.0.0.1", port: int = 8765,
     anywhere else a fresh token is printed with the address, and required."""
     import uvicorn
 
+    from ..ports import check_listen
     from .security import is_loopback, new_token
 
+    check_listen(host, port)
     token = None if is_loopback(host) else new_token()
     app = create_app(queue, token=token)
     shown = f"[{host}]" if ":" in host else host
