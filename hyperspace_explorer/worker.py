@@ -234,6 +234,7 @@ class Worker:
         self._free_gpus = list(self.gpus)
         self._next_maintenance = 0.0
         self._claimed = 0
+        self._polled: tuple[float, _Slot] | None = None  # the last poll that found nothing
         self._sacred_ids: list[int] = []
         self._cannot_run: dict[str, str] = {}  # run id -> why this worker's code refused it
         self._outcomes = ThreadPoolExecutor(1, thread_name_prefix="hse-outcomes")  # `_record`
@@ -382,7 +383,16 @@ class Worker:
     def _claim(self, slot: _Slot, *, ahead: bool = False) -> dict[str, Any] | None:
         """The next run this worker may execute, leased to it, with the GPUs it needs
         handed to `slot`; None when there is none. Ahead of need (`_Ahead`), one try:
-        the slot's running run waits for it."""
+        the slot's running run waits for it.
+
+        Idle, a worker polls the queue once per `interval`, not once per slot: a slot
+        takes None without asking when another slot found the queue empty less than
+        an interval ago. Each poll costs the database a few reads, and a worker with
+        `--concurrency 8` polling from every slot sent 8 times as many."""
+        polled = self._polled
+        if not ahead and polled is not None and polled[1] is not slot \
+                and time.monotonic() - polled[0] < self.interval:
+            return None
         try:
             names = task_names(self.tasks_dir)
         except HSEError as exc:
@@ -404,6 +414,8 @@ class Worker:
                 if self._signals or ahead:
                     return None  # asked to stop while the database was away
                 raise
+            if not ahead:
+                self._polled = (time.monotonic(), slot) if doc is None else None
             if doc is not None:
                 self._claimed += 1
                 if not ahead:
@@ -431,6 +443,7 @@ class Worker:
         with self._lock:
             self._free_gpus += slot.gpus
             slot.gpus, slot.current = [], None
+            self._polled = None  # with its GPUs free, a run found unclaimable may not be
 
     def _maybe_maintain(self) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ import re
 import signal
 
 import pytest
-from helpers import raw_db, sacred_records, start_worker, wait_for
+from helpers import STUDY, TASKS, raw_db, sacred_records, start_worker, wait_for
 
 from hyperspace_explorer.errors import HSEError
 from hyperspace_explorer.worker import (
@@ -54,6 +54,35 @@ def test_one_worker_runs_several_runs_at_once(q, procs, mongo_uri, db_name):
     records = list(raw_db(q.store).runs.find({}, {"status": 1, "meta": 1}))
     assert sorted(r["meta"]["hse"]["run_id"] for r in records) == sorted(ids)
     assert {r["status"] for r in records} == {"COMPLETED"}
+
+
+def test_an_idle_worker_polls_once_per_interval_whatever_its_concurrency(q, mongo_uri, db_name):
+    """Idle slots do not each poll the database: one that finds the queue empty holds
+    the others off for an interval (the poller itself, its next poll due, is not held);
+    a run claimed or GPUs freed lifts that at once."""
+    from hyperspace_explorer.worker import Worker
+
+    worker = Worker(TASKS, db_name, mongo_uri, study_dir=STUDY, concurrency=3, interval=600,
+                    gpus=["0"])
+    polls = []
+    real_claim = worker.store.claim
+    worker.store.claim = lambda *a, **kw: polls.append(kw["gpus"]) or real_claim(*a, **kw)
+    one, two, three = worker.slots
+    try:
+        assert worker._claim(one) is None and len(polls) == 1
+        assert worker._claim(two) is None and worker._claim(three) is None and len(polls) == 1
+        run_id = run(q)
+        assert worker._claim(two) is None and len(polls) == 1, "held off: one just polled"
+        assert worker._claim(one)["_id"] == run_id and len(polls) == 2
+        assert worker._claim(two) is None and len(polls) == 3, "a claim lifts the hold"
+        assert worker._claim(three) is None and len(polls) == 3
+        gpu_run = run(q, gpus=1)
+        two.gpus, worker._free_gpus = ["0"], []  # as if two ran a GPU run
+        assert worker._claim(two) is None and polls[-1] == 0
+        worker._release(two)  # its GPU is free: the run that needs it can be claimed now
+        assert worker._claim(three)["_id"] == gpu_run and polls[-1] == 1
+    finally:
+        worker.store.close()
 
 
 def test_gpus_are_handed_out_per_run(q, procs, mongo_uri, db_name):
