@@ -8,7 +8,10 @@ that `dispatch.py` measures. The figures feed the paper estimate in README.md
 ("Beyond one machine"). Counted on the embedded server: the claim path's pointer
 window refill (one sorted read per 256 claims) is included, amortised.
 
-    python benchmarks/store_ops.py [--small 10] [--large 110]
+An idle worker's commands per second, with 1 and with 8 slots, follow (`--idle S`:
+the difference between idling S and 2S seconds, divided by S).
+
+    python benchmarks/store_ops.py [--small 10] [--large 110] [--idle 5]
 """
 from __future__ import annotations
 
@@ -49,6 +52,27 @@ def count(uri: str, runs: int) -> collections.Counter:
         return collections.Counter(COUNTS)
 
 
+def idle_count(uri: str, concurrency: int, seconds: float) -> int:
+    """Commands a worker with `concurrency` slots sends over its life on an empty queue
+    when it exits after `seconds` idle."""
+    from hyperspace_explorer.worker import Worker
+
+    with scratch_queue(uri, f"bench_ops_idle_{concurrency}") as q:
+        worker = Worker(TASKS, q.store.db_name, uri, study_dir=STUDY, idle_exit=seconds,
+                        concurrency=concurrency)
+        COUNTS.clear()
+        worker.run()
+        worker.store.close()
+        return sum(COUNTS.values())
+
+
+def idle_rate(uri: str, concurrency: int, seconds: float) -> float:
+    """Commands per second of an idle worker: marginal, between idling `seconds` and
+    twice as long (start-up and exit cancel out)."""
+    return (idle_count(uri, concurrency, 2 * seconds)
+            - idle_count(uri, concurrency, seconds)) / seconds
+
+
 def count_raw(uri: str, runs: int) -> collections.Counter:
     """The reference: claim (over the same task names) + finish through the store."""
     from hyperspace_explorer.status import COMPLETED
@@ -71,6 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--large", type=int, default=110)
+    parser.add_argument("--idle", type=float, default=5.0, metavar="SECONDS",
+                        help="also count what an idle worker sends per second (idling S "
+                             "and 2S seconds), with 1 and with 8 slots (default "
+                             "%(default)s; 0: skip)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     monitoring.register(_Listener())
@@ -91,6 +119,12 @@ def main() -> None:
           "(findAndModify hse_queue + update hse_leases), worker heartbeat (update "
           "hse_workers); between runs: expired-lease scan (find hse_leases) and a sweep "
           "(find hse_queue + insert hse_done + delete hse_queue)")
+    if args.idle > 0:
+        with embedded_server() as uri:
+            rates = {n: idle_rate(uri, n, args.idle) for n in (1, 8)}
+        print(f"idle worker, empty queue, --interval 0.5 (marginal, {args.idle:g} s more): "
+              f"{rates[1]:.1f} commands/s with --concurrency 1, {rates[8]:.1f}/s with 8 "
+              f"({rates[8] / rates[1]:.2f}x: one poll per interval, whatever the slots)")
 
 
 if __name__ == "__main__":
