@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 
 from .configurable import resolve_class
-from .errors import HSEError, StoreUnavailable, positive_int, seconds
+from .errors import HSEError, StoreUnavailable, bounded_int, positive_int, seconds
 from .sacred_compat import check_worker_imports
 from .scenario import Scenario
 from .status import FAILED, QUEUED, Reason, Status
@@ -76,6 +76,17 @@ OPENBLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "22")
 _GPU_ID = re.compile(r"\d+|(GPU|MIG)-[\w/-]+")  # what CUDA_VISIBLE_DEVICES accepts
 
 
+MAX_CONCURRENCY = 1024  # slots of one worker: each keeps a forked process and a thread
+
+
+def check_concurrency(concurrency: object) -> int:
+    """`concurrency` when it is a number of slots one worker can hold, else an HSEError:
+    a slot is a thread with a forked process ready, all started with the worker (1,024
+    take 20 s to start on 2 cores; 100,000 never got to a first claim)."""
+    positive_int(concurrency, "--concurrency")
+    return bounded_int(concurrency, "--concurrency", 1, MAX_CONCURRENCY)
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity: a Slurm or taskset share of the
     machine), else all of them."""
@@ -110,7 +121,7 @@ def limit_run_threads(concurrency: int, threads_per_run: int | None = None,
     The libraries read the variables once, when they are loaded: the command-line
     worker calls this before it imports anything of the Study's (and its children
     inherit the pools); in a notebook, call it before importing NumPy."""
-    concurrency = positive_int(concurrency, "--concurrency")
+    concurrency = check_concurrency(concurrency)
     if threads_per_run is not None:
         value = str(positive_int(threads_per_run, "--threads-per-run"))
         chosen = dict.fromkeys(THREAD_VARIABLES, value)
@@ -197,7 +208,7 @@ class Worker:
             seconds(idle_exit, "--idle-exit", zero=True)
         if max_runs is not None:
             positive_int(max_runs, "--max-runs")
-        positive_int(concurrency, "--concurrency")
+        check_concurrency(concurrency)
         positive_int(runs_per_process, "--runs-per-process")
         self.gpus = [str(g).strip() for g in gpus]
         if len(set(self.gpus)) != len(self.gpus) or not all(map(_GPU_ID.fullmatch, self.gpus)):

@@ -281,6 +281,7 @@ def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_pat
     ({"interval": -1}, "--interval must be a positive, finite number of seconds, got -1"),
     ({"idle_exit": -1.0}, "--idle-exit must be a finite number of seconds, 0 or more, got -1.0"),
     ({"max_runs": 0}, "--max-runs must be a positive integer, got 0"),
+    ({"concurrency": 1025}, "--concurrency must be an integer from 1 to 1024, got 1025"),
     ({"max_runs": 2**63}, "--max-runs must be an integer from 1 to 2**63 - 1, got 9223372036854"),
     ({"gpus": ["a"]}, "--gpus must list distinct GPU ids: indices (0,1) or UUIDs"),
     ({"gpus": ["-1"]}, "--gpus must list distinct GPU ids"),
