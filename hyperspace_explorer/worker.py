@@ -340,7 +340,7 @@ class Worker:
                 if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
                     log.info("idle for %.0fs: --idle-exit reached", self.idle_exit)
                     break
-                self._wake.wait(self.interval)
+                self._wake.wait(self._held_for(slot) or self.interval)
                 continue
             try:
                 self._process(slot, doc, spec, started=started)
@@ -397,13 +397,10 @@ class Worker:
         the slot's running run waits for it.
 
         Idle, a worker polls the queue once per `interval`, not once per slot: a slot
-        takes None without asking when another slot found the queue empty less than
-        an interval ago. Each poll costs the database a few reads, and a worker with
-        `--concurrency 8` polling from every slot sent 8 times as many."""
-        polled = self._polled
-        if not ahead and polled is not None and polled[1] is not slot \
-                and time.monotonic() - polled[0] < self.interval:
-            return None
+        takes None without asking while another slot's poll found the queue empty
+        less than an interval ago (`_held_for`). Each poll costs the database a few
+        reads, and a worker with `--concurrency 8` polling from every slot sent 8
+        times as many."""
         try:
             names = task_names(self.tasks_dir)
         except HSEError as exc:
@@ -411,6 +408,8 @@ class Worker:
             return None
         with self._lock:  # slots claim one at a time: GPUs are handed out here
             if self.max_runs is not None and self._claimed >= self.max_runs:
+                return None
+            if not ahead and self._held_for(slot) > 0:
                 return None
 
             def claim() -> dict[str, Any] | None:
@@ -434,6 +433,16 @@ class Worker:
                     slot.gpus, self._free_gpus = (self._free_gpus[:wanted],
                                                   self._free_gpus[wanted:])
             return doc
+
+    def _held_for(self, slot: _Slot) -> float:
+        """Seconds until `slot` may poll an empty-looking queue again: 0, or what is
+        left of the interval since another slot's poll found nothing. An idle slot
+        sleeps that long (else an interval), so that the others follow the poller's
+        pace: once it claims a run, they claim too, within an interval."""
+        polled = self._polled
+        if polled is None or polled[1] is slot:
+            return 0.0
+        return max(0.0, polled[0] + self.interval - time.monotonic())
 
     def _give_back(self, slot: _Slot) -> None:
         """Put the run the slot claimed ahead back in the queue, as it was."""

@@ -71,9 +71,11 @@ def test_an_idle_worker_polls_once_per_interval_whatever_its_concurrency(q, mong
     try:
         assert worker._claim(one) is None and len(polls) == 1
         assert worker._claim(two) is None and worker._claim(three) is None and len(polls) == 1
+        assert worker._held_for(one) == 0 and 0 < worker._held_for(two) <= 600
         run_id = run(q)
         assert worker._claim(two) is None and len(polls) == 1, "held off: one just polled"
         assert worker._claim(one)["_id"] == run_id and len(polls) == 2
+        assert worker._held_for(two) == 0, "the others follow at once"
         assert worker._claim(two) is None and len(polls) == 3, "a claim lifts the hold"
         assert worker._claim(three) is None and len(polls) == 3
         gpu_run = run(q, gpus=1)
