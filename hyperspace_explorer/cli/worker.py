@@ -63,7 +63,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                         help="exit after the queue has been empty this long")
     parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="runs executed at once by this worker (default %(default)s)")
+                        help="runs executed at once by this worker, at most 1024 (default "
+                             "%(default)s)")
     parser.add_argument("--gpus", type=names, default=[], metavar="IDS",
                         help="GPU ids this worker hands out, e.g. 0,1,2,3: a run needing k "
                              "GPUs sees k free ones as CUDA_VISIBLE_DEVICES (default: none; "
