@@ -21,6 +21,7 @@ _TASK_KEYS = {"Scenario", "seed", "metric", "direction", "max_runtime", "descrip
               "gpus", "tags"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 MAX_SEED = 2**32 - 1  # Sacred seeds NumPy's legacy generator with a run's seed
+MAX_TAG = 100  # characters of a tag (`--tags`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +86,16 @@ class Task:
 def tag_names(tags: Iterable[Any], name: str, error: type[HSEError] = HSEError
               ) -> tuple[str, ...]:
     """`tags` sorted and without repeats, when each is a name a worker can offer: a
-    non-empty string without ',' (`--tags` splits on it) or surrounding blanks (which
-    `--tags` strips, so a run requiring " gpu" would wait for ever); else an `error`
-    naming `name`. The one check of the tags a task file, `submit` and a worker give."""
+    non-empty string of at most MAX_TAG characters (the claim's index keys hold them),
+    without ',' (`--tags` splits on it) or surrounding blanks (which `--tags` strips,
+    so a run requiring " gpu" would wait for ever); else an `error` naming `name`. The
+    one check of the tags a task file, `submit` and a worker give."""
     tags = list(tags)
-    if not all(isinstance(t, str) and t and "," not in t and t == t.strip() for t in tags):
-        raise error(f"{name} must be non-empty names without ',' or surrounding blanks, got {tags!r}")
+    if not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG and "," not in t
+               and t == t.strip() for t in tags):
+        shown = repr(tags) if len(repr(tags)) <= 200 else repr(tags)[:197] + "..."
+        raise error(f"{name} must be names of 1 to {MAX_TAG} characters, without ',' or "
+                    f"surrounding blanks, got {shown}")
     return tuple(sorted(set(tags)))
 
 

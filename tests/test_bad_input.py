@@ -297,7 +297,8 @@ def test_every_count_is_checked_the_same_way_naming_it(queue, count):
     ({"max_runtime": float("inf")}, "max_runtime must be a positive, finite number of seconds"),
     ({"seeds": [2**32]}, "seeds must be ints from 0 to 4294967295 (2**32 - 1: Sacred seeds NumPy"),
     ({"seeds": 2**32}, "seeds=4294967296: from the task's seed 100 that goes past the largest seed"),
-    ({"tags": [" gpu"]}, "tags must be non-empty names without ',' or surrounding blanks"),
+    ({"tags": [" gpu"]}, "tags must be names of 1 to 100 characters, without ',' or surrounding"),
+    ({"tags": ["x" * 101]}, "tags must be names of 1 to 100 characters, without ',' or "),
 ])
 def test_values_no_run_could_use_are_refused_at_submit_naming_them(q, raw, options, message):
     """Numbers MongoDB cannot store (above 64 bits, NaN, infinity), seeds Sacred cannot

@@ -108,7 +108,7 @@ def test_unknown_keys(tmp_path):
     ("max_runtime", float("inf"), "'max_runtime' must be a positive, finite"),
     ("gpus", 2**63, "'gpus' must be an integer from 0 to 2**63 - 1"),
     ("tags", "gpu", "'tags' must be a list of names, got 'gpu'"),
-    ("tags", [" gpu"], "'tags' must be non-empty names without ',' or surrounding blanks"),
+    ("tags", [" gpu"], "'tags' must be names of 1 to 100 characters, without ',' or surrounding"),
     ("metric", "a.b", "'metric' must be a metric name"),
     ("metric", "", "'metric' must be a metric name"),
     ("max_runtime", 0, "'max_runtime' must be a positive, finite number of seconds, got 0"),

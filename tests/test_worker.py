@@ -286,7 +286,7 @@ def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_pat
     ({"gpus": ["a"]}, "--gpus must list distinct GPU ids: indices (0,1) or UUIDs"),
     ({"gpus": ["-1"]}, "--gpus must list distinct GPU ids"),
     ({"gpus": ["0", " 0"]}, "--gpus must list distinct GPU ids"),
-    ({"tags": ["big,mem"]}, "--tags must be non-empty names without ','"),
+    ({"tags": ["big,mem"]}, "--tags must be names of 1 to 100 characters, without ','"),
 ])
 def test_bad_worker_options_are_refused_naming_them_before_any_claim(
         q, raw, tmp_path, mongo_uri, db_name, options, message):
