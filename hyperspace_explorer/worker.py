@@ -179,7 +179,8 @@ class Worker:
     the GPU ids this worker may hand out: a run that requires k GPUs is claimed only
     when k of them are free, and its child sees just those (CUDA_VISIBLE_DEVICES).
     `tags` are what this worker offers (e.g. "big-mem"): it claims only runs whose
-    required tags it has; untagged runs go to any worker. A slot's child executes up to
+    required tags it has; untagged runs go to any worker. Either may be one
+    comma-separated string, as `--gpus` and `--tags` take them. A slot's child executes up to
     `runs_per_process` runs in turn, as long as each leaves no process or thread
     behind (1: a fresh process for every run; see `execution.child`).
 
@@ -210,6 +211,9 @@ class Worker:
             positive_int(max_runs, "--max-runs")
         check_concurrency(concurrency)
         positive_int(runs_per_process, "--runs-per-process")
+        # A string from Python is what --gpus / --tags take: comma-separated.
+        gpus = gpus.split(",") if isinstance(gpus, str) else gpus
+        tags = tags.split(",") if isinstance(tags, str) else tags
         self.gpus = [str(g).strip() for g in gpus]
         if len(set(self.gpus)) != len(self.gpus) or not all(map(_GPU_ID.fullmatch, self.gpus)):
             raise HSEError(f"--gpus must list distinct GPU ids: indices (0,1) or UUIDs "

@@ -286,6 +286,8 @@ def test_runs_per_process_must_be_a_positive_integer(mongo_uri, db_name, tmp_pat
     ({"gpus": ["a"]}, "--gpus must list distinct GPU ids: indices (0,1) or UUIDs"),
     ({"gpus": ["-1"]}, "--gpus must list distinct GPU ids"),
     ({"gpus": ["0", " 0"]}, "--gpus must list distinct GPU ids"),
+    ({"gpus": "0,0"}, "--gpus must list distinct GPU ids"),
+    ({"tags": "big-mem,"}, "--tags must be names of 1 to 100 characters"),
     ({"tags": ["big,mem"]}, "--tags must be names of 1 to 100 characters, without ','"),
 ])
 def test_bad_worker_options_are_refused_naming_them_before_any_claim(
@@ -295,6 +297,18 @@ def test_bad_worker_options_are_refused_naming_them_before_any_claim(
         run_worker(mongo_uri, db_name, tmp_path, **{"max_runs": 1, **options})
     assert str(err.value).startswith(message)
     assert q.get(run_id)["status"] == "QUEUED" and raw["hse_workers"].count_documents({}) == 0
+
+
+def test_gpus_and_tags_given_as_one_string_are_split_as_on_the_command_line(
+        mongo_uri, db_name, tmp_path):
+    from hyperspace_explorer.worker import Worker
+
+    worker = Worker(helpers.TASKS, db_name, mongo_uri, study_dir=helpers.STUDY,
+                    log_dir=tmp_path, gpus="0,1", tags="big-mem, gpu")
+    try:
+        assert worker.gpus == ["0", "1"] and worker.tags == {"big-mem", "gpu"}
+    finally:
+        worker.store.close()
 
 
 def test_a_run_claimed_ahead_by_a_worker_that_died_goes_back_without_using_an_attempt(
