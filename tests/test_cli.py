@@ -107,6 +107,24 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture):
     assert "--idle-exit" in capsys.readouterr().out  # the hyperspace_worker options
 
 
+@pytest.mark.parametrize("argv", [["worker", "tasks", "db", "--gpus", "0,,1"],
+                                  ["worker", "tasks", "db", "--tags", "gpu,"],
+                                  ["submit", "toy", "--tags", ","]])
+def test_an_empty_item_in_a_list_of_names_is_refused_naming_the_option(
+        argv: list[str], capsys: pytest.CaptureFixture):
+    assert main(argv) == 2
+    option, value = argv[-2:]
+    assert (f"error: argument {option}: an empty item in {value!r}: separate the names with "
+            f"single commas") in capsys.readouterr().err
+    from hyperspace_explorer.cli.worker import main as hyperspace_worker
+
+    if argv[0] == "worker":  # the same options
+        with pytest.raises(SystemExit) as exit_:
+            hyperspace_worker(argv[1:])
+        assert exit_.value.code == 2 and f"argument {option}: an empty item" in \
+            capsys.readouterr().err
+
+
 def test_module_runs_as_a_script():
     proc = subprocess.run([sys.executable, "-m", "hyperspace_explorer.cli", "submit", "--help"],
                           capture_output=True, text=True, timeout=60)

@@ -88,8 +88,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def names(text: str) -> list[str]:
-    """A comma-separated list of names (GPU ids, tags)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """A comma-separated list of names (GPU ids, tags); "" is none. An empty item
+    (`0,,1`, `gpu,`) is refused: it is more likely a typo than a wish."""
+    if not text.strip():
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}: separate the names "
+                                         f"with single commas")
+    return items
 
 
 def run_worker_from_args(args: argparse.Namespace) -> int:
