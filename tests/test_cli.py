@@ -125,6 +125,13 @@ def test_an_empty_item_in_a_list_of_names_is_refused_naming_the_option(
             capsys.readouterr().err
 
 
+def test_an_unknown_status_lists_the_statuses_by_name(capsys: pytest.CaptureFixture):
+    assert main(["ls", "--status", "BOGUS"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'BOGUS'" in err and "QUEUED" in err and "PRUNED" in err
+    assert "<Status." not in err
+
+
 def test_module_runs_as_a_script():
     proc = subprocess.run([sys.executable, "-m", "hyperspace_explorer.cli", "submit", "--help"],
                           capture_output=True, text=True, timeout=60)

@@ -21,7 +21,7 @@ def register(sub: SubParsers) -> None:
     p = command(sub, "ls", cmd_ls, "list the most recently queued runs",
                 "examples:\n  hse ls\n  hse ls --task digits --status FAILED -n 100")
     p.add_argument("--task", help="only runs of this task")
-    p.add_argument("--status", type=str.upper, choices=STATUSES, metavar="STATUS",
+    p.add_argument("--status", type=str.upper, choices=[s.value for s in STATUSES], metavar="STATUS",
                    help=f"only runs in this status ({', '.join(STATUSES)})")
     p.add_argument("-n", "--limit", type=int, default=20,
                    help="how many runs (default %(default)s)")
