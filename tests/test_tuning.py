@@ -74,6 +74,21 @@ def test_a_bad_space_fails_before_anything_is_queued_naming_the_path(q, params, 
     assert q.status("quadratic")[Status.QUEUED] == 0
 
 
+@pytest.mark.parametrize("spec, words", [
+    ({"type": "float", "low": 0.1, "high": 1, "step": 0.1},
+     "a float parameter takes low, high, log (low, high required): unknown key(s) ['step']"),
+    ({"type": "int", "lo": 1, "high": 3},
+     "an int parameter takes low, high, step, log (low, high required): unknown key(s) ['lo'], "
+     "missing ['low']"),
+    ({"type": "categorical", "choices": 5}, "categorical choices must be a non-empty list, got 5"),
+])
+def test_a_parameter_with_wrong_keys_names_the_keys_it_takes(tmp_path, spec, words):
+    (tmp_path / "s.json").write_text(json.dumps({"params": {"x": spec}}))
+    with pytest.raises(ConfigError) as info:
+        load_space(tmp_path / "s.json")
+    assert info.value.path == "x" and str(info.value) == f"config.x: {words}"
+
+
 def test_params_of_keeps_configs_inside_the_space_only():
     full = scenarios.QuadraticScenario.complete_run_config
     inside = full({"shape": {"className": "Bowl"}, "x": 1.0, "y": 2.0})

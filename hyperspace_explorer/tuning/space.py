@@ -198,6 +198,22 @@ def _parse(path: str, spec: Any) -> Param:
                                 f"categorical, class), got {spec!r}")
     kind = spec["type"]
     args = {k: v for k, v in spec.items() if k != "type"}
+    plain = {"float": Float, "int": Int, "categorical": Categorical}.get(kind)
+    if plain is not None:
+        fields = dataclasses.fields(plain)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        unknown = sorted(set(args) - {f.name for f in fields})
+        missing = [name for name in required if name not in args]
+        if unknown or missing:
+            wrong = ", ".join([f"unknown key(s) {unknown}"] * bool(unknown)
+                              + [f"missing {missing}"] * bool(missing))
+            article = "an" if kind == "int" else "a"
+            raise ConfigError(path, f"{article} {kind} parameter takes "
+                                    f"{', '.join(f.name for f in fields)} "
+                                    f"({', '.join(required)} required): {wrong}")
+        if kind == "categorical" and not isinstance(args["choices"], (list, tuple)):
+            raise ConfigError(path, f"categorical choices must be a non-empty list, got "
+                                    f"{args['choices']!r}")
     try:
         if kind == "float":
             return Float(**args)
