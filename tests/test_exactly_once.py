@@ -107,7 +107,11 @@ def test_a_partitioned_worker_leaves_exactly_one_completed_record(
     with Proxy(host, port) as proxy:
         cut_off = worker_process(proxy.uri, db_name, *FAST, log=tmp_path / "w1.log")
         procs.append(cut_off)
-        wait_for(lambda: queue.get(run_id)["status"] == "RUNNING", 60, "the run to start")
+        # Its Sacred record, not the queue's RUNNING: the claim sets that before its
+        # reply reaches the worker, and a cut in between would leave a worker that
+        # never knew it had the run (its lease expires: another case).
+        wait_for(lambda: raw_db(queue.store).runs.find_one({"meta.hse.run_id": run_id}),
+                 60, "the run's Sacred record (its child started it)")
         proxy.cut()
         procs.append(worker_process(mongo_uri, db_name, *FAST, log=tmp_path / "w2.log"))
         wait_for(lambda: queue.get(run_id)["status"] == "COMPLETED", 60,
