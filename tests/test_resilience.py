@@ -72,7 +72,9 @@ def test_paused_worker_cannot_overwrite_newer_attempt(queue, workers, mongo_uri,
     run_id = submit(queue, "sleep", 1.0)
     paused = start_worker(mongo_uri, db_name, *FAST)
     workers.append(paused)
-    wait_for(lambda: status_of(queue, run_id) == "RUNNING", 30, "the run to start")
+    # Its Sacred record, not the queue's RUNNING (set before the claim's reply reaches
+    # the worker): paused then, the worker would not yet know it has the run.
+    wait_for(lambda: sacred_records(queue, run_id), 30, "the run to start")
     os.kill(paused.pid, signal.SIGSTOP)  # its child finishes the run meanwhile
     other = start_worker(mongo_uri, db_name, *FAST)
     workers.append(other)
