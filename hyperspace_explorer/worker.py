@@ -180,9 +180,9 @@ class Worker:
     when k of them are free, and its child sees just those (CUDA_VISIBLE_DEVICES).
     `tags` are what this worker offers (e.g. "big-mem"): it claims only runs whose
     required tags it has; untagged runs go to any worker. Either may be one
-    comma-separated string, as `--gpus` and `--tags` take them. A slot's child executes up to
-    `runs_per_process` runs in turn, as long as each leaves no process or thread
-    behind (1: a fresh process for every run; see `execution.child`).
+    comma-separated string, as `--gpus` and `--tags` take them. A slot's child
+    executes up to `runs_per_process` runs in turn, as long as each leaves no process
+    or thread behind (1: a fresh process for every run; see `execution.child`).
 
     Between runs it notices edits of the Study's sources; it then stops with
     `reload_requested` set, and the command-line entry point re-executes itself so
@@ -405,15 +405,15 @@ class Worker:
         less than an interval ago (`_held_for`). Each poll costs the database a few
         reads, and a worker with `--concurrency 8` polling from every slot sent 8
         times as many."""
-        try:
-            names = task_names(self.tasks_dir)
-        except HSEError as exc:
-            log.error("%s", exc)
-            return None
         with self._lock:  # slots claim one at a time: GPUs are handed out here
             if self.max_runs is not None and self._claimed >= self.max_runs:
                 return None
             if not ahead and self._held_for(slot) > 0:
+                return None  # before reading the tasks directory: held slots read nothing
+            try:
+                names = task_names(self.tasks_dir)
+            except HSEError as exc:
+                log.error("%s", exc)
                 return None
 
             def claim() -> dict[str, Any] | None:

@@ -214,13 +214,8 @@ def _parse(path: str, spec: Any) -> Param:
         if kind == "categorical" and not isinstance(args["choices"], (list, tuple)):
             raise ConfigError(path, f"categorical choices must be a non-empty list, got "
                                     f"{args['choices']!r}")
+        return plain(**args)
     try:
-        if kind == "float":
-            return Float(**args)
-        if kind == "int":
-            return Int(**args)
-        if kind == "categorical":
-            return Categorical(tuple(args.pop("choices")), **args)
         if kind == "class":
             choices = args.pop("choices")
             if args or not isinstance(choices, Mapping):
