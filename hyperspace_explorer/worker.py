@@ -238,10 +238,11 @@ class Worker:
         from .execution import Executor  # Sacred: imported by workers only
 
         experiments: dict[str, Any] = {}  # shared: building one is slow
+        sources: dict[tuple[str, str], Any] = {}  # shared: uploaded once
         self.slots = [_Slot(i, Executor(self.store, self.module, self.log_dir, heartbeat,
                                         lease, interrupt=self._interrupt_request,
                                         on_beat=self._beat, experiments=experiments,
-                                        runs_per_process=runs_per_process))
+                                        sources=sources, runs_per_process=runs_per_process))
                       for i in range(concurrency)]
         self._signals = 0
         self._wake = threading.Event()
@@ -363,15 +364,16 @@ class Worker:
             idle_since = time.monotonic()
 
     def _warm_up(self) -> None:
-        """Build the Sacred Experiment of each task and the Study's code version before
-        the first claim, rather than inside the first run: source, package and git
-        discovery take about half a second on a small machine, which would otherwise
-        delay the first run and hold its lease."""
+        """Build the Sacred Experiment of each task, store its sources and the Study's
+        code version before the first claim, rather than inside the first runs: source,
+        package and git discovery take about half a second on a small machine, which
+        would otherwise delay the first run and hold its lease, and the uploads slowed
+        the first runs beside them."""
         executor, task = self.slots[0].executor, None
         for name in task_names(self.tasks_dir):
             try:
                 task = load_task(self.tasks_dir, name)
-                executor.experiment_for(task)
+                executor.store_sources(task)
             except Exception as exc:  # noqa: BLE001 - a run of that task reports it
                 log.warning("task %s: not prepared ahead (%s)", name, str(exc)[:200])
         if task is not None:

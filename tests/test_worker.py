@@ -188,6 +188,22 @@ def test_every_run_has_a_complete_sacred_record(q, raw, tmp_path, mongo_uri, db_
     assert gridfs.GridFS(raw).get(source_id).read() == (STUDY / "scenarios.py").read_bytes()
 
 
+def test_a_worker_stores_the_study_s_sources_before_its_first_run(q, raw, tmp_path, mongo_uri,
+                                                                   db_name):
+    # Before its first claim (the uploads slowed the first runs beside them), and each
+    # record then names the file stored then.
+    assert run_worker(mongo_uri, db_name, tmp_path, idle_exit=0.3) == 0
+    path = str((STUDY / "scenarios.py").resolve())
+    (stored,) = [doc["file_id"] for doc in raw.hse_sources.find({})
+                 if doc["_id"].endswith(":" + path)]
+    assert gridfs.GridFS(raw).get(stored).read() == (STUDY / "scenarios.py").read_bytes()
+    ids = q.submit("noop", {}, seeds=2)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    for doc in docs_of(q, ids):
+        record = raw.runs.find_one({"_id": doc["sacred_id"]})
+        assert dict(record["experiment"]["sources"])["scenarios.py"] == stored
+
+
 def test_sacred_ids_are_unique_integers_beyond_ten(q, raw, tmp_path, mongo_uri, db_name):
     # The embedded server sorts integer _ids as text ("10" < "9"): Sacred's own
     # "max id + 1" would reuse ids after run 10 and overwrite records.

@@ -74,6 +74,23 @@ def logged_output(log_path: str | os.PathLike[str], limit: int = OUTPUT_LIMIT) -
     return output_filter(text)
 
 
+def stored_sources(store: Storage, cache: dict[tuple[str, str], Any],
+                   ex_info: Mapping[str, Any], patience_s: float | None = None
+                   ) -> list[list[Any]]:
+    """The `[name, file id]` of each source of a Sacred experiment (`ex_info`), each
+    uploaded once per content and remembered in `cache` ({(path, md5): file id}), as
+    the record's `experiment.sources` lists them; `patience_s` as in `Storage.retry`."""
+    saved = []
+    for name, md5 in ex_info["sources"]:
+        path = os.path.join(ex_info["base_dir"], name)
+        file_id = cache.get((path, md5))
+        if file_id is None:
+            file_id = store.retry(lambda: store.store_source(path, md5), patience_s=patience_s)
+            cache[(path, md5)] = file_id
+        saved.append([name, file_id])
+    return saved
+
+
 class RecordWriter(MongoObserver):
     """Applies one attempt's Sacred events to its record (see the module docstring)."""
 
@@ -114,17 +131,7 @@ class RecordWriter(MongoObserver):
                                   result=result)
 
     def save_sources(self, ex_info):
-        base_dir = ex_info["base_dir"]
-        saved = []
-        for name, md5 in ex_info["sources"]:
-            path = os.path.join(base_dir, name)
-            key = (path, md5)
-            file_id = self._source_cache.get(key)
-            if file_id is None:
-                file_id = self.store.retry(lambda: self.store.store_source(path, md5))
-                self._source_cache[key] = file_id
-            saved.append([name, file_id])
-        return saved
+        return stored_sources(self.store, self._source_cache, ex_info)
 
     def _write(self) -> None:
         entry = self.run_entry

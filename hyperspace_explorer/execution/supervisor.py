@@ -33,7 +33,7 @@ from ..study import study_root
 from ..task import Task
 from ..versions import code_version
 from .child import NextRun, RunSpec, child_main, run_attempt
-from .records import OUTPUT_LIMIT, RecordWriter, output_filter
+from .records import OUTPUT_LIMIT, RecordWriter, output_filter, stored_sources
 from .sacred_settings import Experiment, host_facts
 
 log = logging.getLogger("hyperspace_explorer.worker")
@@ -141,15 +141,17 @@ class Executor:
 
     `experiment_for(task)` builds the Sacred Experiment of a task once (source and
     git discovery is slow), in the Study's namespace so that Sacred records the
-    Study's sources and repository, not the worker's. `interrupt()` says whether the
-    worker wants the running attempt stopped ("requeue") and `on_beat()` is called at
-    every lease renewal.
+    Study's sources and repository, not the worker's; `store_sources(task)` uploads
+    those sources ahead of its first run. `interrupt()` says whether the worker wants
+    the running attempt stopped ("requeue") and `on_beat()` is called at every lease
+    renewal.
     """
 
     def __init__(self, store: Storage, study_module: Any, log_dir: Path,
                  heartbeat_s: float, lease_s: float, *,
                  interrupt: Callable[[], str | None], on_beat: Callable[[], None],
                  experiments: dict[str, Experiment] | None = None,
+                 sources: dict[tuple[str, str], Any] | None = None,
                  runs_per_process: int = 1):
         self.store = store
         self.study_module = study_module
@@ -159,9 +161,10 @@ class Executor:
         self.interrupt = interrupt
         self.on_beat = on_beat
         self.runs_per_process = runs_per_process
-        # Shared by the executors of a worker's slots (building one is slow).
+        # Shared by the executors of a worker's slots (building one is slow), as are
+        # the file ids of the sources uploaded ({(path, md5): file id}).
         self._experiments: dict[str, Experiment] = {} if experiments is None else experiments
-        self._source_cache: dict[tuple[str, str], Any] = {}
+        self._source_cache: dict[tuple[str, str], Any] = {} if sources is None else sources
         self._host_facts = host_facts()
         self._spare: _Runner | None = None  # idle, waiting for its next run
         self._trials: Any = None  # tuning.link.TrialLinks, once a tuned run reports
@@ -193,6 +196,15 @@ class Executor:
                 log.warning("reading the Study's experiment info failed: %s", exc)
             self._experiments[task.name] = ex
         return ex
+
+    def store_sources(self, task: Task) -> None:
+        """Upload the sources of `task`'s Experiment, if not stored yet, before its first
+        run: otherwise the first record's write does it (about ten round trips for
+        GridFS's files, chunks and indexes), beside the first runs, which it slowed by
+        a few percent on 2 cores. One try (StoreUnavailable): the first record's write
+        uploads what is missing then."""
+        stored_sources(self.store, self._source_cache,
+                       self.experiment_for(task).get_experiment_info(), patience_s=0)
 
     def code_version(self, task: Task) -> dict[str, Any]:
         """The Study's code version now (see `versions.code_version`; computed again
