@@ -205,8 +205,8 @@ def _parse(path: str, spec: Any) -> Param:
         unknown = sorted(set(args) - {f.name for f in fields})
         missing = [name for name in required if name not in args]
         if unknown or missing:
-            wrong = ", ".join([f"unknown key(s) {unknown}"] * bool(unknown)
-                              + [f"missing {missing}"] * bool(missing))
+            wrong = ", ".join(([f"unknown key(s) {unknown}"] if unknown else [])
+                              + ([f"missing {missing}"] if missing else []))
             article = "an" if kind == "int" else "a"
             raise ConfigError(path, f"{article} {kind} parameter takes "
                                     f"{', '.join(f.name for f in fields)} "
