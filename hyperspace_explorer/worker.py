@@ -365,19 +365,23 @@ class Worker:
 
     def _warm_up(self) -> None:
         """Build the Sacred Experiment of each task, store its sources and the Study's
-        code version before the first claim, rather than inside the first runs: source,
-        package and git discovery take about half a second on a small machine, which
-        would otherwise delay the first run and hold its lease, and the uploads slowed
-        the first runs beside them."""
+        code version, and reserve Sacred ids, before the first claim rather than inside
+        the first runs: source, package and git discovery take about half a second on a
+        small machine, which would otherwise delay the first run and hold its lease, the
+        uploads slowed the first runs beside them, and the first run waited for the ids'
+        round trip (beside the submits that woke the worker, often the slowest)."""
         executor, task = self.slots[0].executor, None
         for name in task_names(self.tasks_dir):
             try:
                 task = load_task(self.tasks_dir, name)
+                resolve_class(Scenario, task.scenario_class_name,
+                              "Scenario").complete_config(task.scenario, "Scenario")
                 executor.store_sources(task)
             except Exception as exc:  # noqa: BLE001 - a run of that task reports it
                 log.warning("task %s: not prepared ahead (%s)", name, str(exc)[:200])
         if task is not None:
             self._quietly(lambda: executor.code_version(task))
+        self._quietly(self._reserve_sacred_ids)
         for slot in self.slots:  # children forked now inherit those Experiments
             slot.executor.fresh_spare()
 
@@ -611,9 +615,11 @@ class Worker:
     def _next_sacred_id(self) -> int:
         with self._lock:
             if not self._sacred_ids:
-                self._sacred_ids = list(self.store.retry(
-                    lambda: self.store.reserve_sacred_ids(SACRED_ID_BLOCK)))
+                self.store.retry(self._reserve_sacred_ids)
             return self._sacred_ids.pop(0)
+
+    def _reserve_sacred_ids(self) -> None:
+        self._sacred_ids = list(self.store.reserve_sacred_ids(SACRED_ID_BLOCK))
 
     def _requeue(self, run_id: str, token: str, fields: dict[str, Any]) -> None:
         if not self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
