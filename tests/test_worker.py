@@ -204,6 +204,21 @@ def test_a_worker_stores_the_study_s_sources_before_its_first_run(q, raw, tmp_pa
         assert dict(record["experiment"]["sources"])["scenarios.py"] == stored
 
 
+def test_a_worker_reserves_sacred_ids_before_its_first_claim(q, raw, tmp_path, mongo_uri,
+                                                             db_name):
+    # Its first run then waits for no round trip to the counter, which came beside the
+    # submits that woke the worker; the runs take the ids reserved then.
+    from hyperspace_explorer.worker import SACRED_ID_BLOCK
+
+    assert run_worker(mongo_uri, db_name, tmp_path, idle_exit=0.3) == 0
+    assert raw.hse_counters.find_one({"_id": "sacred_run_id"})["seq"] == SACRED_ID_BLOCK
+    ids = q.submit("noop", {}, seeds=2)
+    assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    assert sorted(d["sacred_id"] for d in docs_of(q, ids)) == [SACRED_ID_BLOCK + 1,
+                                                               SACRED_ID_BLOCK + 2]
+    assert raw.hse_counters.find_one({"_id": "sacred_run_id"})["seq"] == 2 * SACRED_ID_BLOCK
+
+
 def test_sacred_ids_are_unique_integers_beyond_ten(q, raw, tmp_path, mongo_uri, db_name):
     # The embedded server sorts integer _ids as text ("10" < "9"): Sacred's own
     # "max id + 1" would reuse ids after run 10 and overwrite records.
@@ -252,6 +267,27 @@ def test_a_child_runs_run_after_run_until_one_leaves_a_process_behind(q, raw, tm
     assert record["config"]["options"] == docs[1]["config"]["options"]
     assert "first" not in record["config"]["options"]
     assert record["config"]["seed"] == docs[1]["seed"]
+
+
+def test_a_spare_runner_creates_a_sacred_run_of_each_task_and_keeps_nothing_of_it(tmp_path):
+    # While a spare runner waits for its first run it warms Sacred's run creation
+    # (`child._warm`): the Experiment its runs then use is as it was, and its
+    # experiment info, read once by the worker, is handed out as a fresh dict each time.
+    from hyperspace_explorer.execution.child import _warm
+    from hyperspace_explorer.execution.supervisor import Executor
+    from hyperspace_explorer.study import load_scenarios
+
+    task = load_task(TASKS, "toy")
+    executor = Executor(None, load_scenarios(STUDY), tmp_path, 5.0, 60.0,
+                        interrupt=lambda: None, on_beat=lambda: None)
+    ex = executor.experiment_for(task)
+    before = list(ex.configurations), list(ex.captured_functions)
+    _warm({"toy": ex})
+    assert (list(ex.configurations), list(ex.captured_functions)) == before
+    info = ex.get_experiment_info()
+    assert info["name"] == "toy" and dict(info["sources"])["scenarios.py"]
+    info["sources"] = []  # what Sacred's observers do to their copy
+    assert ex.get_experiment_info()["sources"] != []
 
 
 def test_a_run_that_leaves_a_thread_behind_retires_its_process(q, tmp_path, mongo_uri,
