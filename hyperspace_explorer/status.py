@@ -48,6 +48,10 @@ class Reason(_Text):
     PRUNED = "pruned"            # the Optuna pruner stopped it early (tuning)
 
 
+#: The error of a CANCELLED run, as it ended: before its attempt started, or during it.
+CANCELLED_QUEUED = "cancelled before it started"
+CANCELLED_RUNNING = "cancelled while running"
+
 QUEUED, RUNNING, COMPLETED, FAILED, TIMEOUT, CANCELLED, PRUNED = Status
 ACTIVE: tuple[Status, ...] = (Status.QUEUED, Status.RUNNING)
 FINAL: tuple[Status, ...] = (Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.CANCELLED,

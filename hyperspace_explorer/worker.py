@@ -148,8 +148,8 @@ def recover_expired(store: Storage) -> int:
             if store.expire(doc["_id"], doc["token"], uncounted(doc)):
                 handled += 1
                 log.warning("run %s: claimed ahead by worker %s, which stopped renewing its "
-                            "lease before starting it; requeued", doc["_id"],
-                            doc.get("worker", "?"))
+                            "lease before starting it; %s", doc["_id"], doc.get("worker", "?"),
+                            "cancelled" if doc.get("cancel_requested") else "requeued")
             continue
         attempt = doc.get("attempt", 1)
         limit = doc.get("max_attempts") or DEFAULT_MAX_ATTEMPTS
@@ -167,7 +167,8 @@ def recover_expired(store: Storage) -> int:
             store.supersede_sacred_runs(doc["_id"], doc["token"],
                                         f"worker lost: {note}; see the queue document")
             log.warning("run %s: %s; %s", doc["_id"], note,
-                        "failed" if attempt >= limit else "requeued")
+                        "failed" if attempt >= limit else
+                        "cancelled" if doc.get("cancel_requested") else "requeued")
     return handled
 
 

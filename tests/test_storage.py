@@ -180,6 +180,41 @@ def test_cancel_requests(store, raw):
     assert store.request_cancel(RunFilter(study="s"))[0] == 0
 
 
+def test_a_leased_run_whose_cancel_was_requested_ends_cancelled_instead_of_going_back(
+        store, raw):
+    # Flagged while leased (RUNNING, maybe claimed ahead and not started): given back
+    # (the current run was long, the worker stops) or recovered once its lease expired,
+    # it ends CANCELLED. Back in the queue with its flag, the next worker would run it,
+    # and a run shorter than the lease beat would complete despite the cancel.
+    store.enqueue([queued(i=i) for i in range(4)])
+    ahead = store.claim("s", ["t"], "w", 60, ahead=True)  # not started: no Sacred record
+    started = store.claim("s", ["t"], "w", 60)
+    lost = store.claim("s", ["t"], "w", -1)  # its worker looks dead
+    kept = store.claim("s", ["t"], "w", 60)  # never cancelled
+    for sacred_id, doc in enumerate((started, lost), 1):
+        store.save_sacred_run(_record(sacred_id, doc["_id"], doc["token"]), new=True)
+    assert store.request_cancel(RunFilter(ids=[ahead["_id"], started["_id"], lost["_id"]])) \
+        == (0, 3)
+    assert store.requeue(ahead["_id"], ahead["token"], {"attempt": 0}) is True
+    assert store.requeue(started["_id"], started["token"], {"attempt": 0}) is True
+    assert store.expire(lost["_id"], lost["token"], {"last_error": "worker lost"}) is True
+    assert store.requeue(kept["_id"], kept["token"], {"attempt": 0}) is True
+    docs = {d["_id"]: store.get_run(d["_id"]) for d in (ahead, started, lost, kept)}
+    assert [docs[d["_id"]]["status"] for d in (ahead, started, lost, kept)] == \
+        [CANCELLED, CANCELLED, CANCELLED, QUEUED]
+    assert docs[ahead["_id"]]["error"] == "cancelled before it started"
+    assert "started_at" not in docs[ahead["_id"]] and docs[ahead["_id"]]["attempt"] == 0
+    assert docs[started["_id"]]["error"] == "cancelled while running"
+    assert docs[started["_id"]]["started_at"] == started["started_at"]
+    assert all(docs[i]["reason"] == "cancelled" and docs[i]["ended_at"]
+               for i in (ahead["_id"], started["_id"], lost["_id"]))
+    assert [d["_id"] for d in raw.hse_leases.find({})] == []
+    assert [d["_id"] for d in claim_all(store)] == [kept["_id"]]  # only that one went back
+    # Its attempt is over: not even its own token can end it otherwise now.
+    assert store.requeue(ahead["_id"], ahead["token"], {}) is False
+    assert store.finish(started["_id"], started["token"], COMPLETED, {}) is False
+
+
 # ------------------------------------------------------------------ sweeping
 def _finish_all(store, n, status=COMPLETED):
     ids = store.enqueue([queued(i=i) for i in range(n)])

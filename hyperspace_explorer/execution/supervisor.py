@@ -27,7 +27,17 @@ from typing import Any, Protocol
 
 from .. import logs
 from ..errors import StoreUnavailable
-from ..status import CANCELLED, COMPLETED, FAILED, PRUNED, QUEUED, TIMEOUT, Reason, Status
+from ..status import (
+    CANCELLED,
+    CANCELLED_RUNNING,
+    COMPLETED,
+    FAILED,
+    PRUNED,
+    QUEUED,
+    TIMEOUT,
+    Reason,
+    Status,
+)
 from ..storage import Storage, now_utc
 from ..study import study_root
 from ..task import Task
@@ -390,7 +400,7 @@ class Executor:
                     writer.close("FAILED", SUPERSEDED, now_utc())
                     return _LOST
                 if doc.get("cancel_requested") and stop is None:
-                    stop = (CANCELLED, Reason.CANCELLED, "cancelled while running")
+                    stop = (CANCELLED, Reason.CANCELLED, CANCELLED_RUNNING)
                     _terminate(proc)
                 writer.push_metrics()  # points logged since the last write, at least once a beat
         if not runner.reusable:

@@ -340,14 +340,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, run_id: str, token: str, fields: Mapping[str, Any]) -> bool:
-        """Put our running attempt back in the queue (worker shutdown); False if we no
-        longer own it."""
+        """Put our running attempt back in the queue (worker shutdown, a run claimed
+        ahead given back), or end it CANCELLED when its cancel was requested meanwhile;
+        False if we no longer own it."""
 
     @abc.abstractmethod
     def expire(self, run_id: str, token: str, fields: Mapping[str, Any],
                final_status: Status | None = None) -> bool:
-        """Requeue (or end with `final_status`) an attempt whose lease expired; False
-        when its worker renewed meanwhile or another process got there first."""
+        """Requeue (or end with `final_status`) an attempt whose lease expired, as
+        `requeue` does; False when its worker renewed meanwhile or another process got
+        there first."""
 
     @abc.abstractmethod
     def expired_leases(self) -> list[dict[str, Any]]:

@@ -43,7 +43,17 @@ import pymongo.errors
 from pymongo import ReturnDocument
 
 from ..errors import DocumentTooLarge, QueryError, RunNotFound, StoreError, StoreUnavailable
-from ..status import ACTIVE, FINAL, QUEUED, RUNNING, STATUSES, Reason, Status
+from ..status import (
+    ACTIVE,
+    CANCELLED_QUEUED,
+    CANCELLED_RUNNING,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    Reason,
+    Status,
+)
 from .base import (
     KEYSET_SORTS,
     PAGE_SORTS,
@@ -529,15 +539,32 @@ class MongoStorage(Storage):
         return res.matched_count == 1
 
     def _back_in_queue(self, match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+        """The leased attempt `match` back in the queue with `fields`; ended CANCELLED
+        instead when its cancel was requested meanwhile (`request_cancel` flags leased
+        runs, a run claimed ahead among them until it starts): back in the queue with
+        its flag, the next worker would run it, and a run shorter than a lease beat
+        would complete despite the cancel. The flag is only ever set, so `$exists`
+        tells it on both servers (nx-27017 stores a `$set` boolean as 1)."""
         doc = self._queue.find_one_and_update(
-            match, {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS},
+            {**match, "cancel_requested": {"$exists": False}},
+            {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS},
             projection={"study": 1, "task": 1, "priority": 1, "order": 1, "req": 1,
                         "gpus": 1, "tags": 1},
             return_document=ReturnDocument.AFTER)
-        if doc is None:
+        if doc is not None:
+            self._release(match["_id"], match["token"], final=False)
+            self._offer([doc])
+            return True
+        started = self.attempt_started(match["_id"], match["token"])  # it has a record
+        res = self._queue.update_one(
+            {**match, "cancel_requested": {"$exists": True}},
+            {"$set": {**fields, "status": Status.CANCELLED.value,
+                      "reason": Reason.CANCELLED.value, "ended_at": now_ts(),
+                      "error": CANCELLED_RUNNING if started else CANCELLED_QUEUED},
+             "$unset": {"ahead": ""} if started else {"ahead": "", "started_at": ""}})
+        if res.matched_count != 1:
             return False
-        self._release(match["_id"], match["token"], final=False)
-        self._offer([doc])
+        self._release(match["_id"], match["token"], final=True)
         return True
 
     @_translated
@@ -729,7 +756,7 @@ class MongoStorage(Storage):
             cancelled += self._queue.update_many(
                 {"_id": {"$in": ids[start:start + BATCH]}, "status": QUEUED.value},
                 {"$set": {"status": Status.CANCELLED.value, "reason": Reason.CANCELLED.value,
-                          "error": "cancelled before it started",
+                          "error": CANCELLED_QUEUED,
                           "ended_at": now_ts()}}).modified_count
         running = self._queue.update_many({**base, "status": RUNNING.value},
                                           {"$set": {"cancel_requested": True}})
