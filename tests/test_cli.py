@@ -125,6 +125,33 @@ def test_an_empty_item_in_a_list_of_names_is_refused_naming_the_option(
             capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["submit", "toy", "--max-attempts", "0"], "must be a positive integer, got 0"),
+    (["submit", "toy", "--max-runtime", "nan"],
+     "must be a positive, finite number of seconds, got nan"),
+    (["submit", "toy", "--gpus", "-1"], "must be an integer from 0 to 2**63 - 1, got -1"),
+    (["submit", "toy", "--priority", str(2**63)], "must be an integer from -9223372036854775807"),
+    (["submit", "toy", "--priority", "1.5"], "invalid int value: '1.5'"),
+    (["submit", "toy", "--seeds", "0"], "must be a positive integer, got 0"),
+    (["submit", "toy", "--seed", "-1"], "must be an integer from 0 to 4294967295, got -1"),
+    (["rerun", "abc", "--seed", str(2**32)], "must be an integer from 0 to 4294967295"),
+    (["ls", "-n", "0"], "must be a positive integer, got 0"),
+    (["show", "abc", "--lines", "-1"], "must be an integer from 0 to 2**63 - 1, got -1"),
+    (["tune", "toy", "--space", "s.json", "--trials", "0"], "must be a positive integer"),
+    (["tune", "toy", "--space", "s.json", "--trials", "2", "--parallel", "0"],
+     "must be a positive integer"),
+])
+def test_a_bad_number_is_refused_naming_the_option_before_any_database_is_reached(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture, monkeypatch):
+    # The API's own checks name its arguments (max_attempts); typed on the command line,
+    # the error names the option, and comes before the embedded server is started.
+    monkeypatch.setenv("HSE_MONGO_URI", "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1")
+    assert main(argv) == 2
+    option = {"-n": "-n/--limit"}.get(argv[-2], argv[-2])
+    err = capsys.readouterr().err
+    assert f"error: argument {option}" in err and message in err, err
+
+
 def test_an_unknown_status_lists_the_statuses_by_name(capsys: pytest.CaptureFixture):
     assert main(["ls", "--status", "BOGUS"]) == 2
     err = capsys.readouterr().err

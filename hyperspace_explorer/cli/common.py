@@ -33,6 +33,28 @@ def fail(message: str) -> None:
     print(f"{PROG}: error: {redact_uri(message)}", file=sys.stderr)
 
 
+def checked(check: Callable[..., Any], *bounds: Any,
+            convert: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: the text converted (`int` by default), then passed through
+    `check`, one of the validators of `errors` (`positive_int`, `bounded_int` with its
+    `bounds`, `seconds`) that the API applies too. A bad value is refused while the
+    command line is parsed, before any database is reached, and the error names the
+    option as typed (`argument --max-attempts: must be a positive integer, got 0`),
+    where the API's names its argument (`max_attempts`)."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {convert.__name__} value: {text!r}") from None
+        try:
+            return check(value, "", *bounds)
+        except HSEError as exc:  # "<name> must be ...", the name left empty
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+    return parse
+
+
 def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
     """--mongo-uri/--db/--tasks-dir/--study, on the main parser and on each subcommand.
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import HSEError
+from ..errors import HSEError, bounded_int, positive_int
 from ..status import ACTIVE, FINAL, STATUSES
 from . import render
-from .common import Session, SubParsers, command
+from .common import Session, SubParsers, checked, command
 
 OUTPUT_LINES = 40  # lines of captured output `hse show` prints (the tail)
 
@@ -23,7 +23,7 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--task", help="only runs of this task")
     p.add_argument("--status", type=str.upper, choices=[s.value for s in STATUSES], metavar="STATUS",
                    help=f"only runs in this status ({', '.join(STATUSES)})")
-    p.add_argument("-n", "--limit", type=int, default=20,
+    p.add_argument("-n", "--limit", type=checked(positive_int), default=20,
                    help="how many runs (default %(default)s)")
 
     p = command(sub, "show", cmd_show,
@@ -31,8 +31,8 @@ def register(sub: SubParsers) -> None:
                 "examples:\n  hse show 3f9a0c1b2d4e   # queue id, as printed by submit/ls\n"
                 "  hse show 12             # Sacred id (as in Omniboard)")
     p.add_argument("run", help="queue id or Sacred id")
-    p.add_argument("--lines", type=int, default=OUTPUT_LINES,
-                   help="lines of captured output to print (default %(default)s)")
+    p.add_argument("--lines", type=checked(bounded_int, 0), default=OUTPUT_LINES,
+                   help="lines of captured output to print (default %(default)s; 0: none)")
 
     p = command(sub, "export", cmd_export,
                 "write a run's saved model(s) with its config, code version and metrics",
@@ -93,8 +93,6 @@ def cmd_ls(session: Session) -> int:
     from rich.table import Table
 
     args = session.args
-    if args.limit < 1:
-        raise HSEError(f"-n must be at least 1, got {args.limit}")
     docs = session.queue.recent(args.task, status=args.status, limit=args.limit)
     console = render.console()
     if not docs:
@@ -171,7 +169,7 @@ def cmd_show(session: Session) -> int:
     output = record["output"]
     if output:
         lines = output.rstrip("\n").splitlines()
-        shown = lines[-args.lines:] if args.lines > 0 else []
+        shown = lines[-args.lines:] if args.lines else []
         console.print(render.text(f"\noutput (last {len(shown)} of {len(lines)} lines)",
                                   "bold"))
         console.print(render.text("\n".join(shown)))

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, HSEError
+from ..errors import MAX_INT, ConfigError, HSEError, bounded_int, positive_int, seconds
 from ..storage import DEFAULT_MAX_ATTEMPTS
+from ..task import MAX_SEED
 from . import render
-from .common import Session, SubParsers, command
+from .common import Session, SubParsers, checked, command
 from .worker import names
 
 
@@ -42,8 +43,8 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--set", dest="assignments", action="append", default=[],
                    type=parse_assignment, metavar="PATH=VALUE",
                    help="change a config value by dotted path (repeatable)")
-    p.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="run it under this seed (default: the run's own)")
+    p.add_argument("--seed", type=checked(bounded_int, 0, MAX_SEED), default=None,
+                   metavar="S", help="run it under this seed (default: the run's own)")
 
     p = command(sub, "backfill", cmd_backfill,
                 "write today's defaults into the stored configs of a task's finished runs",
@@ -83,21 +84,24 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--config", metavar="FILE.json",
                    help="base config (a JSON object); --set and --grid apply on top")
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, default=None, metavar="N",
+    seeds.add_argument("--seeds", type=checked(positive_int), default=None, metavar="N",
                        help="run each config under N seeds: the task's seed, +1, ... "
                             "(default: just the task's seed)")
-    seeds.add_argument("--seed", dest="seed_list", type=int, action="append", metavar="S",
+    seeds.add_argument("--seed", dest="seed_list", type=checked(bounded_int, 0, MAX_SEED),
+                       action="append", metavar="S",
                        help="run each config under this seed (repeatable), e.g. to re-run "
                             "a run found by `hse best`")
-    p.add_argument("--priority", type=int, default=0,
+    p.add_argument("--priority", type=checked(bounded_int, -MAX_INT), default=0,
                    help="higher runs first (default %(default)s)")
-    p.add_argument("--max-runtime", type=float, default=None, metavar="S",
+    p.add_argument("--max-runtime", type=checked(seconds, convert=float), default=None,
+                   metavar="S",
                    help="seconds after which a run is killed as TIMEOUT "
                         "(default: the task's max_runtime)")
-    p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+    p.add_argument("--max-attempts", type=checked(positive_int), default=DEFAULT_MAX_ATTEMPTS,
+                   metavar="N",
                    help="attempts before a run whose worker keeps dying is FAILED "
                         "(default %(default)s)")
-    p.add_argument("--gpus", type=int, default=None, metavar="N",
+    p.add_argument("--gpus", type=checked(bounded_int, 0), default=None, metavar="N",
                    help="GPUs each run needs (default: the task file's, else 0); only "
                         "workers started with --gpus claim such runs")
     p.add_argument("--tags", type=names, default=None, metavar="TAGS",

@@ -2,8 +2,10 @@
 (`tuning.tune`, `tuning.open_dashboard`; the optuna extra)."""
 from __future__ import annotations
 
+from ..errors import bounded_int, positive_int
+from ..task import MAX_SEED
 from . import render
-from .common import Session, SubParsers, command
+from .common import Session, SubParsers, checked, command
 
 
 def register(sub: SubParsers) -> None:
@@ -22,16 +24,17 @@ def register(sub: SubParsers) -> None:
     p.add_argument("task", help="task name (TASKS_DIR/<task>.json)")
     p.add_argument("--space", required=True, metavar="FILE",
                    help="search space, a JSON or YAML file")
-    p.add_argument("--trials", type=int, required=True, metavar="N",
+    p.add_argument("--trials", type=checked(positive_int), required=True, metavar="N",
                    help="stop once N proposed trials have finished")
-    p.add_argument("--parallel", type=int, default=1, metavar="K",
+    p.add_argument("--parallel", type=checked(positive_int), default=1, metavar="K",
                    help="proposals in flight at once (default %(default)s)")
     p.add_argument("--study-name", metavar="NAME",
                    help="the Optuna study (default: <study>-<task>); --study stays the "
                         "Study's name in the queue")
     p.add_argument("--pruner", choices=("none", "median", "successive_halving", "hyperband"),
                    default=None, help="prune runs that report poor intermediate values")
-    p.add_argument("--seed", type=int, default=None, help="the sampler's seed")
+    p.add_argument("--seed", type=checked(bounded_int, 0, MAX_SEED), default=None,
+                   help="the sampler's seed")
     p.add_argument("--no-warm-start", action="store_true",
                    help="do not add past runs of the task as trials")
     p.add_argument("--study-dir", metavar="DIR",
