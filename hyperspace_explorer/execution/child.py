@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -328,20 +329,38 @@ def _warm(experiments: dict[str, Experiment]) -> None:
     faults of Sacred's code and data) against 2 ms for the next ones, on the path of
     the worker's first run. Like preparing an `Attempt`, this runs no user code and
     leaves nothing behind; a failure here is left to the real run to report."""
-    for ex in experiments.values():
-        added = len(ex.configurations), len(ex.captured_functions)
-        try:
-            @ex.main
-            def hse_run(_run):  # the name of a real run's main function: no new command
-                return None
+    def hse_run(_run):  # the name of a real run's main function: no new command
+        return None
 
-            ex.add_config({"seed": 0})
-            ex._create_run()
+    for ex in experiments.values():
+        added = _additions(ex)
+        try:
+            _sacred_run(ex, hse_run, {"seed": 0})
         except Exception:  # noqa: BLE001 - see above
             pass
         finally:
-            del ex.configurations[added[0]:]
-            del ex.captured_functions[added[1]:]
+            _take_out(ex, added)
+
+
+def _sacred_run(ex: Experiment, main: Callable[..., Any], config: dict[str, Any],
+                meta_info: dict[str, Any] | None = None) -> Any:
+    """`Experiment.run` up to the start: `main` and `config` added to `ex`, the Sacred
+    Run created (config checks, seeds), nothing run. What it added stays in `ex` until
+    `_take_out`: the Experiment serves every run of its task in this process."""
+    ex.main(main)
+    ex.add_config(config)
+    return ex._create_run(meta_info=meta_info)
+
+
+def _additions(ex: Experiment) -> tuple[int, int]:
+    """Where the runs' additions to `ex` (configs, main functions) will start."""
+    return len(ex.configurations), len(ex.captured_functions)
+
+
+def _take_out(ex: Experiment, added: tuple[int, int]) -> None:
+    """Remove from `ex` what was added since `_additions` returned `added`."""
+    del ex.configurations[added[0]:]
+    del ex.captured_functions[added[1]:]
 
 
 def _run_logged(attempt: Attempt, heartbeats: Heartbeats) -> bool:
@@ -411,7 +430,7 @@ class Attempt:
         self.spec, self.ex, self.pipe = spec, ex, pipe
         # The Experiment serves every run of its task in this process: what this run
         # adds to it (its config, its main function) is taken out again by `discard`.
-        self._added = len(ex.configurations), len(ex.captured_functions)
+        self._added = _additions(ex)
         self.metrics: dict[str, float] = {}  # every metric the run returned
         self._run: Any = None
         self._failed: BaseException | None = None  # raised while preparing: at start
@@ -426,7 +445,6 @@ class Attempt:
                                            "Scenario")
         params = copy.deepcopy(spec.config)
 
-        @ex.main
         def hse_run(_run):  # Sacred injects the run object
             _run._metrics = StreamedMetrics(pipe)
             _SACRED_RUN.append(_run)
@@ -446,11 +464,11 @@ class Attempt:
             return self.metrics[metric]
 
         ex.observers[:] = [PipeObserver(pipe, spec.sacred_id)]
-        ex.add_config({**copy.deepcopy(spec.config), "seed": spec.seed})
         # Experiment.run, with the run's heartbeats handed over before it starts
-        self._run = ex._create_run(meta_info={"hse": {
-            "run_id": spec.run_id, "task": spec.task.name, "attempt": spec.attempt,
-            "token": spec.token, "scenario": spec.task.scenario}})
+        self._run = _sacred_run(ex, hse_run, {**copy.deepcopy(spec.config), "seed": spec.seed},
+                                {"hse": {"run_id": spec.run_id, "task": spec.task.name,
+                                         "attempt": spec.attempt, "token": spec.token,
+                                         "scenario": spec.task.scenario}})
         if heartbeats is not None:
             heartbeats.serve(self._run)
 
@@ -485,9 +503,7 @@ class Attempt:
         """Take what the attempt added out of the process's shared state."""
         _TUNING[:] = []
         _CHECKPOINTS[:] = []
-        configs, functions = self._added
-        del self.ex.configurations[configs:]
-        del self.ex.captured_functions[functions:]
+        _take_out(self.ex, self._added)
 
 
 def _adopt_orphans() -> None:
