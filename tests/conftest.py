@@ -37,6 +37,24 @@ def hse_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         stop_server(home)
 
 
+@pytest.fixture(autouse=True)
+def run_thread_settings() -> Iterator[None]:
+    """The runs' thread settings as they were before each test: a worker started in
+    this process (`main(["worker", ...])`) sets them in os.environ, which every later
+    test's subprocesses would inherit, so that a test's output depended on the tests
+    run before it (a worker logs the settings it sets, and sets none already set)."""
+    from hyperspace_explorer.worker import OPENBLAS_SPIN, THREAD_VARIABLES
+
+    names = (*THREAD_VARIABLES, OPENBLAS_SPIN[0])
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """A private nx-27017 server on a free port for the session, always provided (even with

@@ -14,6 +14,12 @@ TASKS = STUDY / "tasks"
 T = TypeVar("T")
 
 
+def error_lines(stderr: str) -> list[str]:
+    """A command's stderr lines but a worker's INFO log lines (its start-up note on the
+    runs' BLAS settings, printed unless the environment already has them)."""
+    return [line for line in stderr.splitlines() if line.strip() and " INFO " not in line]
+
+
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import raw_db
+from helpers import error_lines, raw_db
 
 from hyperspace_explorer.sacred_compat import make_stand_in
 from hyperspace_explorer.status import QUEUED
@@ -99,7 +99,7 @@ def test_worker_without_sacred_says_why_and_touches_nothing(tmp_path, mongo_uri,
             cwd=tmp_path, capture_output=True, text=True, timeout=120,
             env=_blocked_env(tmp_path, sacred="simulated: sacred is not installed"))
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        lines = error_lines(proc.stderr)
         assert len(lines) == 1, proc.stderr
         assert lines[0].startswith("hyperspace_worker: error: cannot import 'sacred' "
                                    "(simulated: sacred is not installed)")
