@@ -39,6 +39,7 @@ from .storage import (
     DEFAULT_MAX_ATTEMPTS,
     Storage,
     connect,
+    new_token,
     now_ts,
     queue_document_problem,
     redact_uri,
@@ -427,7 +428,7 @@ class Worker:
                 return self.store.claim(self.study, names, self.id, self.lease,
                                         exclude=self._cannot_run,
                                         gpus=len(self._free_gpus), tags=self.tags,
-                                        ahead=ahead)
+                                        ahead=ahead, token=slot.claim_token)
             try:
                 doc = claim() if ahead else self.store.retry(
                     claim, give_up=lambda: self._signals > 0)
@@ -435,6 +436,9 @@ class Worker:
                 if self._signals or ahead:
                     return None  # asked to stop while the database was away
                 raise
+            # The slot's next claim gets a fresh token. One that raised keeps its token:
+            # its next try then finds the run it leased if only the answer was lost.
+            slot.claim_token = new_token()
             if not ahead:
                 self._polled = (time.monotonic(), slot) if doc is None else None
             if doc is not None:
@@ -702,6 +706,7 @@ class _Slot:
     ahead: tuple[dict[str, Any], RunSpec | None] | None = None  # its queue document, spec
     ahead_started: float | None = None  # when it was handed to the child: it now runs
     last_s: float = math.inf
+    claim_token: str = dataclasses.field(default_factory=new_token)  # its next claim's
 
 
 class _Ahead:

@@ -29,7 +29,8 @@ from hyperspace_explorer.storage import RunFilter, connect
 FAST = ("--lease", "2", "--heartbeat", "0.4", "--interval", "0.1", "--idle-exit", "5")
 
 # Wraps one storage method of the worker so that the worker stops itself right before
-# that write (the test then decides what happens while it is frozen).
+# that write (the test then decides what happens while it is frozen); or makes the
+# claim's write lose its answer, as when the link drops right after the server wrote.
 _PAUSE_HOOK = textwrap.dedent("""
     import os, signal, threading
     point = os.environ.get("HSE_TEST_PAUSE_AT")
@@ -53,6 +54,19 @@ _PAUSE_HOOK = textwrap.dedent("""
                 mongo.MongoStorage.save_sacred_run, lambda entry: entry["status"] == "COMPLETED")
         elif point == "before_queue_finish":
             mongo.MongoStorage.finish = pausing(mongo.MongoStorage.finish, lambda *a: True)
+        elif point == "lose_claim_answer":
+            import pymongo
+            from pymongo.collection import Collection
+
+            real, lost = Collection.find_one_and_update, []
+
+            def losing(self, filter, update, *args, **kwargs):
+                answer = real(self, filter, update, *args, **kwargs)
+                if not lost and "attempt" in update.get("$inc", {}):  # a claim: once
+                    lost.append(True)
+                    raise pymongo.errors.AutoReconnect("connection reset by peer")
+                return answer
+            Collection.find_one_and_update = losing
 """)
 
 
@@ -108,8 +122,8 @@ def test_a_partitioned_worker_leaves_exactly_one_completed_record(
         cut_off = worker_process(proxy.uri, db_name, *FAST, log=tmp_path / "w1.log")
         procs.append(cut_off)
         # Its Sacred record, not the queue's RUNNING: the claim sets that before its
-        # reply reaches the worker, and a cut in between would leave a worker that
-        # never knew it had the run (its lease expires: another case).
+        # reply reaches the worker, and a cut in between is another case (see
+        # test_a_claim_whose_answer_was_lost_runs_the_run_it_leased).
         wait_for(lambda: raw_db(queue.store).runs.find_one({"meta.hse.run_id": run_id}),
                  60, "the run's Sacred record (its child started it)")
         proxy.cut()
@@ -138,6 +152,23 @@ def test_a_worker_paused_inside_its_finish_path_cannot_complete_a_lost_run(
     paused.wait(60)
     assert_exactly_once(queue, run_id)
     assert queue.get(run_id)["attempt"] == 2
+
+
+def test_a_claim_whose_answer_was_lost_runs_the_run_it_leased(
+        queue, procs, mongo_uri, db_name, tmp_path, hook_dir):
+    """The link drops after the claim leased the first run, before the answer reached
+    the worker: the worker's retry of that claim gets that run, in its first attempt,
+    rather than leave it leased to nobody until its lease expires."""
+    first, second = sleeping_run(queue, 0.2), sleeping_run(queue, 0.3)
+    log = tmp_path / "w.log"
+    worker = worker_process(mongo_uri, db_name, *FAST, log=log,
+                            pause_at="lose_claim_answer", hook_dir=hook_dir)
+    procs.append(worker)
+    assert worker.wait(60) == 0, log.read_text()[-3000:]  # --idle-exit once both ran
+    for run_id in (first, second):
+        assert_exactly_once(queue, run_id)
+        assert queue.get(run_id)["attempt"] == 1, log.read_text()[-3000:]
+    assert "connection reset by peer" in log.read_text()
 
 
 def test_the_store_stopped_during_the_finish(embedded_server, procs, tmp_path, hook_dir):

@@ -190,7 +190,7 @@ def test_store_outage_in_the_middle_of_a_run(embedded_server, tmp_path):
     try:
         wait_for(lambda: status_of(q, after) == "COMPLETED", 60, "the queue to drain")
         doc = q.get(run_id)
-        assert doc["status"] == "COMPLETED" and doc["attempt"] == 1
+        assert doc["status"] == "COMPLETED" and doc["attempt"] == 1, log.read_text()[-4000:]
         records = sacred_records(q, run_id)
         assert [r["status"] for r in records] == ["COMPLETED"]
         assert records[0]["result"] == doc["metrics"]["score"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pymongo
 import pytest
 from pymongo import MongoClient
 
-from hyperspace_explorer.errors import QueryError, RunNotFound, StoreError
+from hyperspace_explorer.errors import QueryError, RunNotFound, StoreError, StoreUnavailable
 from hyperspace_explorer.status import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING
 from hyperspace_explorer.storage import RunFilter, connect, new_run_id, redact_uri
 from hyperspace_explorer.storage.mongo import MongoStorage
@@ -124,6 +125,58 @@ def test_concurrent_claims_take_each_run_exactly_once(mongo_uri, db_name, store,
             s.close()
     assert sorted(taken) == sorted(ids), "every run claimed exactly once"
     assert raw.hse_queue.count_documents({"status": RUNNING, "attempt": 1}) == 60
+
+
+class _AnswerLost:
+    """A collection whose `method` writes, then raises as pymongo does when the link
+    drops before the server's answer arrives (once)."""
+
+    def __init__(self, coll, method):
+        self._coll, self._method, self.lost = coll, method, False
+
+    def __getattr__(self, name):
+        real = getattr(self._coll, name)
+        if name != self._method or self.lost:
+            return real
+
+        def write_then_drop(*args, **kwargs):
+            real(*args, **kwargs)
+            self.lost = True
+            raise pymongo.errors.AutoReconnect("connection reset by peer")
+        return write_then_drop
+
+
+@pytest.mark.parametrize("coll, method", [("_leases", "insert_one"),
+                                          ("_queue", "find_one_and_update"),
+                                          ("_ready", "delete_one")])
+def test_a_claim_retried_after_its_answer_was_lost_gets_the_run_it_leased(
+        store, raw, monkeypatch, coll, method):
+    first, second = store.enqueue([queued(i=0), queued(i=1)])
+    lossy = _AnswerLost(getattr(store, coll), method)
+    monkeypatch.setattr(store, coll, lossy)
+    with pytest.raises(StoreUnavailable):
+        store.claim("s", ["t"], "w", 60, token="a" * 16)
+    assert lossy.lost
+    doc = store.claim("s", ["t"], "w", 60, token="a" * 16)
+    assert (doc["_id"], doc["token"], doc["attempt"]) == (first, "a" * 16, 1)
+    assert store.claim("s", ["t"], "w", 60)["_id"] == second  # another claim: the next
+    assert store.claim("s", ["t"], "w", 60) is None
+    assert [(d["_id"], d["attempt"]) for d in raw.hse_queue.find({}, sort=[("i", 1)])] == [
+        (first, 1), (second, 1)]
+    assert sorted(lease["_id"] for lease in raw.hse_leases.find()) == sorted([first, second])
+    assert raw.hse_ready.count_documents({}) == 0
+
+
+def test_a_claim_retried_once_its_lost_lease_went_to_another_attempt_takes_another_run(
+        store, raw, monkeypatch):
+    first, second = store.enqueue([queued(i=0), queued(i=1)])
+    monkeypatch.setattr(store, "_queue", _AnswerLost(store._queue, "find_one_and_update"))
+    with pytest.raises(StoreUnavailable):
+        store.claim("s", ["t"], "w", -1, token="b" * 16)  # its lease expires at once
+    (expired,) = store.expired_leases()
+    assert store.expire(first, expired["token"], {})  # recovery requeues it
+    doc = store.claim("s", ["t"], "w", 60, token="b" * 16)
+    assert doc["_id"] == first and doc["attempt"] == 2  # claimed anew, not the lost lease
 
 
 # ------------------------------------------------------------------ fencing

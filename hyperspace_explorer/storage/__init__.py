@@ -15,6 +15,7 @@ from .base import (
     bulk_objects,
     check_db_name,
     new_run_id,
+    new_token,
     now_ts,
     now_utc,
     queue_document_problem,
@@ -24,7 +25,7 @@ from .base import (
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "KEYSET_SORTS", "PAGE_SORTS", "RunFilter", "Storage",
            "bulk_objects", "check_db_name", "connect",
-           "new_run_id", "now_ts", "now_utc", "queue_document_problem", "redact_uri",
+           "new_run_id", "new_token", "now_ts", "now_utc", "queue_document_problem", "redact_uri",
            "requirement", "server_pid"]
 
 

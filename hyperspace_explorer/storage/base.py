@@ -303,16 +303,20 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
               exclude: Iterable[str] = (), gpus: int = 0, tags: Iterable[str] = (),
-              ahead: bool = False) -> dict[str, Any] | None:
+              ahead: bool = False, token: str | None = None) -> dict[str, Any] | None:
         """Atomically lease the next QUEUED run of `study` among `tasks` (highest
         priority, then oldest) that needs at most `gpus` GPUs and only `tags` this
         worker has, other than the run ids in `exclude`, to `worker_id`; None when
         there is none. `ahead`: the worker claims it before it needs it (the run is
         marked so until it ends; see `attempt_started`).
 
-        The returned document carries a fresh `token`: every later write of this
-        attempt is conditioned on it (fencing). Malformed documents met on the way are
-        quarantined (FAILED, reason invalid) instead of stalling the queue.
+        The returned document carries the lease's `token` (`token`, else a fresh one):
+        every later write of this attempt is conditioned on it (fencing). A claim that
+        raised StoreUnavailable may have leased a run all the same (the link dropped
+        before its answer came): called again with the same `token`, on the same
+        Storage, it returns that run, rather than leave it leased to nobody until its
+        lease expires. Malformed documents met on the way are quarantined (FAILED,
+        reason invalid) instead of stalling the queue.
         """
 
     @abc.abstractmethod

@@ -248,6 +248,7 @@ class MongoStorage(Storage):
         self._runs, self._metrics = db[RUNS], db[METRICS]
         self._ready, self._bounds_coll, self._leases = db[READY], db[BOUNDS], db[LEASES]
         self._finished: set[str] = set()  # runs this process ended, to archive by id
+        self._unanswered: dict[str, str] = {}  # claim token -> the run it was leasing
         self._default_groups: set[str] = set()  # tasks whose default group we ensured
         self._fs: gridfs.GridFS | None = None
 
@@ -441,13 +442,40 @@ class MongoStorage(Storage):
     @_translated
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
               exclude: Iterable[str] = (), gpus: int = 0, tags: Iterable[str] = (),
-              ahead: bool = False) -> dict[str, Any] | None:
+              ahead: bool = False, token: str | None = None) -> dict[str, Any] | None:
+        token = token or new_token()
+        if token in self._unanswered:  # an earlier try of this claim got no answer
+            doc = self._claimed_unanswered(token)
+            if doc is not None:
+                return doc
+        doc = self._claim(study, tasks, worker_id, lease_s, token, exclude=exclude,
+                          gpus=gpus, tags=tags, ahead=ahead)
+        self._unanswered.pop(token, None)
+        return doc
+
+    def _claimed_unanswered(self, token: str) -> dict[str, Any] | None:
+        """The run that the unanswered try of the claim with `token` leased, its
+        pointer dropped; None (its lease, if any, dropped) when that try leased none,
+        or the lease has since expired and the run gone to another attempt."""
+        run_id = self._unanswered[token]
+        doc = self._queue.find_one({"_id": run_id, "token": token, "status": RUNNING.value})
+        if doc is None:
+            self._leases.delete_one({"_id": run_id, "token": token})
+        else:
+            self._ready.delete_one({"_id": run_id})
+        del self._unanswered[token]
+        return doc
+
+    def _claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float,
+               token: str, *, exclude: Iterable[str], gpus: int, tags: Iterable[str],
+               ahead: bool) -> dict[str, Any] | None:
         tasks, exclude, offered = sorted(set(tasks)), sorted(set(exclude)), frozenset(tags)
         for _ in range(10 * READY_WINDOW):  # bounded: each pass drops one stale pointer
             pointer = self._next_pointer(study, tasks, exclude, gpus, offered)
             if pointer is None:
                 return None
-            run_id, token, now = pointer["_id"], new_token(), now_ts()
+            run_id, now = pointer["_id"], now_ts()
+            self._unanswered[token] = run_id  # until this try answers
             # The lease document first: a claimer that dies after the claim leaves a
             # lease that recovery finds; its _id also makes racing claimers back off.
             try:
