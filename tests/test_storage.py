@@ -676,11 +676,28 @@ def test_supersede_closes_only_that_attempts_open_or_completed_records(store, ra
 
 
 def test_metric_series_are_appended_and_reported_new_once(store):
-    first = store.push_metrics(7, "loss", [0, 1], [1.0, 0.5], [None, None])
-    again = store.push_metrics(7, "loss", [2], [0.25], [None])
+    first = store.push_metrics(7, "loss", [0, 1], [1.0, 0.5], [None, None], stored=0)
+    again = store.push_metrics(7, "loss", [2], [0.25], [None], stored=2)
     assert isinstance(first, str) and again is None
     (series,) = store.metric_series([7], "loss")
     assert series["steps"] == [0, 1, 2] and series["values"] == [1.0, 0.5, 0.25]
+
+
+def test_a_metrics_push_retried_after_its_answer_was_lost_adds_no_point_twice(
+        store, raw, monkeypatch):
+    metrics = store._metrics
+    monkeypatch.setattr(store, "_metrics", _AnswerLost(metrics, "update_one"))
+    with pytest.raises(StoreUnavailable):  # the series' first points, stored
+        store.push_metrics(8, "loss", [0, 1], [1.0, 0.5], [None, None], stored=0)
+    series_id = store.push_metrics(8, "loss", [0, 1], [1.0, 0.5], [None, None], stored=0)
+    assert series_id == str(raw.metrics.find_one({"run_id": 8})["_id"])  # noted all the same
+    monkeypatch.setattr(store, "_metrics", _AnswerLost(metrics, "update_one"))
+    with pytest.raises(StoreUnavailable):  # more points, stored
+        store.push_metrics(8, "loss", [2], [0.25], [None], stored=2)
+    assert store.push_metrics(8, "loss", [2], [0.25], [None], stored=2) is None
+    assert store.push_metrics(8, "loss", [3], [0.125], [None], stored=3) is None
+    (series,) = raw.metrics.find({"run_id": 8})
+    assert series["steps"] == [0, 1, 2, 3] and series["values"] == [1.0, 0.5, 0.25, 0.125]
 
 
 def test_orphan_records_of_attempts_that_lost_their_run_are_closed(store, raw):

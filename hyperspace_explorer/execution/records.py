@@ -108,6 +108,7 @@ class RecordWriter(MongoObserver):
         self._last_push = time.monotonic()  # a short run's points: one push, at its end
         self._points: dict[str, dict[str, list[Any]]] = {}  # logged, not pushed yet
         self._counts: dict[str, int] = {}  # points per series in this record
+        self._pushed: dict[str, int] = {}  # of them, in the metrics collection
         self._metric_notes: list[dict[str, str]] = []
         self.run_entry: dict[str, Any] = {}  # filled by started_event
         self.overwrite = None
@@ -236,8 +237,11 @@ class RecordWriter(MongoObserver):
         new_series = False
         for name in list(self._points):
             series = self._points[name]
+            stored = self._pushed.get(name, 0)
             new_id = self.store.retry(lambda: self.store.push_metrics(
-                sacred_id, name, series["steps"], series["values"], series["timestamps"]))
+                sacred_id, name, series["steps"], series["values"], series["timestamps"],
+                stored=stored))
+            self._pushed[name] = stored + len(series["steps"])
             del self._points[name]  # only once pushed: a failed push keeps them
             if new_id is not None:
                 self._metric_notes.append({"name": name, "id": new_id})

@@ -489,9 +489,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def push_metrics(self, sacred_id: int, name: str, steps: list[Any], values: list[Any],
-                     timestamps: list[Any]) -> str | None:
-        """Append points to a run's metric series; the new series' id when this call
-        created it (Sacred notes it in the record's `info.metrics`), else None."""
+                     timestamps: list[Any], *, stored: int) -> str | None:
+        """Append points to a run's metric series, which holds `stored` points before
+        them; the series' id when this call started it (Sacred notes it in the record's
+        `info.metrics`), else None. Appending is conditioned on `stored`: a retry of a
+        push whose answer was lost (the link dropped after the server wrote) finds the
+        points there and adds none twice."""
 
     @abc.abstractmethod
     def store_source(self, path: str, md5: str) -> Any:

@@ -307,6 +307,7 @@ class MongoStorage(Storage):
             coll.create_index([("study", 1), ("fingerprint", 1)], name="by_fingerprint")
         self._runs.create_index([("meta.hse.run_id", 1)], name="by_hse_run_id")
         self._runs.create_index([("status", 1)], name="by_status")
+        self._metrics.create_index([("run_id", 1), ("name", 1)], name="by_series")
         for coll in (self._queue, self._done):  # the web page's runs list and throughput
             coll.create_index([("study", 1), ("order", -1)], name="page")
             coll.create_index([("study", 1), ("task", 1), ("order", -1)], name="page_by_task")
@@ -1115,12 +1116,19 @@ class MongoStorage(Storage):
 
     @_translated
     def push_metrics(self, sacred_id: int, name: str, steps: list[Any], values: list[Any],
-                     timestamps: list[Any]) -> str | None:
-        res = self._metrics.update_one(
-            {"run_id": sacred_id, "name": name},
-            {"$push": {"steps": {"$each": steps}, "values": {"$each": values},
-                       "timestamps": {"$each": timestamps}}}, upsert=True)
-        return None if res.upserted_id is None else str(res.upserted_id)
+                     timestamps: list[Any], *, stored: int) -> str | None:
+        series = {"run_id": sacred_id, "name": name}
+        points = {"steps": steps, "values": values, "timestamps": timestamps}
+        if stored == 0:  # created with its first points, unless an earlier try did
+            res = self._metrics.update_one(series, {"$setOnInsert": points}, upsert=True)
+            if res.upserted_id is not None:
+                return str(res.upserted_id)
+            made = self._metrics.find_one(series, {"_id": 1})
+            return None if made is None else str(made["_id"])
+        # $size, not "steps.<stored>" $exists: nx-27017 answers the latter wrongly.
+        self._metrics.update_one({**series, "steps": {"$size": stored}},
+                                 {"$push": {key: {"$each": v} for key, v in points.items()}})
+        return None
 
     @_translated
     def store_source(self, path: str, md5: str) -> Any:
