@@ -129,10 +129,11 @@ def test_concurrent_claims_take_each_run_exactly_once(mongo_uri, db_name, store,
 
 class _AnswerLost:
     """A collection whose `method` writes, then raises as pymongo does when the link
-    drops before the server's answer arrives (once)."""
+    drops before the server's answer arrives (once). `written=False`: the link drops
+    before the write reaches the server (or its client dies there)."""
 
-    def __init__(self, coll, method):
-        self._coll, self._method, self.lost = coll, method, False
+    def __init__(self, coll, method, *, written=True):
+        self._coll, self._method, self._written, self.lost = coll, method, written, False
 
     def __getattr__(self, name):
         real = getattr(self._coll, name)
@@ -140,7 +141,8 @@ class _AnswerLost:
             return real
 
         def write_then_drop(*args, **kwargs):
-            real(*args, **kwargs)
+            if self._written:
+                real(*args, **kwargs)
             self.lost = True
             raise pymongo.errors.AutoReconnect("connection reset by peer")
         return write_then_drop
@@ -177,6 +179,37 @@ def test_a_claim_retried_once_its_lost_lease_went_to_another_attempt_takes_anoth
     assert store.expire(first, expired["token"], {})  # recovery requeues it
     doc = store.claim("s", ["t"], "w", 60, token="b" * 16)
     assert doc["_id"] == first and doc["attempt"] == 2  # claimed anew, not the lost lease
+
+
+def test_a_requeue_retried_after_its_answer_was_lost_leaves_a_run_claims_find(
+        store, raw, monkeypatch):
+    store.enqueue([queued(i=i) for i in range(3)])
+    first, second = store.claim("s", ["t"], "w", 60), store.claim("s", ["t"], "w", 60)
+    monkeypatch.setattr(store, "_queue", _AnswerLost(store._queue, "update_one"))
+    with pytest.raises(StoreUnavailable):
+        store.requeue(first["_id"], first["token"], {"attempt": 0})
+    assert not store.requeue(first["_id"], first["token"], {"attempt": 0})  # done already
+    assert raw.hse_queue.find_one({"_id": first["_id"]})["status"] == QUEUED
+    assert raw.hse_ready.find_one({"_id": first["_id"]})  # pointed at before it was queued
+    assert store.claim("s", ["t"], "w", 60)["_id"] == first["_id"]  # before the third, older
+    assert store.finish(second["_id"], second["token"], COMPLETED, {})
+
+
+def test_a_run_queued_by_a_writer_that_died_before_pointing_at_it_is_still_claimed(
+        store, raw, monkeypatch):
+    (first,) = store.enqueue([queued(i=0)])
+    assert store.claim("s", ["t"], "w", 60)["_id"] == first  # the window is built, complete
+    monkeypatch.setattr(store, "_ready", _AnswerLost(store._ready, "insert_many",
+                                                     written=False))
+    with pytest.raises(StoreUnavailable):
+        store.enqueue([queued(i=1)])  # inserted; its pointer never written
+    (stray,) = raw.hse_queue.find({"i": 1, "status": QUEUED})
+    assert raw.hse_ready.count_documents({}) == 0
+    again = connect(store.uri, store.db_name)  # another worker
+    try:
+        assert again.claim("s", ["t"], "w2", 60)["_id"] == stray["_id"]
+    finally:
+        again.close()
 
 
 # ------------------------------------------------------------------ fencing

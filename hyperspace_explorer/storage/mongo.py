@@ -85,6 +85,7 @@ CLAIMS = "hse_claims"  # one-off claims (tuners importing past runs)
 #: Queued runs of a task the claim path points at (see "queue writes" below).
 READY_WINDOW = 256
 _INSERT_BATCH = 5000
+STRAY_CHECK_S = 30.0  # how often an idle claimer looks for queued runs without a pointer
 _READ_BATCH = 5000
 _DEFAULT_REQ = requirement(0, ())
 _CLAIM_ORDER = [("priority", pymongo.DESCENDING), ("order", pymongo.ASCENDING)]
@@ -250,6 +251,7 @@ class MongoStorage(Storage):
         self._finished: set[str] = set()  # runs this process ended, to archive by id
         self._unanswered: dict[str, str] = {}  # claim token -> the run it was leasing
         self._default_groups: set[str] = set()  # tasks whose default group we ensured
+        self._strays_checked = -math.inf  # monotonic time of the last `_stray_groups`
         self._fs: gridfs.GridFS | None = None
 
     @classmethod
@@ -434,11 +436,42 @@ class MongoStorage(Storage):
             stale = [g for g in groups if g["_id"] not in refilled and (
                 g.get("state") == "unbuilt" or (not g.get("complete") and (
                     pointer is None or _bound_key(g) <= _key(pointer))))]
+            if not stale and pointer is None:
+                stale = self._stray_groups(study, tasks, exclude, groups, refilled)
             if not stale:
                 return pointer
             for group in stale:
                 self._refill(group)
                 refilled.add(group["_id"])
+
+    def _stray_groups(self, study: str, tasks: Sequence[str], exclude: Sequence[str],
+                      groups: Sequence[Mapping[str, Any]], refilled: set[str]
+                      ) -> list[Mapping[str, Any]]:
+        """The group of a queued run that has no pointer although the windows say every
+        run before their bounds has one, as a list to refill; checked when a claim
+        finds no pointer, at most once per `STRAY_CHECK_S` (one read). Such a run is
+        left by a writer that died between queueing it and pointing at it (a submit
+        cut off after its insert, a client that wrote the queue by hand); it would
+        wait for ever."""
+        now = time.monotonic()
+        if now - self._strays_checked < STRAY_CHECK_S:
+            return []
+        self._strays_checked = now
+        reqs: list[str | None] = sorted({g["req"] for g in groups})
+        if _DEFAULT_REQ in reqs:
+            reqs.append(None)  # documents written by other clients have no `req`
+        query: dict[str, Any] = {"study": study, "task": {"$in": list(tasks)},
+                                 "req": {"$in": reqs}, "status": QUEUED.value}
+        if exclude:
+            query["_id"] = {"$nin": list(exclude)}
+        stray = self._queue.find_one(query, {"task": 1, "req": 1})
+        if stray is None:
+            return []
+        req = stray.get("req") or _DEFAULT_REQ
+        log.warning("run %s is queued but no claim could find it; its group (task %s) is "
+                    "read again from the queue", stray["_id"], stray["task"])
+        return [g for g in groups if (g["task"], g["req"]) == (stray["task"], req)
+                and g["_id"] not in refilled]
 
     @_translated
     def claim(self, study: str, tasks: Iterable[str], worker_id: str, lease_s: float, *,
@@ -573,17 +606,22 @@ class MongoStorage(Storage):
         runs, a run claimed ahead among them until it starts): back in the queue with
         its flag, the next worker would run it, and a run shorter than a lease beat
         would complete despite the cancel. The flag is only ever set, so `$exists`
-        tells it on both servers (nx-27017 stores a `$set` boolean as 1)."""
-        doc = self._queue.find_one_and_update(
-            {**match, "cancel_requested": {"$exists": False}},
-            {"$set": {"status": QUEUED.value, **fields}, "$unset": _LEASE_FIELDS},
-            projection={"study": 1, "task": 1, "priority": 1, "order": 1, "req": 1,
-                        "gpus": 1, "tags": 1},
-            return_document=ReturnDocument.AFTER)
+        tells it on both servers (nx-27017 stores a `$set` boolean as 1).
+
+        The run's pointer is written first, while its lease keeps claims off it: a
+        requeue whose answer is lost (its retry then finds nothing to requeue), or
+        whose process dies right after it, must not leave a queued run that no claim
+        finds. A pointer to a run that is not queued after all is a stale hint."""
+        waiting = {**match, "cancel_requested": {"$exists": False}}
+        doc = self._queue.find_one(waiting, {"study": 1, "task": 1, "priority": 1,
+                                             "order": 1, "req": 1, "gpus": 1, "tags": 1})
         if doc is not None:
-            self._release(match["_id"], match["token"], final=False)
             self._offer([doc])
-            return True
+            res = self._queue.update_one(waiting, {"$set": {"status": QUEUED.value, **fields},
+                                                   "$unset": _LEASE_FIELDS})
+            if res.matched_count == 1:
+                self._release(match["_id"], match["token"], final=False)
+                return True
         started = self.attempt_started(match["_id"], match["token"])  # it has a record
         res = self._queue.update_one(
             {**match, "cancel_requested": {"$exists": True}},
@@ -592,6 +630,11 @@ class MongoStorage(Storage):
                       "error": CANCELLED_RUNNING if started else CANCELLED_QUEUED},
              "$unset": {"ahead": ""} if started else {"ahead": "", "started_at": ""}})
         if res.matched_count != 1:
+            # Not this attempt's to end (any more). If it is not this attempt's at all
+            # (e.g. our own earlier try requeued it, and its answer was lost), neither
+            # is the lease, which would keep claims off the run until it expired.
+            if not self.owns(match["_id"], match["token"]):
+                self._leases.delete_one({"_id": match["_id"], "token": match["token"]})
             return False
         self._release(match["_id"], match["token"], final=True)
         return True
