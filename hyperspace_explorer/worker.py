@@ -658,11 +658,7 @@ class Worker:
         record agrees with the queue."""
         from .execution import SUPERSEDED
 
-        ok = self.store.retry(lambda: self.store.finish(run_id, token, status, fields))
-        if not ok:  # our write may have landed before a connection drop: look
-            doc = self.store.retry(lambda: self.store.get_run(run_id))
-            ok = doc.get("token") == token and doc.get("status") == status
-        if not ok:
+        if not self.store.retry(lambda: self.store.finish(run_id, token, status, fields)):
             self.store.retry(lambda: self.store.supersede_sacred_runs(run_id, token, SUPERSEDED))
             log.warning("run %s: a newer attempt owns it; this attempt's outcome is dropped",
                         run_id)

@@ -195,6 +195,20 @@ def test_a_requeue_retried_after_its_answer_was_lost_leaves_a_run_claims_find(
     assert store.finish(second["_id"], second["token"], COMPLETED, {})
 
 
+def test_a_finish_retried_after_its_answer_was_lost_counts_as_recorded(
+        store, raw, monkeypatch):
+    (run_id,) = store.enqueue([queued()])
+    doc = store.claim("s", ["t"], "w", 60)
+    monkeypatch.setattr(store, "_queue", _AnswerLost(store._queue, "update_one"))
+    with pytest.raises(StoreUnavailable):
+        store.finish(run_id, doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+    assert store.finish(run_id, doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+    assert raw.hse_leases.count_documents({}) == 0
+    assert store.sweep_finished() == 1  # archived like any run this process ended
+    assert raw.hse_done.find_one({"_id": run_id})["status"] == COMPLETED
+    assert not store.finish(run_id, "another-token", COMPLETED, {})
+
+
 def test_a_run_queued_by_a_writer_that_died_before_pointing_at_it_is_still_claimed(
         store, raw, monkeypatch):
     (first,) = store.enqueue([queued(i=0)])

@@ -340,7 +340,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def finish(self, run_id: str, token: str, status: Status,
                fields: Mapping[str, Any]) -> bool:
-        """Record the final outcome of our attempt; False if we no longer own it."""
+        """Record the final outcome of our attempt; False if we no longer own it. True
+        also when an earlier try of this very call recorded it (the link dropped
+        before its answer came, and the caller retried)."""
 
     @abc.abstractmethod
     def requeue(self, run_id: str, token: str, fields: Mapping[str, Any]) -> bool:

@@ -596,9 +596,12 @@ class MongoStorage(Storage):
             {"_id": run_id, "token": token, "status": RUNNING.value},
             {"$set": {"status": Status(status).value, "ended_at": now_ts(), **fields},
              "$unset": {"ahead": ""}})
-        if res.matched_count == 1:
+        ours = {"_id": run_id, "token": token, "status": Status(status).value}
+        done = res.matched_count == 1 or any(  # else our earlier try's write, unanswered?
+            coll.find_one(ours, {"_id": 1}) is not None for coll in (self._queue, self._done))
+        if done:
             self._release(run_id, token, final=True)
-        return res.matched_count == 1
+        return done
 
     def _back_in_queue(self, match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
         """The leased attempt `match` back in the queue with `fields`; ended CANCELLED
