@@ -168,7 +168,7 @@ def results_summary(uri: str, n: int) -> tuple[float, float]:
         q.summary("toy")
         assert len(frame) == n
         took = time.perf_counter() - t
-        raw.hse_results.drop()
+        raw.hse_packs.drop()
         with RunQueue(uri, db, TASKS, study_dir=STUDY) as fresh:
             t = time.perf_counter()
             assert len(fresh.results("toy")) == n

@@ -162,12 +162,21 @@ class _Completers:
         self.import_problem: str | None = None
         self.missing: dict[str, int] = {}  # class name -> runs shown as stored
         self.seen: dict[tuple[Any, str], dict[str, Any]] = {}  # config -> its columns
+        # config object -> (it, its class, its `seen` key): the runs of a results pack
+        # share their config objects, and encoding each run's config again was a
+        # quarter of a frame's cost
+        self.keys: dict[int, tuple[dict[str, Any], Any, tuple[Any, str]]] = {}
 
     def columns(self, class_name: Any, config: dict[str, Any]) -> dict[str, Any]:
         """The `config.*` columns of a stored config, completed with today's defaults:
         worked out once per distinct config (a task has thousands of runs and a few
         dozen configs)."""
-        key = (class_name, _CONFIG_KEY(config))
+        known = self.keys.get(id(config))
+        if known is not None and known[0] is config and known[1] == class_name:
+            key = known[2]
+        else:
+            key = (class_name, _CONFIG_KEY(config))
+            self.keys[id(config)] = (config, class_name, key)
         columns = self.seen.get(key)
         if columns is None:
             complete = self(class_name) if isinstance(class_name, str) else None

@@ -9,6 +9,7 @@ fenced Sacred records.
 from __future__ import annotations
 
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
@@ -959,7 +960,7 @@ def test_find_results_answers_what_find_runs_does_cut_to_result_fields(store, ra
     while store.sweep_finished(limit=7):  # several packs
         pass
     queued_now = store.enqueue([queued(config={"k": 99}, seed=99, task_spec={})])
-    assert raw.hse_results.count_documents({}) >= 5
+    assert raw.hse_packs.count_documents({}) >= 5
     for runs in (RunFilter(study="s"), RunFilter(study="s", task="t"),
                  RunFilter(study="s", status=COMPLETED), RunFilter(study="s", status="FAILED,QUEUED"),
                  RunFilter(study="s", task="other"), RunFilter(study="s", config={"k": 3}),
@@ -979,7 +980,7 @@ def test_find_results_follows_requeues_config_rewrites_and_writes_behind_its_bac
     assert store.requeue_finished(RunFilter(study="s", ids=(ids[0], ids[1]))) == 2
     assert _results(store, everything) == _as_results(store, everything)
     assert {d["_id"]: d["status"] for d in store.find_results(everything)}[ids[0]] == QUEUED
-    assert not any(ids[0] in p["ids"] for p in raw.hse_results.find({}, {"ids": 1}))
+    assert not any(ids[0] in p["ids"] for p in raw.hse_packs.find({}, {"ids": 1}))
     # a rewritten config (back-fill) shows at once
     store.replace_configs([{"run_id": ids[2], "config": {"k": 2, "new": True}}])
     row = next(d for d in store.find_results(everything) if d["_id"] == ids[2])
@@ -994,30 +995,30 @@ def test_find_results_follows_requeues_config_rewrites_and_writes_behind_its_bac
     assert _results(store, everything) == _as_results(store, everything)
     rows = {d["_id"]: d for d in store.find_results(everything)}
     assert "by-hand" in rows and ids[4] not in rows and rows[ids[5]]["metrics"] == {"score": -1.0}
-    assert raw.hse_results.count_documents({}) == 1  # packed again, as one pack
+    assert raw.hse_packs.count_documents({}) == 1  # packed again, as one pack
 
 
 def test_results_packs_of_many_small_sweeps_are_compacted(store, raw):
     for _ in range(8):
         _finished(store, 2)
         store.sweep_finished()
-    assert raw.hse_results.count_documents({}) == 8
+    assert raw.hse_packs.count_documents({}) == 8
     everything = RunFilter(study="s", task="t")
     assert _results(store, everything) == _as_results(store, everything)
-    assert raw.hse_results.count_documents({}) == 1
+    assert raw.hse_packs.count_documents({}) == 1
     assert _results(store, everything) == _as_results(store, everything)
 
 
 def test_a_run_in_two_packs_counts_once_as_its_latest_state(store, raw):
     [run_id] = _finished(store, 1)
     store.sweep_finished()
-    stale = raw.hse_results.find_one({})
+    stale = raw.hse_packs.find_one({})
     # the run is requeued, runs again and is archived again; an old pack survived
     assert store.requeue_finished(RunFilter(study="s", ids=(run_id,))) == 1
     doc = store.claim("s", ["t"], "w", 60)
     store.finish(run_id, doc["token"], COMPLETED, {"metrics": {"score": 9.0}})
     store.sweep_finished()
-    raw.hse_results.insert_one({**stale, "_id": "0" + stale["_id"]})
+    raw.hse_packs.insert_one({**stale, "_id": "0" + stale["_id"]})
     (row,) = store.find_results(RunFilter(study="s"))
     assert row["metrics"] == {"score": 9.0}
 
@@ -1032,20 +1033,60 @@ def test_a_pack_that_cannot_be_written_never_blocks_archiving(store, raw, monkey
 
     monkeypatch.setattr(store, "_insert_entries", refuse)
     assert store.sweep_finished() == 6  # archived all the same
-    assert raw.hse_queue.count_documents({}) == 0 and raw.hse_results.count_documents({}) == 0
+    assert raw.hse_queue.count_documents({}) == 0 and raw.hse_packs.count_documents({}) == 0
     everything = RunFilter(study="s")
     assert _results(store, everything) == _as_results(store, everything)  # from the archive
     assert store.requeue_finished(RunFilter(study="s", ids=(ids[0],))) == 1
     monkeypatch.undo()
     assert _results(store, everything) == _as_results(store, everything)
-    assert raw.hse_results.count_documents({}) == 1  # packed by that read
+    assert raw.hse_packs.count_documents({}) == 1  # packed by that read
+
+
+def test_runs_sharing_a_config_share_it_in_their_pack_and_read_back_as_stored(store, raw):
+    import bson
+
+    ids = store.enqueue([queued(config={"k": i % 2, "deep": {"x": [1, 2]}}, seed=i,
+                                task_spec={"scenario": {"className": "S"}})
+                         for i in range(6)])
+    for doc in claim_all(store):
+        store.finish(doc["_id"], doc["token"], COMPLETED, {"metrics": {"score": 1.0}})
+    store.sweep_finished()
+    (pack,) = raw.hse_packs.find({})
+    body = bson.decode(zlib.decompress(pack["d"]))
+    assert len(body["v"]["config"]) == 2 and len(body["v"]["task_spec"]) == 1
+    everything = RunFilter(study="s")
+    assert _results(store, everything) == _as_results(store, everything)
+    assert sorted(d["_id"] for d in _results(store, everything)) == sorted(ids)
+
+
+@pytest.mark.parametrize("blob", [b"not zlib", zlib.compress(b"not bson"),
+                                  zlib.compress(b"\x05\x00\x00\x00\x00")])  # an empty document
+def test_a_pack_that_cannot_be_read_is_made_again_from_the_archive(store, raw, blob):
+    _finished(store, 4)
+    store.sweep_finished()
+    raw.hse_packs.update_many({}, {"$set": {"d": blob}})
+    everything = RunFilter(study="s")
+    assert _results(store, everything) == _as_results(store, everything)
+    (pack,) = raw.hse_packs.find({})
+    assert pack["d"] != blob
+    assert _results(store, everything) == _as_results(store, everything)
+
+
+def test_an_older_versions_packs_are_neither_read_nor_touched(store, raw):
+    _finished(store, 3)
+    store.sweep_finished()
+    old = {"_id": "0-old", "study": "s", "task": "t", "ids": ["x"], "d": b"older format"}
+    raw.hse_results.insert_one(old)
+    everything = RunFilter(study="s")
+    assert _results(store, everything) == _as_results(store, everything)
+    assert list(raw.hse_results.find({})) == [old]
 
 
 def test_packs_written_twice_by_racing_readers_are_merged(store, raw):
     _finished(store, 5)
     store.sweep_finished()
-    for pack in list(raw.hse_results.find({})):  # a second reader packed the same runs
-        raw.hse_results.insert_one({**pack, "_id": pack["_id"] + "-again"})
+    for pack in list(raw.hse_packs.find({})):  # a second reader packed the same runs
+        raw.hse_packs.insert_one({**pack, "_id": pack["_id"] + "-again"})
     everything = RunFilter(study="s")
     assert _results(store, everything) == _as_results(store, everything)
-    assert raw.hse_results.count_documents({}) == 1
+    assert raw.hse_packs.count_documents({}) == 1

@@ -6,9 +6,10 @@ Collections (no dots in names: the embedded server mishandles them):
 - `hse_queue`    runs waiting or running. Workers claim from here, so it is kept small:
                  finished runs are swept out in batches to `hse_done`.
 - `hse_done`     finished runs (completed, failed, timed out, cancelled), same shape.
-- `hse_results`  results packs: what a results frame reads (`result_fields`) of up to
-                 PACK_RUNS archived runs of one task, as one BSON blob, written with
-                 each sweep into `hse_done` (see `find_results`).
+- `hse_packs`    results packs: what a results frame reads (`result_fields`) of up to
+                 PACK_RUNS archived runs of one task, as one compressed blob, written
+                 with each sweep into `hse_done` (see `find_results`). An older
+                 version's `hse_results` packs are not read (nor written).
 - `hse_counters` atomic counters (Sacred run ids: the embedded server sorts integer
                  `_id`s as text, so Sacred's own "max id + 1" breaks after run 10).
 - `hse_workers`  one document per live worker (host, pid, current run, heartbeat).
@@ -32,6 +33,7 @@ import math
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -76,7 +78,7 @@ from .base import (
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
 READY, BOUNDS, LEASES = "hse_ready", "hse_ready_bounds", "hse_leases"
-RESULTS = "hse_results"
+RESULTS = "hse_packs"  # "hse_results" held an older version's packs: left alone
 #: Runs per results pack when packs are (re)written in bulk; a sweep's pack holds what
 #: that sweep archived. Fewer, larger packs: the embedded server's cost is per document.
 PACK_RUNS = 2000
@@ -224,14 +226,62 @@ def _pack_age(entry: Mapping[str, Any], meta: Sequence[Any]) -> tuple[float, flo
     return number(meta[1] if len(meta) > 1 else None), number(entry.get("ended_at"))
 
 
+#: Result fields that runs of a task mostly share (a grid has a few dozen configs for
+#: thousands of runs): a pack stores each distinct value once, and its entries share it.
+_SHARED_FIELDS = ("config", "task_spec", "code_version")
+
+
 def _pack(study: Any, task: Any, members: Sequence[tuple[dict[str, Any], list[Any]]]
           ) -> dict[str, Any]:
     """One results pack. Its `_id` starts with the time it was written, so packs read
-    in `_id` order give the runs in archive order."""
+    in `_id` order give the runs in archive order. Its body is compressed BSON with
+    each distinct `_SHARED_FIELDS` value once: on the embedded server a read costs
+    per byte stored, and on the client per object decoded (a tenth of both here)."""
+    values: dict[str, list[Any]] = {f: [] for f in _SHARED_FIELDS}
+    known: dict[str, dict[bytes, int]] = {f: {} for f in _SHARED_FIELDS}
+    index: dict[str, list[int]] = {f: [] for f in _SHARED_FIELDS}
+    rest = []
+    for entry, _ in members:
+        entry = dict(entry)
+        for field in _SHARED_FIELDS:
+            if field not in entry:
+                index[field].append(-1)
+                continue
+            value = entry.pop(field)
+            key = bson.encode({"v": value})
+            at = known[field].setdefault(key, len(values[field]))
+            if at == len(values[field]):
+                values[field].append(value)
+            index[field].append(at)
+        rest.append(entry)
+    body = bson.encode({"r": rest, "m": [meta for _, meta in members], "v": values,
+                        "i": index})
     return {"_id": f"{time.time_ns():020d}-{secrets.token_hex(4)}", "study": study,
             "task": task, "ids": [entry["_id"] for entry, _ in members],
-            "d": bson.Binary(bson.encode({"r": [entry for entry, _ in members],
-                                          "m": [meta for _, meta in members]}))}
+            "d": bson.Binary(zlib.compress(body, 1))}
+
+
+def _unpack(pack: Mapping[str, Any], options: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """A pack's entries (result fields; those of `_SHARED_FIELDS` shared between
+    entries, so read-only) and metas, in the order packed. A pack that cannot be read
+    (written by hand, cut short) has none: the runs it was to hold are then missing
+    from the packs, so the reader packs the archive again and drops it."""
+    try:
+        body = bson.decode(zlib.decompress(pack["d"]), codec_options=options)
+        entries, metas = body["r"], body["m"]
+        for field in _SHARED_FIELDS:
+            values = body["v"][field]
+            for entry, at in zip(entries, body["i"][field], strict=True):
+                if at >= 0:
+                    entry[field] = values[at]
+        if len(metas) != len(entries) or not all(
+                isinstance(e, dict) and "_id" in e and isinstance(m, list) and len(m) == 2
+                for e, m in zip(entries, metas)):
+            raise ValueError("not a pack")
+    except (zlib.error, bson.errors.BSONError, KeyError, TypeError, IndexError,
+            ValueError):
+        return [], []
+    return entries, metas
 
 
 class MongoStorage(Storage):
@@ -947,9 +997,9 @@ class MongoStorage(Storage):
         decoded = 0
         with bulk_objects():
             for pack in packs:
-                body = bson.decode(pack["d"], codec_options=options)
-                decoded += len(body["r"])
-                for entry, meta in zip(body["r"], body["m"]):
+                pack_entries, metas = _unpack(pack, options)
+                decoded += len(pack_entries)
+                for entry, meta in zip(pack_entries, metas):
                     known = entries.get(entry["_id"])
                     if known is None or _pack_age(entry, meta) >= _pack_age(*known):
                         entries[entry["_id"]] = (entry, meta)
@@ -1035,9 +1085,8 @@ class MongoStorage(Storage):
         fresh = {d["_id"]: d for d in self._done.find({"_id": {"$in": list(ids)}})}
         # $in, not equality: nx-27017 matches an array field by $in only
         for pack in list(self._packs.find({"ids": {"$in": list(ids)}})):
-            body = bson.decode(pack["d"], codec_options=options)
             members = []
-            for entry, meta in zip(body["r"], body["m"]):
+            for entry, meta in zip(*_unpack(pack, options)):
                 if entry["_id"] not in wanted:
                     members.append((entry, meta))
                 elif entry["_id"] in fresh:
