@@ -34,7 +34,7 @@ from .configurable import resolve_class
 from .errors import HSEError, StoreUnavailable, bounded_int, positive_int, seconds
 from .sacred_compat import check_worker_imports
 from .scenario import Scenario
-from .status import FAILED, QUEUED, Reason, Status
+from .status import FAILED, QUEUED, RUNNING, Reason, Status
 from .storage import (
     DEFAULT_MAX_ATTEMPTS,
     Storage,
@@ -627,8 +627,23 @@ class Worker:
         self._sacred_ids = list(self.store.reserve_sacred_ids(SACRED_ID_BLOCK))
 
     def _requeue(self, run_id: str, token: str, fields: dict[str, Any]) -> None:
-        if not self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
-            log.warning("run %s: a newer attempt owns it; not requeued by this worker", run_id)
+        if self.store.retry(lambda: self.store.requeue(run_id, token, fields)):
+            return
+        # Not this attempt's to requeue: say what became of the run (one read, only
+        # here), since "a newer attempt owns it" is not the only way to get here.
+        try:
+            doc = self.store.get_run(run_id)
+        except HSEError:  # gone from the store, or the store out of reach again
+            doc = {}
+        status = doc.get("status")
+        if status == QUEUED.value:
+            why = ("it is back in the queue already (an earlier try of this requeue "
+                   "landed though its answer was lost, or recovery requeued it)")
+        elif status == RUNNING.value and doc.get("token") != token:
+            why = "a newer attempt owns it"
+        else:
+            why = f"it is {status} now" if status else "it is no longer in the store"
+        log.warning("run %s not requeued by this worker: %s", run_id, why)
 
     def _record(self, run_id: str, token: str, status: Status, fields: dict[str, Any],
                 close_record: Callable[[], bool] | None = None) -> None:

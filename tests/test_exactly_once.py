@@ -67,6 +67,19 @@ _PAUSE_HOOK = textwrap.dedent("""
                     raise pymongo.errors.AutoReconnect("connection reset by peer")
                 return answer
             Collection.find_one_and_update = losing
+        elif point == "lose_requeue_answer":
+            import pymongo
+            from pymongo.collection import Collection
+
+            real_update, lost_update = Collection.update_one, []
+
+            def losing_update(self, filter, update, *args, **kwargs):
+                answer = real_update(self, filter, update, *args, **kwargs)
+                if not lost_update and update.get("$set", {}).get("status") == "QUEUED":
+                    lost_update.append(True)  # a requeue: once
+                    raise pymongo.errors.AutoReconnect("connection reset by peer")
+                return answer
+            Collection.update_one = losing_update
 """)
 
 
@@ -169,6 +182,32 @@ def test_a_claim_whose_answer_was_lost_runs_the_run_it_leased(
         assert_exactly_once(queue, run_id)
         assert queue.get(run_id)["attempt"] == 1, log.read_text()[-3000:]
     assert "connection reset by peer" in log.read_text()
+
+
+def test_a_requeue_whose_answer_was_lost_leaves_the_run_queued_and_says_so(
+        queue, mongo_uri, db_name, procs, tmp_path, hook_dir):
+    """The worker's second signal requeues its run; the link drops right after the
+    server wrote that. Its retry finds the run queued already: the run stays QUEUED
+    with its attempt uncounted, another worker can claim it at once, and the log says
+    what happened rather than blame a newer attempt."""
+    run_id = sleeping_run(queue, 60)
+    log = tmp_path / "w.log"
+    worker = worker_process(mongo_uri, db_name, *FAST, log=log,
+                            pause_at="lose_requeue_answer", hook_dir=hook_dir)
+    procs.append(worker)
+    wait_for(lambda: queue.get(run_id)["status"] == "RUNNING", 60, "the run to start")
+    worker.send_signal(signal.SIGINT)
+    wait_for(lambda: any(w["stopping"] for w in queue.store.list_workers()), 30,
+             "the worker to acknowledge the first signal")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(60) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "connection reset by peer" in text
+    assert "is back in the queue already" in text and "newer attempt" not in text, text[-3000:]
+    doc = queue.get(run_id)
+    assert (doc["status"], doc["attempt"]) == ("QUEUED", 0)
+    claimed = queue.store.claim(queue.study, ["toy"], "another-worker", 60)
+    assert claimed is not None and claimed["_id"] == run_id  # no stale lease keeps it
 
 
 def test_the_store_stopped_during_the_finish(embedded_server, procs, tmp_path, hook_dir):
