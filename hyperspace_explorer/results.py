@@ -163,8 +163,7 @@ class _Completers:
         self.missing: dict[str, int] = {}  # class name -> runs shown as stored
         self.seen: dict[tuple[Any, str], dict[str, Any]] = {}  # config -> its columns
         # config object -> (it, its class, its `seen` key): the runs of a results pack
-        # share their config objects, and encoding each run's config again was a
-        # quarter of a frame's cost
+        # share their config objects, so each is encoded once, not once per run
         self.keys: dict[int, tuple[dict[str, Any], Any, tuple[Any, str]]] = {}
 
     def columns(self, class_name: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ from .base import (
 QUEUE, DONE, COUNTERS, WORKERS, SOURCES = (
     "hse_queue", "hse_done", "hse_counters", "hse_workers", "hse_sources")
 READY, BOUNDS, LEASES = "hse_ready", "hse_ready_bounds", "hse_leases"
-RESULTS = "hse_packs"  # "hse_results" held an older version's packs: left alone
+PACKS = "hse_packs"  # "hse_results" held an older version's packs: left alone
 #: Runs per results pack when packs are (re)written in bulk; a sweep's pack holds what
 #: that sweep archived. Fewer, larger packs: the embedded server's cost is per document.
 PACK_RUNS = 2000
@@ -249,8 +249,9 @@ def _pack(study: Any, task: Any, members: Sequence[tuple[dict[str, Any], list[An
                 continue
             value = entry.pop(field)
             key = bson.encode({"v": value})
-            at = known[field].setdefault(key, len(values[field]))
-            if at == len(values[field]):
+            at = known[field].get(key)
+            if at is None:
+                at = known[field][key] = len(values[field])
                 values[field].append(value)
             index[field].append(at)
         rest.append(entry)
@@ -294,7 +295,7 @@ class MongoStorage(Storage):
                                   appname="hyperspace_explorer")
         db = self.client[self.db_name]
         self._db = db
-        self._queue, self._done, self._packs = db[QUEUE], db[DONE], db[RESULTS]
+        self._queue, self._done, self._packs = db[QUEUE], db[DONE], db[PACKS]
         self._counters, self._workers, self._sources = db[COUNTERS], db[WORKERS], db[SOURCES]
         self._runs, self._metrics = db[RUNS], db[METRICS]
         self._ready, self._bounds_coll, self._leases = db[READY], db[BOUNDS], db[LEASES]
