@@ -4,6 +4,7 @@ Every server started here is a real process spoken to over TCP; every test stops
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -231,12 +232,13 @@ def test_ensure_server_starts_once_then_reuses(home: Path, capsys: pytest.Captur
 
 
 def test_ensure_server_prefers_27017_else_any_free_port(home: Path):
-    if not srv._port_is_free("127.0.0.1", srv.DEFAULT_PORT):
-        pytest.skip("port 27017 is in use on this machine")
     with socket.socket() as squatter:  # take 27017 so ensure_server must fall back
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind(("127.0.0.1", srv.DEFAULT_PORT))
-        squatter.listen()
+        try:
+            squatter.bind(("127.0.0.1", srv.DEFAULT_PORT))
+            squatter.listen()
+        except OSError as exc:  # taken already (another program, a parallel test process)
+            assert exc.errno == errno.EADDRINUSE, exc
         uri = ensure_server()
     assert uri != f"mongodb://127.0.0.1:{srv.DEFAULT_PORT}"
     assert server_status()["port"] != srv.DEFAULT_PORT
