@@ -322,6 +322,7 @@ class Worker:
         try:
             self._serve_runs(slot)
         finally:
+            self._write_outcome(slot)
             if slot.ahead_started is not None:  # the loop failed: stop that attempt first
                 slot.executor.release_spare()
             self._give_back(slot)
@@ -340,7 +341,10 @@ class Worker:
                 self._maybe_maintain()
             ahead, started = slot.ahead, slot.ahead_started
             slot.ahead, slot.ahead_started = None, None
-            doc, spec = ahead if ahead is not None else (self._claim(slot), None)
+            try:
+                doc, spec = ahead if ahead is not None else (self._claim(slot), None)
+            finally:
+                self._write_outcome(slot)  # the last run's, held during that claim
             slot.current = None if doc is None else doc["_id"]
             if doc is None:
                 slot.executor.fresh_spare()
@@ -537,7 +541,7 @@ class Worker:
         else:
             if doc.get("ahead"):  # its claim said when the run before it started
                 fields["started_at"] = started
-            self._record(run_id, token, status, fields, outcome.close_record)
+            self._record(slot, run_id, token, status, fields, outcome.close_record)
         with self._lock:
             self.executed += 1
         log.info("run %s %s%s", run_id, outcome.status.lower(),
@@ -645,15 +649,21 @@ class Worker:
             why = f"it is {status} now" if status else "it is no longer in the store"
         log.warning("run %s not requeued by this worker: %s", run_id, why)
 
-    def _record(self, run_id: str, token: str, status: Status, fields: dict[str, Any],
-                close_record: Callable[[], bool] | None = None) -> None:
+    def _record(self, slot: _Slot, run_id: str, token: str, status: Status,
+                fields: dict[str, Any], close_record: Callable[[], bool] | None = None) -> None:
         """`_finish` an attempt by the outcome thread, after `close_record` (the Sacred
         record's final event, fenced), while its slot starts the next run: on short runs
         the final writes (the record, the queue document, the lease) would otherwise
         sit between two runs. The writes are fenced by the attempt's token wherever
         they run, and the lease holds until they land (if the worker dies first,
         recovery requeues the run as for any lost attempt). Outcomes are written in the
-        order the runs ended; the worker waits for all before it exits."""
+        order the runs ended; the worker waits for all before it exits.
+
+        When the slot's next run is not running yet (not claimed ahead), the writes
+        wait until the slot's next claim has answered (`_write_outcome`): the claim is
+        on the path to the next run, the writes are not. Sent together to a database
+        with one lock (nx-27017), the claim's round trips queued behind theirs: the
+        first gap between two short digits runs took 33 ms instead of 16-20."""
         def write() -> None:
             try:
                 if close_record is not None and not close_record():
@@ -665,7 +675,16 @@ class Worker:
                 log.error("run %s: its outcome could not be recorded (%s); its lease will "
                           "expire and the run be requeued", run_id, str(exc)[:200])
 
-        self._outcomes.submit(write)
+        if slot.ahead_started is None:
+            slot.outcome = write
+        else:
+            self._outcomes.submit(write)
+
+    def _write_outcome(self, slot: _Slot) -> None:
+        """Hand the slot's held outcome (see `_record`) to the outcome thread."""
+        write, slot.outcome = slot.outcome, None
+        if write is not None:
+            self._outcomes.submit(write)
 
     def _finish(self, run_id: str, token: str, status: Status, fields: dict[str, Any]) -> None:
         """Record our attempt's outcome. When a newer attempt owns the run, our Sacred
@@ -716,6 +735,7 @@ class _Slot:
     gpus: list[str] = dataclasses.field(default_factory=list)
     ahead: tuple[dict[str, Any], RunSpec | None] | None = None  # its queue document, spec
     ahead_started: float | None = None  # when it was handed to the child: it now runs
+    outcome: Callable[[], None] | None = None  # its last run's writes, held (`_record`)
     last_s: float = math.inf
     claim_token: str = dataclasses.field(default_factory=new_token)  # its next claim's
 
