@@ -529,3 +529,44 @@ def test_an_idle_worker_picks_up_a_new_run_within_half_a_second(q, tmp_path, mon
         f"discards its forked-ahead child by closing its end of the pipe and joining for 1s, "
         f"but the child inherited that same pipe end at fork and never sees EOF, so every "
         f"discard blocks the worker for the full second and then SIGKILLs the child")
+
+
+def test_a_runs_outcome_is_written_after_the_next_claim_when_none_was_claimed_ahead(
+        q, raw, tmp_path, mongo_uri, db_name):
+    """The first run of a worker has no run claimed ahead: the claim of the next one is
+    on the path between the two runs, the first one's outcome writes are not, so they
+    wait for that claim instead of taking the database's lock before it. Nothing is
+    lost by waiting: both outcomes are written before the worker exits."""
+    from pymongo import monitoring
+
+    class Queue(monitoring.CommandListener):
+        active, seen = False, []
+
+        def started(self, event):
+            if not self.active or event.command.get(event.command_name) != "hse_queue":
+                return
+            if event.command_name == "findAndModify":  # a claim (or a lease renewal)
+                self.seen.append(("claim", event.command["query"]["_id"]))
+            elif event.command_name == "update":
+                for update in event.command["updates"]:
+                    if update["u"].get("$set", {}).get("status") == COMPLETED.value:
+                        self.seen.append(("finish", update["q"]["_id"]))
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    first, second = q.submit("noop", {}, seeds=2, force=True)
+    listener = Queue()
+    monitoring.register(listener)  # for clients created from now on: the worker's
+    listener.active = True
+    try:
+        assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
+    finally:
+        listener.active = False
+    assert listener.seen == [("claim", first), ("claim", second), ("finish", first),
+                             ("finish", second)]
+    assert [q.get(i)["status"] for i in (first, second)] == [COMPLETED, COMPLETED]
+    assert raw.runs.count_documents({"status": "COMPLETED"}) == 2
