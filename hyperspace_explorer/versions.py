@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -147,8 +148,13 @@ def _inferred_distributions(known: dict[str, list[str]]) -> dict[str, list[str]]
 
 
 def _git(base: Path, *args: str) -> str | None:
+    """git's output, or None when it fails. Without optional locks: `git status` would
+    otherwise rewrite a stale index, which takes the lock the user's own git commands
+    need and changes the index's stamp (`_git_stamp`), so that the next run of a worker
+    computed the same code version again (about 0.4 s after each edit of the Study)."""
     try:
         done = subprocess.run(["git", "-C", str(base), *args], capture_output=True,
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
                               timeout=GIT_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -2,6 +2,7 @@
 test server with real workers (in-process `Worker`, as `helpers.run_worker` starts it)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,27 @@ def test_git_state_and_one_stored_diff_per_content(q, tmp_path):
     assert again["diff"] == dirty["diff"]
     assert raw_db(q.store)["hse_sources"].count_documents({"_id": dirty["diff"]}) == 1
     assert ("dirty", False, True) in differences(clean, dirty)
+
+
+def test_reading_the_git_state_leaves_the_index_alone(tmp_path):
+    """A file touched but not changed leaves git's index stale. Reading the state must
+    not rewrite the index (that takes the lock the user's git commands need, and the
+    index's new stamp made the next run of a worker compute the version again)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
+    (repo / "scenarios.py").write_text("X = 1\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "first"], check=True)
+    st = (repo / "scenarios.py").stat()
+    os.utime(repo / "scenarios.py", ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    index = repo / ".git" / "index"
+    before = (index.stat().st_mtime_ns, index.read_bytes())
+    version = code_version(repo)
+    assert not version["dirty"]  # same content: not a change
+    assert (index.stat().st_mtime_ns, index.read_bytes()) == before
+    assert code_version(repo) is version  # from the cache: nothing it reads has changed
 
 
 def test_rerun_queues_the_exact_config_with_changes(q, mongo_uri, db_name, tmp_path):
