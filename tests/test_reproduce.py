@@ -62,14 +62,19 @@ def test_outside_git_the_source_digest_stands_in_for_the_commit(tmp_path):
     assert code_version(study)["commit"] != version["commit"]
 
 
-def test_git_state_and_one_stored_diff_per_content(q, tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+def _committed_repo(path, text: str):
+    """A git repository at `path` whose one commit holds scenarios.py with `text`."""
+    path.mkdir()
+    git = ["git", "-C", str(path), "-c", "user.email=t@example.org", "-c", "user.name=t"]
     subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
-    (repo / "scenarios.py").write_text("import numpy\nX = 1\n")
+    (path / "scenarios.py").write_text(text)
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "-q", "-m", "first"], check=True)
+    return path
+
+
+def test_git_state_and_one_stored_diff_per_content(q, tmp_path):
+    repo = _committed_repo(tmp_path / "repo", "import numpy\nX = 1\n")
     clean = code_version(repo, q.store.store_blob)
     assert clean["vcs"] == "git" and clean["branch"] == "main" and not clean["dirty"]
     assert clean["diff"] is None and len(clean["commit"]) == 40
@@ -87,13 +92,7 @@ def test_reading_the_git_state_leaves_the_index_alone(tmp_path):
     """A file touched but not changed leaves git's index stale. Reading the state must
     not rewrite the index (that takes the lock the user's git commands need, and the
     index's new stamp made the next run of a worker compute the version again)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
-    (repo / "scenarios.py").write_text("X = 1\n")
-    subprocess.run(git + ["add", "."], check=True)
-    subprocess.run(git + ["commit", "-q", "-m", "first"], check=True)
+    repo = _committed_repo(tmp_path / "repo", "X = 1\n")
     st = (repo / "scenarios.py").stat()
     os.utime(repo / "scenarios.py", ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
     index = repo / ".git" / "index"
