@@ -34,7 +34,12 @@ is taken from the runs.
 With one worker it also prints how much of the worker's time falls outside the runs
 (first start to last end, less each run's Sacred start -> stop): what the worker itself
 adds between runs, apart from the runs' own slowdown (CPU shared with the worker and
-the server, on 2 cores). `--timeline` prints where a run's time goes under the worker
+the server, on 2 cores). And each run's best time of the `--repeat` measurements,
+summed, on both sides (in the loop: building the Scenario, completing the config and
+`single_run`; under the worker: the run's Sacred start -> stop, the first two being
+done before it), alone and with the least time the worker spent outside the runs: a
+spell of noise then costs only the runs it covers, where it moves a whole
+measurement's best. `--timeline` prints where a run's time goes under the worker
 (from the queue documents and the Sacred records).
 
     python benchmarks/digits.py [--seeds 3] [--repeat 6] [--workers 1] [--blas-threads 1]
@@ -89,29 +94,34 @@ def waited():  # seconds this thread was runnable but waiting for a CPU
 
 
 t, cpu, wait = time.perf_counter(), time.process_time(), waited()
+each = []
 for conf, seed in runs:
     scenario = cls.from_config(task.scenario, "Scenario")
     scenario.run_seed = seed
     params = cls.complete_run_config(conf)
     seed_everything(seed)
     normalize_metrics(scenario.single_run(params), task.metric)
+    each.append(time.perf_counter())
+print(json.dumps([b - a for a, b in zip([t] + each, each)]))
 print(time.perf_counter() - t, time.process_time() - cpu, waited() - wait)
 """
 
 
-def loop_seconds(runs: list[tuple[dict, int]]) -> tuple[float, float, float]:
-    """Wall and CPU seconds (all threads of its process) of the plain loop, and the
-    seconds its thread waited for a CPU."""
+def loop_seconds(runs: list[tuple[dict, int]]) -> tuple[float, float, float, list[float]]:
+    """Wall and CPU seconds (all threads of its process) of the plain loop, the
+    seconds its thread waited for a CPU, and each run's seconds."""
     code = (LOOP.replace("STUDY", repr(str(DIGITS_STUDY))).replace("TASKS", repr(str(DIGITS_TASKS)))
             .replace("RUNS", repr(json.dumps(runs))))
-    wall, cpu, wait = run_python(code, cwd=DIGITS_STUDY).strip().splitlines()[-1].split()
-    return float(wall), float(cpu), float(wait)
+    *_, each, totals = run_python(code, cwd=DIGITS_STUDY).strip().splitlines()
+    wall, cpu, wait = totals.split()
+    return float(wall), float(cpu), float(wait), json.loads(each)
 
 
 def run_times(q, ids: list[str]) -> list[tuple[float, float, float, float]]:
-    """(started_at, Sacred start, Sacred stop, ended_at) of each run, by start."""
+    """(started_at, Sacred start, Sacred stop, ended_at) of each run, in the order of
+    `ids`."""
     out = []
-    for doc in sorted((q.get(i) for i in ids), key=lambda d: d["started_at"]):
+    for doc in (q.get(i) for i in ids):
         record = q.store.sacred_run(doc["sacred_id"])
         out.append((doc["started_at"], record["start_time"].timestamp(),
                     record["stop_time"].timestamp(), doc["ended_at"]))
@@ -122,6 +132,7 @@ def timeline(times: list[tuple[float, float, float, float]]) -> str:
     """Where a run's time goes under the worker (means): its start in the queue ->
     Sacred start -> Sacred stop -> the next run's Sacred start (what lies between two
     runs), and Sacred stop -> its outcome written (off that path)."""
+    times = sorted(times)
     parts: dict[str, list[float]] = {"start -> Sacred start": [], "Sacred start -> stop": [],
                                      "stop -> next run's Sacred start": [],
                                      "stop -> outcome written": []}
@@ -143,10 +154,11 @@ def timeline(times: list[tuple[float, float, float, float]]) -> str:
 
 def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bool = False,
                    extra: tuple[str, ...] = (), cpu: dict[str, list[float]] | None = None
-                   ) -> tuple[float, float]:
-    """Seconds from the first start to the last end, and how much of it falls outside
-    the runs' Sacred start -> stop (meaningful with one worker running one run at a
-    time); `extra`: options of the workers. With `cpu`, the workers first run one
+                   ) -> tuple[float, float, list[float]]:
+    """Seconds from the first start to the last end, how much of it falls outside
+    the runs' Sacred start -> stop, and each run's Sacred start -> stop, in submission
+    order (meaningful with one worker running one run at a time); `extra`: options of
+    the workers. With `cpu`, the workers first run one
     warm-up run, and the CPU seconds the runs then cost each process are appended to
     `cpu["server"]`, `cpu["workers"]` (without their runners) and `cpu["runs"]` (the
     runners), and the seconds the runners' own threads waited for a CPU to
@@ -171,7 +183,8 @@ def worker_seconds(uri: str, seeds: int, k: int, attempt: int, show_timeline: bo
         if show_timeline:
             print(f"  timeline, worker attempt {attempt + 1} (means): {timeline(times)}")
         total = span(q, ids)
-        return total, total - sum(stop - start for _, start, stop, _ in times)
+        each = [stop - start for _, start, stop, _ in times]
+        return total, total - sum(each), each
 
 
 def _cpu_split(pids: list[int]) -> dict[str, float]:
@@ -214,16 +227,16 @@ def main() -> None:
             if args.concurrency > 1:
                 whole.append(worker_seconds(uri, args.seeds, args.workers, attempt,
                                             extra=whole_pools)[0])
-    (loop, _, _), (worker, outside) = min(loops), min(under)
+    (loop, *_), (worker, outside, _) = min(loops), min(under)
     extra = (worker / loop - 1) * 100
     threads = "default" if args.blas_threads is None else args.blas_threads
     print(f"{len(runs)} digits runs ({len(CONFIGS)} configs x {args.seeds} seeds), best of "
           f"{args.repeat}, BLAS threads: {threads}:")
     print(f"  plain loop of single_run in one process (reference): {loop:.2f} s "
-          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _, _ in loops)})")
+          f"({loop / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x[0]:.2f}' for x in loops)})")
     at_once = f" x {args.concurrency} runs at once" if args.concurrency > 1 else ""
     print(f"  {args.workers} worker(s){at_once}, first start to last end:            {worker:.2f} s "
-          f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x:.2f}' for x, _ in under)})")
+          f"({worker / len(runs) * 1000:.0f} ms/run; all: {', '.join(f'{x[0]:.2f}' for x in under)})")
     if whole:
         print(f"  the same with {' '.join(whole_pools[2:])} (each run a pool as large as the "
               f"machine): {min(whole):.2f} s (all: {', '.join(f'{x:.2f}' for x in whole)}); "
@@ -233,21 +246,29 @@ def main() -> None:
             return f"{statistics.median(seconds) / len(runs) * 1000:.1f} ms"
 
         print(f"  CPU per run (medians of {args.repeat}; all threads): loop "
-              f"{per_run([c for _, c, _ in loops])}; under the worker: the runs "
+              f"{per_run([x[1] for x in loops])}; under the worker: the runs "
               f"{per_run(cpu['runs'])}, the worker(s) {per_run(cpu['workers'])}, the database "
               f"server {per_run(cpu['server'])} ({usable_cpus()} usable CPUs)")
         print(f"  waiting for a CPU per run (the run's own thread, medians): loop "
-              f"{per_run([w for _, _, w in loops])}; under the worker {per_run(cpu['waits'])}")
+              f"{per_run([x[2] for x in loops])}; under the worker {per_run(cpu['waits'])}")
     if args.workers == 1 and args.concurrency == 1:
         print(f"    of which outside the runs' Sacred start -> stop: {outside * 1000:.0f} ms "
               f"({outside / loop * 100:.1f}% of the loop; the rest is the runs themselves)")
+        # Each run's best, then summed: a spell of noise costs only the runs it covers
+        best_loop = sum(map(min, zip(*(x[3] for x in loops))))
+        best_runs = sum(map(min, zip(*(x[2] for x in under))))
+        least_outside = min(x[1] for x in under)
+        print(f"  each run's best of {args.repeat}, summed: loop {best_loop:.2f} s, the runs "
+              f"under the worker {best_runs:.2f} s ({(best_runs / best_loop - 1) * 100:+.1f}%); "
+              f"with the least time outside them ({least_outside * 1000:.0f} ms): "
+              f"{((best_runs + least_outside) / best_loop - 1) * 100:+.1f}%")
     if args.concurrency > 1:  # the target is for runs one at a time, as in the loop
         print(f"  worker vs loop: {extra:+.1f}% ({args.concurrency} runs at once)")
     else:
         print(f"  worker vs loop: {extra:+.1f}% (target <= +{TARGET_PCT:g}%: "
               f"{verdict(extra, TARGET_PCT)})")
     if args.repeat > 1:  # less sensitive to a quiet or busy spell on one side only
-        paired = statistics.median(w / lp - 1 for (lp, _, _), (w, _) in zip(loops, under)) * 100
+        paired = statistics.median(w[0] / lp[0] - 1 for lp, w in zip(loops, under)) * 100
         print(f"  median of the {args.repeat} paired ratios (each worker measurement against "
               f"the loop measured just before it): {paired:+.1f}%")
 
