@@ -656,8 +656,9 @@ class Worker:
         the final writes (the record, the queue document, the lease) would otherwise
         sit between two runs. The writes are fenced by the attempt's token wherever
         they run, and the lease holds until they land (if the worker dies first,
-        recovery requeues the run as for any lost attempt). Outcomes are written in the
-        order the runs ended; the worker waits for all before it exits.
+        recovery requeues the run as for any lost attempt). Outcomes are written one at a
+        time, each slot's in the order its runs ended; the worker waits for all before
+        it exits.
 
         When the slot's next run is not running yet (not claimed ahead), the writes
         wait until the slot's next claim has answered (`_write_outcome`): the claim is
