@@ -18,6 +18,7 @@ import helpers
 import numpy as np
 import pytest
 from helpers import wait_for
+from pymongo import monitoring
 
 from hyperspace_explorer.errors import HSEError
 from hyperspace_explorer.queue import RunQueue
@@ -531,42 +532,73 @@ def test_an_idle_worker_picks_up_a_new_run_within_half_a_second(q, tmp_path, mon
         f"discard blocks the worker for the full second and then SIGKILLs the child")
 
 
+class QueueWrites(monitoring.CommandListener):
+    """A pymongo command listener (for clients created once it is registered: the
+    worker's) that notes, while `active`, the claims and finishes of runs and the polls
+    of the queue, in the order the worker sent them."""
+
+    def __init__(self):
+        self.active, self.seen = False, []
+
+    def started(self, event):
+        collection = event.command.get(event.command_name)
+        if not self.active:
+            return
+        if collection == "hse_ready_bounds" and event.command_name == "find":
+            self.seen.append(("poll", None))  # the first read of every claim
+        elif collection != "hse_queue":
+            return
+        elif event.command_name == "findAndModify":  # a claim (or a lease renewal)
+            self.seen.append(("claim", event.command["query"]["_id"]))
+        elif event.command_name == "update":
+            for update in event.command["updates"]:
+                if update["u"].get("$set", {}).get("status") == COMPLETED.value:
+                    self.seen.append(("finish", update["q"]["_id"]))
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+def watched_worker(mongo_uri: str, db_name: str, tmp_path: Path, **options) -> list:
+    """What an in-process worker (`run_worker` with `options`) claimed, finished and
+    polled, in order."""
+    listener = QueueWrites()
+    monitoring.register(listener)
+    listener.active = True
+    try:
+        run_worker(mongo_uri, db_name, tmp_path, **options)
+    finally:
+        listener.active = False
+    return listener.seen
+
+
 def test_a_runs_outcome_is_written_after_the_next_claim_when_none_was_claimed_ahead(
         q, raw, tmp_path, mongo_uri, db_name):
     """The first run of a worker has no run claimed ahead: the claim of the next one is
     on the path between the two runs, the first one's outcome writes are not, so they
     wait for that claim instead of taking the database's lock before it. Nothing is
     lost by waiting: both outcomes are written before the worker exits."""
-    from pymongo import monitoring
-
-    class Queue(monitoring.CommandListener):
-        active, seen = False, []
-
-        def started(self, event):
-            if not self.active or event.command.get(event.command_name) != "hse_queue":
-                return
-            if event.command_name == "findAndModify":  # a claim (or a lease renewal)
-                self.seen.append(("claim", event.command["query"]["_id"]))
-            elif event.command_name == "update":
-                for update in event.command["updates"]:
-                    if update["u"].get("$set", {}).get("status") == COMPLETED.value:
-                        self.seen.append(("finish", update["q"]["_id"]))
-
-        def succeeded(self, event):
-            pass
-
-        def failed(self, event):
-            pass
-
     first, second = q.submit("noop", {}, seeds=2, force=True)
-    listener = Queue()
-    monitoring.register(listener)  # for clients created from now on: the worker's
-    listener.active = True
-    try:
-        assert run_worker(mongo_uri, db_name, tmp_path, max_runs=2) == 2
-    finally:
-        listener.active = False
-    assert listener.seen == [("claim", first), ("claim", second), ("finish", first),
-                             ("finish", second)]
+    seen = watched_worker(mongo_uri, db_name, tmp_path, max_runs=2)
+    assert [e for e in seen if e[0] != "poll"] == [
+        ("claim", first), ("claim", second), ("finish", first), ("finish", second)]
+    assert [q.get(i)["status"] for i in (first, second)] == [COMPLETED, COMPLETED]
+    assert raw.runs.count_documents({"status": "COMPLETED"}) == 2
+
+
+def test_a_runs_outcome_is_written_at_once_when_the_claim_ahead_found_the_queue_empty(
+        q, raw, tmp_path, mongo_uri, db_name):
+    """After a short run, the next one is claimed during the current one. When that
+    claim found nothing, the run's outcome is written before the slot's next claim,
+    not after it (which would most likely find nothing too, and delay the writes)."""
+    first, second = q.submit("noop", {}, seeds=2, force=True)
+    seen = watched_worker(mongo_uri, db_name, tmp_path, idle_exit=0)
+    assert [e for e in seen if e[0] != "poll"] == [
+        ("claim", first), ("claim", second), ("finish", first), ("finish", second)]
+    # the claim during the second run found none: its outcome went before the next poll
+    assert seen[-2:] == [("finish", second), ("poll", None)]
     assert [q.get(i)["status"] for i in (first, second)] == [COMPLETED, COMPLETED]
     assert raw.runs.count_documents({"status": "COMPLETED"}) == 2
