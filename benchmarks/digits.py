@@ -38,8 +38,8 @@ is taken from the runs.
 With one worker it also prints how much of the worker's time falls outside the runs
 (first start to last end, less each run's Sacred start -> stop): what the worker itself
 adds between runs, apart from the runs' own slowdown (CPU shared with the worker and
-the server, on 2 cores). And each run's best time of the `--repeat` measurements,
-summed, on both sides (in the loop: building the Scenario, completing the config and
+the server, on 2 cores). And each run's best (and median) time of the `--repeat`
+measurements, summed, on both sides (in the loop: building the Scenario, completing the config and
 `single_run`; under the worker: the run's Sacred start -> stop, the first two being
 done before it), alone and with the least time the worker spent outside the runs: a
 spell of noise then costs only the runs it covers, where it moves a whole
@@ -280,10 +280,10 @@ def main() -> None:
                   f"under the worker {in_worker:.2f} s ({(in_worker / in_loop - 1) * 100:+.1f}%)"
                   f"{least}")
     print(f"  worker vs loop, best of each side: {extra:+.1f}%")
-    at_once = f" ({args.concurrency} runs at once)" if args.concurrency > 1 else \
+    judged = f" ({args.concurrency} runs at once)" if args.concurrency > 1 else \
         f" (target <= +{TARGET_PCT:g}%: {verdict(paired, TARGET_PCT)})"  # for runs one at a time
     print(f"  worker vs loop, median of the {args.repeat} pairs' ratios (loop first in even "
-          f"pairs, worker first in odd ones): {paired:+.1f}%{at_once}")
+          f"pairs, worker first in odd ones): {paired:+.1f}%{judged}")
 
 
 if __name__ == "__main__":

@@ -541,9 +541,9 @@ class QueueWrites(monitoring.CommandListener):
         self.active, self.seen = False, []
 
     def started(self, event):
-        collection = event.command.get(event.command_name)
         if not self.active:
             return
+        collection = event.command.get(event.command_name)
         if collection == "hse_ready_bounds" and event.command_name == "find":
             self.seen.append(("poll", None))  # the first read of every claim
         elif collection != "hse_queue":
@@ -562,17 +562,18 @@ class QueueWrites(monitoring.CommandListener):
         pass
 
 
-def watched_worker(mongo_uri: str, db_name: str, tmp_path: Path, **options) -> list:
-    """What an in-process worker (`run_worker` with `options`) claimed, finished and
-    polled, in order."""
+def watched_worker(mongo_uri: str, db_name: str, tmp_path: Path,
+                   **options) -> tuple[int, list]:
+    """How many runs an in-process worker (`run_worker` with `options`) executed, and
+    what it claimed, finished and polled, in order."""
     listener = QueueWrites()
     monitoring.register(listener)
     listener.active = True
     try:
-        run_worker(mongo_uri, db_name, tmp_path, **options)
+        executed = run_worker(mongo_uri, db_name, tmp_path, **options)
     finally:
         listener.active = False
-    return listener.seen
+    return executed, listener.seen
 
 
 def test_a_runs_outcome_is_written_after_the_next_claim_when_none_was_claimed_ahead(
@@ -582,7 +583,8 @@ def test_a_runs_outcome_is_written_after_the_next_claim_when_none_was_claimed_ah
     wait for that claim instead of taking the database's lock before it. Nothing is
     lost by waiting: both outcomes are written before the worker exits."""
     first, second = q.submit("noop", {}, seeds=2, force=True)
-    seen = watched_worker(mongo_uri, db_name, tmp_path, max_runs=2)
+    executed, seen = watched_worker(mongo_uri, db_name, tmp_path, max_runs=2)
+    assert executed == 2
     assert [e for e in seen if e[0] != "poll"] == [
         ("claim", first), ("claim", second), ("finish", first), ("finish", second)]
     assert [q.get(i)["status"] for i in (first, second)] == [COMPLETED, COMPLETED]
@@ -595,7 +597,7 @@ def test_a_runs_outcome_is_written_at_once_when_the_claim_ahead_found_the_queue_
     claim found nothing, the run's outcome is written before the slot's next claim,
     not after it (which would most likely find nothing too, and delay the writes)."""
     first, second = q.submit("noop", {}, seeds=2, force=True)
-    seen = watched_worker(mongo_uri, db_name, tmp_path, idle_exit=0)
+    _, seen = watched_worker(mongo_uri, db_name, tmp_path, idle_exit=0)
     assert [e for e in seen if e[0] != "poll"] == [
         ("claim", first), ("claim", second), ("finish", first), ("finish", second)]
     # the claim during the second run found none: its outcome went before the next poll
